@@ -1,0 +1,55 @@
+"""Domain errors. No transport imports here: the RPC edge maps each class to a status code."""
+
+from __future__ import annotations
+
+
+class ForsakenError(Exception):
+    """Base class for every error the system raises on purpose."""
+
+
+class InvalidPayload(ForsakenError):
+    """A payload's shape, dtype, length, digest or values are wrong."""
+
+
+class PayloadTooLarge(ForsakenError):
+    """A payload or stream is over a configured limit."""
+
+
+class UnknownEntity(ForsakenError):
+    """A round, task, node, model or request that the server does not know."""
+
+
+class StaleRequest(ForsakenError):
+    """A request for a round or task that is no longer open."""
+
+
+class DuplicateRequest(ForsakenError):
+    """The same idempotent request was already applied (not always an error to the caller)."""
+
+
+class NotAuthenticated(ForsakenError):
+    """No valid credential accompanied the request."""
+
+
+class PermissionDenied(ForsakenError):
+    """The caller is known but may not do this."""
+
+
+class WrongStage(ForsakenError):
+    """A protocol message arrived in a stage that does not accept it; state is unchanged."""
+
+
+class ProtocolAborted(ForsakenError):
+    """A protocol run was aborted; the reason is in the message."""
+
+
+class Unavailable(ForsakenError):
+    """The service is shutting down or not ready."""
+
+
+class ConfigError(ForsakenError):
+    """A configuration value is missing or invalid."""
+
+
+class CorruptState(ForsakenError):
+    """Something on disk failed its integrity check."""
