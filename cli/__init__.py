@@ -1,6 +1,14 @@
 """forsaken: federated learning in which a participant can take its data back."""
 
-from forsaken.main import main
+from __future__ import annotations
 
-__all__ = ["main"]
 __version__ = "0.1.0"
+
+
+def main() -> int:
+    from forsaken.main import main as _main
+
+    return _main()
+
+
+__all__ = ["__version__", "main"]

@@ -1,0 +1,7 @@
+"""`python -m forsaken` runs the same CLI as the `forsaken` console script."""
+
+import sys
+
+from forsaken.main import main
+
+sys.exit(main())

@@ -1,0 +1,116 @@
+"""Composition root of the client daemon: configuration, data, identity, loop, Owner API."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import torch
+
+from forsaken.common.config import option
+from forsaken.common.datasets import load_dataset
+from forsaken.common.errors import ConfigError
+from forsaken.common.fsutil import atomic_write
+from forsaken.common.identity import NodeIdentity
+from forsaken.common.partition import client_split, parse_client_spec
+from forsaken.client.daemon import ClientDaemon
+from forsaken.client.owner import OwnerServicer
+from forsaken.client.state import DataSelection, StateFile
+from forsaken.client.transport import FleetConnection
+from forsaken.v1 import owner_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "FORSAKEN_CLIENT"
+OWNER_ADDRESS_FILE = "owner_address"
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    server: str = option("127.0.0.1:7070", "Address of the aggregation server (host:port).")
+    state_dir: Path = option(Path("forsaken-client"), "Directory for the node key and local state.")
+    dataset: str = option("mnist5k", "Local data: digits, mnist5k, or a path to an .npz file with arrays x and y.")
+    partition: str = option("0/1", "Which shard of the dataset this node holds, as i/N (0-based).")
+    scheme: str = option("iid", "Partition scheme.", choices=("iid", "dirichlet"))
+    alpha: float = option(0.5, "Dirichlet concentration for --scheme dirichlet (smaller is more skewed).")
+    seed: int = option(0, "Seed for partitioning and local training.")
+    held_out_fraction: float = option(0.1, "Share of local data reserved, never trained on, for unlearning checks.")
+    owner_listen: str = option("127.0.0.1:7071", "Where the Owner API listens (loopback by default); port 0 picks one and writes it to STATE_DIR/owner_address.")
+    max_backoff_s: float = option(30.0, "Longest wait between reconnection attempts, in seconds.")
+    threads: int = option(1, "CPU threads for local training.")
+    log_level: str = option("info", "Log level.", choices=("debug", "info", "warning", "error"))
+    log_format: str = option("text", "Log format.", choices=("text", "json"))
+
+    def validate(self) -> None:
+        parse_client_spec(self.partition)
+        if not 0.0 <= self.held_out_fraction < 0.9:
+            raise ConfigError(f"held_out_fraction must be in [0, 0.9), got {self.held_out_fraction}")
+        if self.alpha <= 0:
+            raise ConfigError(f"alpha must be > 0, got {self.alpha}")
+        if self.threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {self.threads}")
+        if self.max_backoff_s <= 0:
+            raise ConfigError(f"max_backoff_s must be > 0, got {self.max_backoff_s}")
+
+
+class ClientApp:
+    def __init__(self, config: ClientConfig) -> None:
+        torch.set_num_threads(config.threads)
+        self.config = config
+        state_dir = Path(config.state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        index, count = parse_client_spec(config.partition)
+        dataset = load_dataset(config.dataset)
+        data = client_split(
+            dataset, index, count, config.scheme, config.alpha, config.seed,
+            held_out_fraction=config.held_out_fraction,
+        )
+        selection = DataSelection(
+            dataset=dataset.name, partition_index=index, partition_count=count,
+            scheme=config.scheme, alpha=config.alpha, seed=config.seed,
+            held_out_fraction=config.held_out_fraction,
+        )
+        state_file = StateFile(state_dir)
+        state = state_file.load_or_init(selection)
+        identity = NodeIdentity.load_or_create(state_dir)
+        self.connection = FleetConnection(config.server, identity)
+        self.daemon = ClientDaemon(
+            connection=self.connection, data=data, dataset_name=dataset.name,
+            input_shape=tuple(dataset.input_shape), num_classes=int(dataset.num_classes),
+            state_file=state_file, state=state, partition_index=index, seed=config.seed,
+            max_backoff_s=config.max_backoff_s,
+        )
+        self.owner_server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        owner_pb2_grpc.add_OwnerServicer_to_server(
+            OwnerServicer(self.daemon, config.server), self.owner_server
+        )
+        try:
+            port = self.owner_server.add_insecure_port(config.owner_listen)
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot listen on {config.owner_listen}: {exc}") from None
+        host = config.owner_listen.rsplit(":", 1)[0]
+        self.owner_address = f"{host}:{port}"
+        atomic_write(state_dir / OWNER_ADDRESS_FILE, (self.owner_address + "\n").encode())
+        log.info("node %s: %d training, %d held-out samples; Owner API on %s",
+                 identity.node_id, len(data.y_train), len(data.y_held_out), self.owner_address)
+
+    def run(self) -> int:
+        self.owner_server.start()
+
+        def on_signal(signum: int, _frame: object) -> None:
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            self.daemon.stop()
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_signal)
+            signal.signal(signal.SIGINT, on_signal)
+        try:
+            return self.daemon.run()
+        finally:
+            self.owner_server.stop(2).wait()
+            self.connection.close()

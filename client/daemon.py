@@ -1,0 +1,210 @@
+"""The client daemon loop: join, long-poll for tasks, train, push; reconnect with backoff."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from forsaken.common import errors
+from forsaken.common.models import build_model
+from forsaken.common.partition import ClientData
+from forsaken.common.simulation import client_round_seed
+from forsaken.common.tensors import from_bytes, specs_of, to_bytes
+from forsaken.common.training import TrainConfig, evaluate, load_vector, train_local
+from forsaken.client.state import ClientState, StateFile
+from forsaken.client.transport import FleetConnection, StopTask, TrainTask, WaitTask
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with full jitter, capped; reset after any success."""
+
+    initial_s: float = 0.5
+    max_s: float = 30.0
+    attempt: int = 0
+
+    def next_delay(self, rng: random.Random) -> float:
+        ceiling = min(self.max_s, self.initial_s * (2**self.attempt))
+        self.attempt += 1
+        return rng.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class ClientDaemon:
+    def __init__(
+        self,
+        *,
+        connection: FleetConnection,
+        data: ClientData,
+        dataset_name: str,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        state_file: StateFile,
+        state: ClientState,
+        partition_index: int,
+        seed: int,
+        max_backoff_s: float = 30.0,
+        max_payload_bytes: int = 512 << 20,
+    ) -> None:
+        self.conn = connection
+        self.data = data
+        self.dataset_name = dataset_name
+        self.input_shape = input_shape
+        self.num_classes = num_classes
+        self.state_file = state_file
+        self.state = state
+        self.partition_index = partition_index
+        self.seed = seed
+        self.backoff = Backoff(max_s=max_backoff_s)
+        self.max_payload_bytes = max_payload_bytes
+        self.stop_event = threading.Event()
+        self.connected = False
+        self._rng = random.Random()
+        self._model: torch.nn.Module | None = None
+        self._model_sha: str | None = None
+        self._lock = threading.Lock()
+
+    # ---- data in use ------------------------------------------------------------------
+
+    def training_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The samples this node may train on now: its partition minus anything forgotten."""
+        with self._lock:
+            excluded = set(self.state.excluded_ids)
+        if not excluded:
+            return self.data.x_train, self.data.y_train
+        keep = np.array([i not in excluded for i in self.data.ids_train], dtype=bool)
+        return self.data.x_train[keep], self.data.y_train[keep]
+
+    def num_samples(self) -> int:
+        return int(self.training_arrays()[1].shape[0])
+
+    # ---- main loop --------------------------------------------------------------------
+
+    def run(self) -> int:
+        while not self.stop_event.is_set():
+            try:
+                if self.conn.token is None:
+                    self._join()
+                task = self.conn.pull(self.num_samples())
+                self.connected = True
+                self.backoff.reset()
+                if isinstance(task, StopTask):
+                    log.info("server says the federation has finished; exiting")
+                    return 0
+                if isinstance(task, WaitTask):
+                    if task.retry_after_s > 0:
+                        self.stop_event.wait(task.retry_after_s)
+                    continue
+                self._train_and_push(task)
+            except errors.NotAuthenticated as exc:
+                log.info("session no longer valid (%s); joining again", exc)
+                self.conn.token = None
+                self._sleep_backoff()
+            except errors.PermissionDenied as exc:
+                log.error("the server refused this node: %s", exc)
+                return 4
+            except (errors.StaleRequest, errors.DuplicateRequest) as exc:
+                log.info("task no longer current: %s", exc)
+            except errors.Unavailable as exc:
+                self.connected = False
+                log.info("server unavailable (%s)", exc)
+                self._sleep_backoff()
+            except errors.ForsakenError as exc:
+                self.connected = False
+                log.warning("request failed: %s", exc)
+                self._sleep_backoff()
+        return 0
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def _sleep_backoff(self) -> None:
+        delay = self.backoff.next_delay(self._rng)
+        log.info("retrying in %.1fs", delay)
+        self.stop_event.wait(delay)
+
+    def _join(self) -> None:
+        node_id = self.conn.join(
+            self.num_samples(), self.dataset_name, self.input_shape, self.num_classes
+        )
+        spec = self.conn.model_spec
+        assert spec is not None
+        if tuple(spec.input_shape) != tuple(self.input_shape):
+            raise errors.ConfigError(
+                f"server trains on inputs of shape {spec.input_shape}, this node holds "
+                f"{self.input_shape}"
+            )
+        if self._model is None:
+            self._model = build_model(spec.architecture, spec.input_shape, spec.num_classes, 0)
+        log.info("joined as node %s (%d training samples)", node_id, self.num_samples())
+
+    # ---- one training task ------------------------------------------------------------
+
+    def _ensure_model(self, sha: str) -> torch.nn.Module:
+        assert self._model is not None
+        if self._model_sha != sha:
+            specs, payload = self.conn.fetch_model(sha, self.max_payload_bytes)
+            expected = specs_of(self._model.state_dict())
+            if tuple(specs) != expected:
+                raise errors.InvalidPayload("server model does not match this node's architecture")
+            load_vector(self._model, from_bytes(payload, specs))
+            self._model_sha = sha
+        return self._model
+
+    def _train_and_push(self, task: TrainTask) -> None:
+        model = self._ensure_model(task.model_sha256)
+        x, y = self.training_arrays()
+        if len(y) == 0:
+            log.warning("no training data left; skipping round %d", task.round)
+            return
+        cfg = TrainConfig(
+            local_epochs=task.settings.local_epochs,
+            batch_size=task.settings.batch_size,
+            learning_rate=task.settings.learning_rate,
+            momentum=task.settings.momentum,
+            weight_decay=task.settings.weight_decay,
+        )
+        started = time.perf_counter()
+        result = train_local(model, x, y, cfg, client_round_seed(self.seed, self.partition_index, task.round))
+        # train_local leaves the model trained; restore the global weights for the next task.
+        self._model_sha = None
+        metrics = {"train_loss": float(result.mean_loss), "train_s": time.perf_counter() - started}
+        if len(self.data.y_held_out):
+            held = evaluate(model, self.data.x_held_out, self.data.y_held_out)
+            metrics["held_out_acc"] = float(held.accuracy)
+        request_id = self.state.pushed_request_ids.get(task.task_id) or uuid.uuid4().hex
+        self._remember_push(task.task_id, request_id)
+        specs = specs_of(model.state_dict())
+        payload = to_bytes(result.delta.astype(np.float32))
+        reply = self.conn.push(
+            request_id=request_id, task=task, num_samples=result.num_samples, metrics=metrics,
+            tensors=specs, payload=payload,
+        )
+        with self._lock:
+            self.state = self.state.with_round(task.round)
+            self.state_file.save(self.state)
+        log.info("round %d: pushed update from %d samples (loss %.4f)%s", task.round,
+                 result.num_samples, result.mean_loss, " [duplicate]" if reply.duplicate else "")
+
+    def _remember_push(self, task_id: str, request_id: str) -> None:
+        # Persisted before sending, so a retry after a crash reuses the id and cannot double-apply.
+        with self._lock:
+            ids = dict(self.state.pushed_request_ids)
+            ids[task_id] = request_id
+            if len(ids) > 64:
+                ids = dict(list(ids.items())[-64:])
+            from dataclasses import replace
+
+            self.state = replace(self.state, pushed_request_ids=ids)
+            self.state_file.save(self.state)

@@ -1,0 +1,217 @@
+"""The client's connection to the server: the only client module that imports grpc.
+
+RPC failures are translated into domain errors so the daemon loop decides what to do
+(retry with backoff, re-join, or drop a stale task) without knowing about gRPC.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+
+from forsaken.common import errors, wire
+from forsaken.common.chunking import PayloadAssembler, PayloadHeader, header_for
+from forsaken.common.identity import NodeIdentity
+from forsaken.common.tensors import TensorSpec
+from forsaken.common.types import ModelSpec, TrainSettings
+from forsaken.v1 import fleet_pb2, fleet_pb2_grpc
+
+SESSION_KEY = "x-forsaken-session-bin"
+_CHUNK_LIMIT = 8 << 20
+
+# gRPC status -> the domain error the daemon reacts to.
+_ERROR_FOR: dict[grpc.StatusCode, type[errors.ForsakenError]] = {
+    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.Unavailable,
+    grpc.StatusCode.CANCELLED: errors.Unavailable,
+    grpc.StatusCode.UNAUTHENTICATED: errors.NotAuthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.StaleRequest,
+    grpc.StatusCode.ALREADY_EXISTS: errors.DuplicateRequest,
+    grpc.StatusCode.NOT_FOUND: errors.UnknownEntity,
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidPayload,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.PayloadTooLarge,
+    grpc.StatusCode.ABORTED: errors.ProtocolAborted,
+    grpc.StatusCode.DATA_LOSS: errors.CorruptState,
+}
+
+T = TypeVar("T")
+
+
+class RemoteError(errors.ForsakenError):
+    """The server answered with a status this client has no specific reaction to."""
+
+
+def _translate(exc: grpc.RpcError) -> errors.ForsakenError:
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    detail = exc.details() if hasattr(exc, "details") else str(exc)
+    cls = _ERROR_FOR.get(code, RemoteError)
+    return cls(f"{code.name}: {detail}")
+
+
+@dataclass(frozen=True, slots=True)
+class TrainTask:
+    task_id: str
+    round: int
+    model_sha256: str
+    settings: TrainSettings
+    deadline_ms: int
+    seed: int
+
+
+@dataclass(frozen=True, slots=True)
+class WaitTask:
+    retry_after_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class StopTask:
+    pass
+
+
+AnyTask = TrainTask | WaitTask | StopTask
+
+
+class FleetConnection:
+    """One channel to the server plus the session obtained by a signed Join."""
+
+    def __init__(self, target: str, identity: NodeIdentity) -> None:
+        self.target = target
+        self.identity = identity
+        self.channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", _CHUNK_LIMIT),
+                ("grpc.max_send_message_length", _CHUNK_LIMIT),
+                ("grpc.keepalive_time_ms", 30_000),
+            ],
+        )
+        self.stub = fleet_pb2_grpc.FleetStub(self.channel)
+        self.token: bytes | None = None
+        self.node_id: str | None = None
+        self.model_spec: ModelSpec | None = None
+        self.poll_timeout_s = 10.0
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except grpc.RpcError as exc:
+            raise _translate(exc) from None
+
+    def _metadata(self) -> tuple[tuple[str, bytes], ...]:
+        if self.token is None:
+            raise errors.NotAuthenticated("not joined")
+        return ((SESSION_KEY, self.token),)
+
+    def join(self, num_samples: int, dataset: str, input_shape: tuple[int, ...], num_classes: int) -> str:
+        request_id = uuid.uuid4().hex
+        now_ms = int(time.time() * 1000)
+        request = fleet_pb2.JoinRequest(
+            request_id=request_id,
+            public_key=self.identity.public_key,
+            timestamp_ms=now_ms,
+            signature=self.identity.sign_join(request_id, now_ms, num_samples),
+            num_samples=num_samples,
+            dataset=dataset,
+            input_shape=list(input_shape),
+            num_classes=num_classes,
+        )
+        reply = self._call(lambda: self.stub.Join(request, timeout=30))
+        self.token = reply.session_token
+        self.node_id = reply.node_id
+        self.model_spec = wire.model_spec_from_proto(reply.model)
+        self.poll_timeout_s = float(reply.poll_timeout_s or 10)
+        return reply.node_id
+
+    def pull(self, num_samples: int) -> AnyTask:
+        request = fleet_pb2.PullTaskRequest(num_samples=num_samples)
+        task = self._call(
+            lambda: self.stub.PullTask(request, metadata=self._metadata(), timeout=self.poll_timeout_s + 15)
+        )
+        if task.kind == fleet_pb2.TASK_KIND_TRAIN:
+            return TrainTask(
+                task_id=task.task_id,
+                round=task.round,
+                model_sha256=task.model_sha256.hex(),
+                settings=wire.train_settings_from_proto(task.train),
+                deadline_ms=task.deadline_unix_ms,
+                seed=task.seed,
+            )
+        if task.kind == fleet_pb2.TASK_KIND_STOP:
+            return StopTask()
+        return WaitTask(task.retry_after_s)
+
+    def fetch_model(self, sha256_hex: str, max_bytes: int) -> tuple[tuple[TensorSpec, ...], bytes]:
+        """Download a model and check it is the one asked for."""
+
+        def run() -> tuple[tuple[TensorSpec, ...], bytes]:
+            stream = self.stub.FetchModel(
+                fleet_pb2.FetchModelRequest(model_sha256=bytes.fromhex(sha256_hex)),
+                metadata=self._metadata(),
+                timeout=300,
+            )
+            return _assemble_download(stream, max_bytes)
+
+        specs, payload = self._call(run)
+        if hashlib.sha256(payload).hexdigest() != sha256_hex:
+            raise errors.InvalidPayload("downloaded model does not have the digest the task named")
+        return specs, payload
+
+    def push(
+        self,
+        *,
+        request_id: str,
+        task: TrainTask,
+        num_samples: int,
+        metrics: dict[str, float],
+        tensors: tuple[TensorSpec, ...],
+        payload: bytes,
+    ) -> fleet_pb2.PushReply:
+        header = fleet_pb2.UploadHeader(
+            request_id=request_id,
+            task_id=task.task_id,
+            round=task.round,
+            base_model_sha256=bytes.fromhex(task.model_sha256),
+            num_samples=num_samples,
+            metrics=wire.metrics_to_proto(metrics),
+            payload=wire.payload_header_to_proto(header_for(tensors, payload)),
+        )
+        return self._call(
+            lambda: self.stub.PushUpdate(
+                wire.upload_chunks(header, payload), metadata=self._metadata(), timeout=300
+            )
+        )
+
+    def leave(self) -> None:
+        self._call(
+            lambda: self.stub.Leave(
+                fleet_pb2.LeaveRequest(request_id=uuid.uuid4().hex), metadata=self._metadata(), timeout=5
+            )
+        )
+
+    def raw_stub(self) -> Any:
+        return self.stub
+
+
+def _assemble_download(
+    stream: Iterator[Any], max_bytes: int
+) -> tuple[tuple[TensorSpec, ...], bytes]:
+    first = next(stream, None)
+    if first is None or first.WhichOneof("part") != "header":
+        raise errors.InvalidPayload("model stream must start with a header")
+    header: PayloadHeader = wire.payload_header_from_proto(first.header)
+    assembler = PayloadAssembler(header, max_bytes)
+    for chunk in stream:
+        if chunk.WhichOneof("part") != "data":
+            raise errors.InvalidPayload("only data chunks may follow the header")
+        assembler.add(chunk.data)
+    return header.tensors, assembler.finish()

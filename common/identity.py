@@ -1,0 +1,93 @@
+"""Node identity: a long-term Ed25519 key pair kept in the node's state directory.
+
+The node id is derived from the public key, so a node cannot claim another's id without its
+private key. Join requests are signed; the server hands back a session token for later calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from forsaken.common.errors import ConfigError, NotAuthenticated
+from forsaken.common.fsutil import atomic_write
+
+JOIN_CONTEXT = b"forsaken/join/v1"
+KEY_FILE = "node_key.ed25519"
+
+
+def node_id_for(public_key: bytes) -> str:
+    """The stable node id: the first 16 bytes of SHA-256 of the public key, in hex."""
+    if len(public_key) != 32:
+        raise NotAuthenticated(f"public key must be 32 bytes, got {len(public_key)}")
+    return hashlib.sha256(b"forsaken/node-id/v1" + public_key).hexdigest()[:32]
+
+
+def join_message(request_id: str, timestamp_ms: int, num_samples: int) -> bytes:
+    rid = request_id.encode()
+    return JOIN_CONTEXT + struct.pack(">I", len(rid)) + rid + struct.pack(">qq", timestamp_ms, num_samples)
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    private_key: Ed25519PrivateKey
+
+    @property
+    def public_key(self) -> bytes:
+        return self.private_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+
+    @property
+    def node_id(self) -> str:
+        return node_id_for(self.public_key)
+
+    def sign_join(self, request_id: str, timestamp_ms: int, num_samples: int) -> bytes:
+        return self.private_key.sign(join_message(request_id, timestamp_ms, num_samples))
+
+    @classmethod
+    def generate(cls) -> NodeIdentity:
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def load_or_create(cls, state_dir: Path) -> NodeIdentity:
+        """Load the node key, creating it (mode 0600, written atomically) on first start."""
+        path = Path(state_dir) / KEY_FILE
+        if path.exists():
+            raw = path.read_bytes()
+            if len(raw) != 32:
+                raise ConfigError(f"{path} is not a 32-byte Ed25519 private key")
+            return cls(Ed25519PrivateKey.from_private_bytes(raw))
+        identity = cls.generate()
+        raw = identity.private_key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        os.makedirs(state_dir, exist_ok=True)
+        atomic_write(path, raw, mode=0o600)
+        return identity
+
+
+def verify_join(
+    public_key: bytes, signature: bytes, request_id: str, timestamp_ms: int, num_samples: int
+) -> str:
+    """Check a signed Join; return the node id. Raises NotAuthenticated on any failure."""
+    node_id = node_id_for(public_key)
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(
+            signature, join_message(request_id, timestamp_ms, num_samples)
+        )
+    except (InvalidSignature, ValueError):
+        raise NotAuthenticated("join signature does not verify") from None
+    return node_id

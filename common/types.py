@@ -1,0 +1,43 @@
+"""Small shared value types used on both sides of the wire."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NewType
+
+from forsaken.common.errors import ConfigError
+
+NodeId = NewType("NodeId", str)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """Which architecture the federation trains, and the data shape it expects."""
+
+    architecture: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    dataset: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TrainSettings:
+    """Local-training hyper-parameters the server hands to clients with each task."""
+
+    local_epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+    def validate(self) -> None:
+        if not 1 <= self.local_epochs <= 1000:
+            raise ConfigError(f"local_epochs must be in 1..1000, got {self.local_epochs}")
+        if not 1 <= self.batch_size <= 1 << 16:
+            raise ConfigError(f"batch_size must be in 1..65536, got {self.batch_size}")
+        if not 0.0 < self.learning_rate <= 10.0:
+            raise ConfigError(f"learning_rate must be in (0, 10], got {self.learning_rate}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not 0.0 <= self.weight_decay < 1.0:
+            raise ConfigError(f"weight_decay must be in [0, 1), got {self.weight_decay}")

@@ -1,0 +1,227 @@
+"""Composition root of the server daemon: configuration, stores, gRPC server, signals."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from forsaken.common.config import option
+from forsaken.common.errors import ConfigError
+from forsaken.common.tensors import TensorSpec
+from forsaken.common.types import ModelSpec, TrainSettings
+from forsaken.server.checkpoints import FileCheckpointStore
+from forsaken.server.coordinator import Coordinator, EvalResult, Event, Finished, RoundAborted, RoundCompleted
+from forsaken.server.ledger import SqliteLedger
+from forsaken.server.policy import RoundPolicy
+from forsaken.server.rpc import AdminServicer, FleetServicer
+from forsaken.server.runtime import ServerRuntime
+from forsaken.server.sessions import SessionTable
+from forsaken.v1 import admin_pb2, admin_pb2_grpc, fleet_pb2, fleet_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "FORSAKEN_SERVER"
+
+# Exit codes, documented in the README.
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_BIND = 3
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: str = option("127.0.0.1:7070", "Address to serve the Fleet and Admin APIs on.")
+    state_dir: Path = option(Path("forsaken-server"), "Directory for checkpoints and the ledger.")
+    dataset: str = option("mnist5k", "Dataset the federation trains on: digits, mnist5k or an .npz path; its fixed test split is the server's validation set.")
+    architecture: str = option("", "Model architecture (mlp, cnn); empty picks the dataset's default.")
+    rounds: int = option(10, "Rounds to run; 0 runs until stopped.")
+    min_clients: int = option(2, "Live clients needed before a round starts.")
+    fraction: float = option(1.0, "Fraction of live clients sampled each round.")
+    min_completed: int = option(2, "Updates needed for a round to complete; fewer by the deadline and it is retried.")
+    round_timeout_s: float = option(60.0, "Deadline of a round, in seconds.")
+    liveness_s: float = option(30.0, "A client not heard from for this long is not sampled.")
+    local_epochs: int = option(1, "Local epochs per round on each client.")
+    batch_size: int = option(32, "Local mini-batch size.")
+    learning_rate: float = option(0.05, "Local SGD learning rate.")
+    momentum: float = option(0.9, "Local SGD momentum.")
+    weight_decay: float = option(0.0, "Local SGD weight decay.")
+    seed: int = option(0, "Seed for the initial model, client sampling and local training.")
+    evaluate: bool = option(True, "Evaluate each new global model on the validation set.")
+    poll_timeout_s: float = option(10.0, "Long-poll deadline for PullTask, in seconds.")
+    max_payload_mb: int = option(512, "Largest model or update payload accepted, in MiB.")
+    max_workers: int = option(128, "RPC worker threads (each long-polling client holds one).")
+    exit_when_done: bool = option(False, "Exit once the target number of rounds has completed.")
+    log_level: str = option("info", "Log level.", choices=("debug", "info", "warning", "error"))
+    log_format: str = option("text", "Log format.", choices=("text", "json"))
+
+    def validate(self) -> None:
+        self.policy().validate()
+        self.train_settings().validate()
+        if self.max_payload_mb < 1:
+            raise ConfigError("max_payload_mb must be >= 1")
+        if self.poll_timeout_s <= 0:
+            raise ConfigError("poll_timeout_s must be > 0")
+
+    def policy(self) -> RoundPolicy:
+        return RoundPolicy(
+            rounds=self.rounds,
+            min_clients=self.min_clients,
+            fraction=self.fraction,
+            min_completed=self.min_completed,
+            round_timeout_s=self.round_timeout_s,
+            liveness_s=self.liveness_s,
+            seed=self.seed,
+        )
+
+    def train_settings(self) -> TrainSettings:
+        return TrainSettings(
+            local_epochs=self.local_epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+        )
+
+
+class ModelProvider(Protocol):
+    """What the server needs to know about the model: its shape, a start, and a judge."""
+
+    model_spec: ModelSpec
+    tensors: tuple[TensorSpec, ...]
+    can_evaluate: bool
+
+    def initial_vector(self) -> np.ndarray: ...
+
+    def evaluate(self, vector: np.ndarray) -> EvalResult | None: ...
+
+
+class ServerDaemon:
+    """Owns every long-lived object of a running server; `run` blocks until shutdown."""
+
+    def __init__(self, config: ServerConfig, model: ModelProvider | None = None) -> None:
+        self.config = config
+        state = Path(config.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        if model is None:
+            from forsaken.server.evaluation import ModelBench  # torch only in the app layer
+
+            model = ModelBench.for_dataset(config.dataset, config.architecture, config.seed)
+        self.bench = model
+        self.ledger = SqliteLedger(state / "ledger.sqlite")
+        self.checkpoints = FileCheckpointStore(state / "checkpoints")
+        self.coordinator = Coordinator(
+            policy=config.policy(),
+            model_spec=self.bench.model_spec,
+            tensors=self.bench.tensors,
+            initial_model=self.bench.initial_vector,
+            ledger=self.ledger,
+            checkpoints=self.checkpoints,
+            train=config.train_settings(),
+            evaluator=self.bench.evaluate if config.evaluate and self.bench.can_evaluate else None,
+            now_ms=_now_ms(),
+        )
+        self.runtime = ServerRuntime(self.coordinator, SessionTable(), on_event=self._on_event)
+        self.done = threading.Event()
+        self.server = self._build_grpc_server()
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        return self.bench.model_spec
+
+    def _build_grpc_server(self) -> grpc.Server:
+        cfg = self.config
+        chunk_limit = 8 << 20  # chunks are 1 MiB; headroom for headers
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="rpc"),
+            options=[
+                ("grpc.max_receive_message_length", chunk_limit),
+                ("grpc.max_send_message_length", chunk_limit),
+            ],
+        )
+        fleet_pb2_grpc.add_FleetServicer_to_server(
+            FleetServicer(
+                self.runtime,
+                self.bench.model_spec,
+                poll_timeout_s=cfg.poll_timeout_s,
+                max_payload_bytes=cfg.max_payload_mb << 20,
+            ),
+            server,
+        )
+        admin_pb2_grpc.add_AdminServicer_to_server(
+            AdminServicer(self.runtime, self.ledger, secure_aggregation=False), server
+        )
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        names = (
+            fleet_pb2.DESCRIPTOR.services_by_name["Fleet"].full_name,
+            admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(names, server)
+        try:
+            self.port = server.add_insecure_port(cfg.listen)
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot listen on {cfg.listen}: {exc}") from None
+        if self.port == 0:
+            raise ConfigError(f"cannot listen on {cfg.listen}")
+        return server
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, RoundCompleted):
+            r = event.record
+            acc = "n/a" if r.test_acc is None else f"{r.test_acc:.4f}"
+            log.info("round %d done: %d participants, acc %s, %.2fs", r.round,
+                     len(r.participants), acc, r.duration_s)
+        elif isinstance(event, RoundAborted):
+            log.warning("round %d aborted: %s", event.record.round, event.record.reason)
+        elif isinstance(event, Finished):
+            log.info("all %d rounds completed", event.completed_rounds)
+            if self.config.exit_when_done:
+                # Give clients a moment to receive their STOP task before we go away.
+                threading.Timer(2.0 * self.config.poll_timeout_s / 10 + 1.0, self.done.set).start()
+
+    def start(self) -> None:
+        self.server.start()
+        self.runtime.start()
+        for name in ("", "forsaken.v1.Fleet", "forsaken.v1.Admin"):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving on %s (port %d), state in %s", self.config.listen, self.port,
+                 self.config.state_dir)
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.runtime.stop()
+        self.server.stop(grace_s).wait()
+        self.ledger.close()
+        log.info("stopped cleanly")
+
+    def run(self) -> int:
+        self.start()
+
+        def on_signal(signum: int, _frame: object) -> None:
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            self.done.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self.done.wait()
+        self.stop()
+        return EXIT_OK
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)

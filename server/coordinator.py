@@ -1,0 +1,428 @@
+"""The transport-free round coordinator.
+
+An event-driven state machine: the daemon (and the tests) call `join`, `poll`, `submit` and
+`tick(now)`; the coordinator answers with tasks, outcomes and events. It never sleeps, never
+reads a clock and never touches the network. Durable effects go through the injected ledger and
+checkpoint store, and happen before a new model is handed to any client.
+
+Round life: WAITING (until `min_clients` are live) -> TRAINING (sampled clients fetch the model,
+train and push updates until all delivered or the deadline) -> aggregate -> checkpoint -> ledger
+-> WAITING for the next round, or FINISHED after the target number of rounds. A round whose
+deadline passes with fewer than `min_completed` updates is recorded as aborted and retried.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+
+from forsaken.common.errors import (
+    DuplicateRequest,
+    InvalidPayload,
+    PermissionDenied,
+    StaleRequest,
+    UnknownEntity,
+)
+from forsaken.common.fedavg import weighted_average
+from forsaken.common.tensors import TensorSpec, from_bytes, require_finite, to_bytes
+from forsaken.common.types import ModelSpec, TrainSettings
+from forsaken.server.checkpoints import CheckpointStore
+from forsaken.server.ledger import ClientRecord, Ledger, RoundRecord
+from forsaken.server.policy import RoundPolicy
+
+log = logging.getLogger(__name__)
+
+
+class Phase(StrEnum):
+    WAITING = "waiting"
+    TRAINING = "training"
+    FINISHED = "finished"
+
+
+class TaskKind(StrEnum):
+    TRAIN = "train"
+    STOP = "stop"
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    kind: TaskKind
+    task_id: str = ""
+    round: int = 0
+    model_sha256: str = ""
+    deadline_ms: int = 0
+    seed: int = 0
+    train: TrainSettings | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    request_id: str
+    task_id: str
+    round: int
+    base_model_sha256: str
+    num_samples: int
+    metrics: Mapping[str, float]
+    tensors: tuple[TensorSpec, ...]
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitOutcome:
+    accepted: bool
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EvalResult:
+    accuracy: float
+    loss: float
+
+
+@dataclass(frozen=True, slots=True)
+class RoundCompleted:
+    record: RoundRecord
+
+
+@dataclass(frozen=True, slots=True)
+class RoundAborted:
+    record: RoundRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    completed_rounds: int
+
+
+Event = RoundCompleted | RoundAborted | Finished
+Evaluator = Callable[[np.ndarray], EvalResult | None]
+
+
+@dataclass
+class _Accepted:
+    request_id: str
+    num_samples: int
+    metrics: Mapping[str, float]
+    update: np.ndarray
+
+
+@dataclass
+class _Round:
+    number: int
+    attempt: int
+    selected: tuple[str, ...]
+    base_sha: str
+    started_ms: int
+    deadline_ms: int
+    accepted: dict[str, _Accepted] = field(default_factory=dict)
+
+    def task_id(self, node_id: str) -> str:
+        return f"r{self.number}.a{self.attempt}.{node_id[:12]}"
+
+
+@dataclass(frozen=True, slots=True)
+class StatusView:
+    phase: Phase
+    current_round: int
+    completed_rounds: int
+    target_rounds: int
+    connected: int
+    model_sha256: str
+    last_abort_reason: str
+    last_test_acc: float | None
+
+
+class Coordinator:
+    """Runs FedAvg rounds over whatever nodes poll it. Not thread-safe: callers serialise."""
+
+    def __init__(
+        self,
+        *,
+        policy: RoundPolicy,
+        model_spec: ModelSpec,
+        tensors: tuple[TensorSpec, ...],
+        initial_model: Callable[[], np.ndarray],
+        ledger: Ledger,
+        checkpoints: CheckpointStore,
+        train: TrainSettings,
+        evaluator: Evaluator | None = None,
+        max_update_norm: float = 1e6,
+        now_ms: int = 0,
+    ) -> None:
+        policy.validate()
+        self.policy = policy
+        self.model_spec = model_spec
+        self.tensors = tensors
+        self.train = train
+        self.ledger = ledger
+        self.checkpoints = checkpoints
+        self.evaluator = evaluator
+        self.max_update_norm = max_update_norm
+        self._last_seen: dict[str, int] = {}
+        self._samples: dict[str, int] = {}
+        self._round: _Round | None = None
+        self._attempt = 0
+        self._last_abort = ""
+        self._model, self._model_sha, self._completed, self._last_acc = self._restore(
+            initial_model, now_ms
+        )
+        self._finished = self._is_done()
+
+    # ---- start-up -------------------------------------------------------------------------
+
+    def _restore(
+        self, initial_model: Callable[[], np.ndarray], now_ms: int
+    ) -> tuple[np.ndarray, str, int, float | None]:
+        """Resume from the last completed round in the ledger, or checkpoint a fresh model."""
+        spec_key = _spec_fingerprint(self.model_spec, self.tensors)
+        stored = self.ledger.get_meta("model_spec")
+        if stored is not None and stored != spec_key:
+            raise InvalidPayload(
+                f"state directory holds a federation for model {stored}, not {spec_key}"
+            )
+        last = self.ledger.last_completed()
+        if last is not None and last.model_sha256:
+            vector = from_bytes(self.checkpoints.get(last.model_sha256), self.tensors)
+            log.info("resuming after round %d from checkpoint %s", last.round, last.model_sha256[:12])
+            return vector, last.model_sha256, last.round, last.test_acc
+        vector = np.asarray(initial_model(), dtype=np.float32)
+        if vector.size != sum(t.numel for t in self.tensors):
+            raise InvalidPayload("initial model does not match the model's tensor specs")
+        sha = self.checkpoints.put(to_bytes(vector), {"round": 0})
+        evaluation = self.evaluator(vector) if self.evaluator else None
+        self.ledger.set_meta("model_spec", spec_key)
+        self.ledger.record_round(
+            _record(0, 0, "completed", (), (), sha, None, 0, evaluation, 0.0, "", now_ms, now_ms, {})
+        )
+        return vector, sha, 0, evaluation.accuracy if evaluation else None
+
+    # ---- queries --------------------------------------------------------------------------
+
+    @property
+    def model_sha256(self) -> str:
+        return self._model_sha
+
+    @property
+    def model(self) -> np.ndarray:
+        return self._model
+
+    @property
+    def completed_rounds(self) -> int:
+        return self._completed
+
+    def live_nodes(self, now_ms: int) -> list[str]:
+        horizon = now_ms - int(self.policy.liveness_s * 1000)
+        return sorted(n for n, seen in self._last_seen.items() if seen >= horizon)
+
+    def status(self, now_ms: int) -> StatusView:
+        phase = Phase.FINISHED if self._finished else (
+            Phase.TRAINING if self._round else Phase.WAITING
+        )
+        return StatusView(
+            phase=phase,
+            current_round=self._round.number if self._round else self._completed + 1,
+            completed_rounds=self._completed,
+            target_rounds=self.policy.rounds,
+            connected=len(self.live_nodes(now_ms)),
+            model_sha256=self._model_sha,
+            last_abort_reason=self._last_abort,
+            last_test_acc=self._last_acc,
+        )
+
+    def model_payload(self, sha256: str) -> bytes:
+        """Bytes of a stored model (the current one or an earlier checkpoint)."""
+        if sha256 == self._model_sha:
+            return to_bytes(self._model)
+        return self.checkpoints.get(sha256)
+
+    # ---- inputs ---------------------------------------------------------------------------
+
+    def join(self, node_id: str, public_key: bytes, num_samples: int, now_ms: int) -> None:
+        existing = self.ledger.client(node_id)
+        if existing is not None and existing.revoked:
+            raise PermissionDenied(f"node {node_id} is revoked")
+        first_seen = existing.first_seen_ms if existing else now_ms
+        self.ledger.upsert_client(
+            ClientRecord(node_id, public_key, num_samples, first_seen, now_ms, False)
+        )
+        self._seen(node_id, num_samples, now_ms)
+
+    def leave(self, node_id: str) -> None:
+        """A node left cleanly: stop sampling it (an open round still waits for its deadline)."""
+        self._last_seen.pop(node_id, None)
+
+    def poll(self, node_id: str, num_samples: int, now_ms: int) -> Task | None:
+        """The node's next task, or None if it should wait."""
+        self._seen(node_id, num_samples, now_ms)
+        if self._finished:
+            return Task(TaskKind.STOP)
+        rnd = self._round
+        if rnd is None or node_id not in rnd.selected or node_id in rnd.accepted:
+            return None
+        return Task(
+            kind=TaskKind.TRAIN,
+            task_id=rnd.task_id(node_id),
+            round=rnd.number,
+            model_sha256=rnd.base_sha,
+            deadline_ms=rnd.deadline_ms,
+            seed=self.policy.seed,
+            train=self.train,
+        )
+
+    def submit(self, node_id: str, sub: Submission, now_ms: int) -> SubmitOutcome:
+        """Validate and hold one node's update for the open round. The model is not touched."""
+        self._seen(node_id, None, now_ms)
+        rnd = self._round
+        if rnd is None or sub.round != rnd.number:
+            if sub.round > self._completed + 1 or sub.round < 1:
+                raise UnknownEntity(f"round {sub.round} does not exist")
+            raise StaleRequest(f"round {sub.round} is not open for updates")
+        if node_id not in rnd.selected:
+            raise PermissionDenied(f"node {node_id} was not selected for round {rnd.number}")
+        if sub.task_id != rnd.task_id(node_id):
+            raise StaleRequest(f"task {sub.task_id!r} is not this node's open task")
+        held = rnd.accepted.get(node_id)
+        if held is not None:
+            if held.request_id == sub.request_id:
+                return SubmitOutcome(accepted=True, duplicate=True)
+            raise DuplicateRequest(f"node {node_id} already pushed an update for round {rnd.number}")
+        if sub.base_model_sha256 != rnd.base_sha:
+            raise StaleRequest("update was computed from a different model than this round's")
+        update = self._validate_update(sub)
+        rnd.accepted[node_id] = _Accepted(sub.request_id, sub.num_samples, dict(sub.metrics), update)
+        return SubmitOutcome(accepted=True, duplicate=False)
+
+    def tick(self, now_ms: int) -> list[Event]:
+        """Advance time: start, close or abort rounds as due."""
+        if self._finished:
+            return []
+        rnd = self._round
+        if rnd is None:
+            self._maybe_start(now_ms)
+            return []
+        everyone = len(rnd.accepted) == len(rnd.selected)
+        if not everyone and now_ms < rnd.deadline_ms:
+            return []
+        if len(rnd.accepted) >= self.policy.min_completed:
+            return self._complete(rnd, now_ms)
+        return [self._abort(rnd, now_ms, self._shortfall(rnd))]
+
+    # ---- transitions ----------------------------------------------------------------------
+
+    def _maybe_start(self, now_ms: int) -> None:
+        live = self.live_nodes(now_ms)
+        if len(live) < self.policy.min_clients:
+            return
+        number = self._completed + 1
+        selected = self.policy.sample(live, number, self._attempt)
+        self._round = _Round(
+            number=number,
+            attempt=self._attempt,
+            selected=selected,
+            base_sha=self._model_sha,
+            started_ms=now_ms,
+            deadline_ms=now_ms + int(self.policy.round_timeout_s * 1000),
+        )
+        log.info("round %d (attempt %d) started with %d of %d live nodes",
+                 number, self._attempt, len(selected), len(live))
+
+    def _complete(self, rnd: _Round, now_ms: int) -> list[Event]:
+        contributions = [(a.update, a.num_samples) for a in rnd.accepted.values()]
+        delta = weighted_average(contributions)
+        model = (self._model + delta).astype(np.float32)
+        sha = self.checkpoints.put(to_bytes(model), {"round": rnd.number})
+        evaluation = self.evaluator(model) if self.evaluator else None
+        participants = tuple(sorted(rnd.accepted))
+        record = _record(
+            rnd.number, rnd.attempt, "completed", rnd.selected, participants, sha, rnd.base_sha,
+            sum(a.num_samples for a in rnd.accepted.values()), evaluation,
+            (now_ms - rnd.started_ms) / 1000.0, "", rnd.started_ms, now_ms,
+            _mean_metrics(rnd.accepted.values()),
+        )
+        # Ledger after checkpoint: a crash in between leaves an orphan blob, never a dangling row.
+        self.ledger.record_round(record)
+        self._model, self._model_sha, self._completed = model, sha, rnd.number
+        self._last_acc = evaluation.accuracy if evaluation else None
+        self._round, self._attempt, self._last_abort = None, 0, ""
+        events: list[Event] = [RoundCompleted(record)]
+        if self._is_done():
+            self._finished = True
+            events.append(Finished(self._completed))
+        log.info("round %d completed with %d updates (acc=%s)", rnd.number, len(participants),
+                 f"{evaluation.accuracy:.4f}" if evaluation else "n/a")
+        return events
+
+    def _abort(self, rnd: _Round, now_ms: int, reason: str) -> RoundAborted:
+        record = _record(
+            rnd.number, rnd.attempt, "aborted", rnd.selected, tuple(sorted(rnd.accepted)), None,
+            rnd.base_sha, 0, None, (now_ms - rnd.started_ms) / 1000.0, reason, rnd.started_ms,
+            now_ms, {},
+        )
+        self.ledger.record_round(record)
+        self._round, self._attempt, self._last_abort = None, rnd.attempt + 1, reason
+        log.warning("round %d attempt %d aborted: %s", rnd.number, rnd.attempt, reason)
+        return RoundAborted(record)
+
+    # ---- helpers --------------------------------------------------------------------------
+
+    def _shortfall(self, rnd: _Round) -> str:
+        return (
+            f"deadline passed with {len(rnd.accepted)} of {len(rnd.selected)} updates; "
+            f"{self.policy.min_completed} needed"
+        )
+
+    def _validate_update(self, sub: Submission) -> np.ndarray:
+        if tuple(sub.tensors) != self.tensors:
+            raise InvalidPayload("update tensors do not match the model's names, shapes or dtype")
+        if sub.num_samples < 1:
+            raise InvalidPayload(f"num_samples must be >= 1, got {sub.num_samples}")
+        update = from_bytes(sub.payload, sub.tensors)
+        require_finite(update)
+        norm = float(np.linalg.norm(update.astype(np.float64)))
+        if norm > self.max_update_norm:
+            raise InvalidPayload(f"update norm {norm:.3g} exceeds {self.max_update_norm:.3g}")
+        return update
+
+    def _seen(self, node_id: str, num_samples: int | None, now_ms: int) -> None:
+        self._last_seen[node_id] = now_ms
+        if num_samples is not None:
+            self._samples[node_id] = num_samples
+
+    def _is_done(self) -> bool:
+        return self.policy.rounds > 0 and self._completed >= self.policy.rounds
+
+
+def _spec_fingerprint(spec: ModelSpec, tensors: tuple[TensorSpec, ...]) -> str:
+    shape = "x".join(str(d) for d in spec.input_shape)
+    return f"{spec.architecture}/{shape}/{spec.num_classes}/{sum(t.numel for t in tensors)}"
+
+
+def _mean_metrics(accepted: object) -> dict[str, float]:
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for a in accepted:  # type: ignore[attr-defined]
+        for k, v in a.metrics.items():
+            sums[k] = sums.get(k, 0.0) + v
+            counts[k] = counts.get(k, 0) + 1
+    return {k: sums[k] / counts[k] for k in sums}
+
+
+def _record(
+    round_: int, attempt: int, status: str, selected: tuple[str, ...],
+    participants: tuple[str, ...], sha: str | None, base: str | None, total: int,
+    evaluation: EvalResult | None, duration_s: float, reason: str, started_ms: int,
+    finished_ms: int, metrics: Mapping[str, float],
+) -> RoundRecord:
+    return RoundRecord(
+        round=round_, attempt=attempt, status=status, selected=selected,
+        participants=participants, model_sha256=sha, base_model_sha256=base,
+        total_samples=total,
+        test_acc=evaluation.accuracy if evaluation else None,
+        test_loss=evaluation.loss if evaluation else None,
+        duration_s=duration_s, reason=reason, started_ms=started_ms, finished_ms=finished_ms,
+        metrics=dict(metrics),
+    )

@@ -1,0 +1,253 @@
+"""gRPC servicers: thin adapters that decode, call the runtime, and encode.
+
+The upload assembler lives here at the edge, so only a whole payload whose length and SHA-256
+match reach the coordinator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterator
+
+import grpc
+
+from forsaken.common import wire
+from forsaken.common.chunking import PayloadAssembler, PayloadHeader
+from forsaken.common.errors import InvalidPayload, NotAuthenticated
+from forsaken.common.identity import verify_join
+from forsaken.common.rpc_errors import rpc_method, stream_method
+from forsaken.common.types import ModelSpec
+from forsaken.server.coordinator import Submission, Task, TaskKind
+from forsaken.server.ledger import ForgetRecord, Ledger, RoundRecord
+from forsaken.server.runtime import ServerRuntime
+from forsaken.v1 import admin_pb2, admin_pb2_grpc, fleet_pb2, fleet_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SESSION_KEY = "x-forsaken-session-bin"
+MAX_JOIN_SKEW_MS = 5 * 60 * 1000
+
+
+def session_token(context: grpc.ServicerContext) -> bytes | None:
+    for key, value in context.invocation_metadata():
+        if key == SESSION_KEY:
+            return value if isinstance(value, bytes) else value.encode()
+    return None
+
+
+class FleetServicer(fleet_pb2_grpc.FleetServicer):
+    def __init__(
+        self,
+        runtime: ServerRuntime,
+        model_spec: ModelSpec,
+        *,
+        poll_timeout_s: float,
+        max_payload_bytes: int,
+    ) -> None:
+        self.runtime = runtime
+        self.model_spec = model_spec
+        self.poll_timeout_s = poll_timeout_s
+        self.max_payload_bytes = max_payload_bytes
+
+    def _node(self, context: grpc.ServicerContext) -> str:
+        return self.runtime.sessions.authenticate(session_token(context))
+
+    @rpc_method
+    def Join(self, request: fleet_pb2.JoinRequest, context: grpc.ServicerContext) -> fleet_pb2.JoinReply:
+        if abs(request.timestamp_ms - self.runtime.now_ms()) > MAX_JOIN_SKEW_MS:
+            raise NotAuthenticated("join timestamp is more than 5 minutes from the server's clock")
+        if not request.request_id:
+            raise InvalidPayload("request_id is required")
+        node_id = verify_join(
+            request.public_key, request.signature, request.request_id, request.timestamp_ms,
+            request.num_samples,
+        )
+        self._check_shape(request)
+        self.runtime.join(node_id, request.public_key, max(0, request.num_samples))
+        session = self.runtime.sessions.open(node_id, request.request_id)
+        return fleet_pb2.JoinReply(
+            node_id=node_id,
+            session_token=session.token,
+            model=wire.model_spec_to_proto(self.model_spec),
+            poll_timeout_s=int(self.poll_timeout_s),
+        )
+
+    def _check_shape(self, request: fleet_pb2.JoinRequest) -> None:
+        shape = tuple(request.input_shape)
+        if shape and shape != self.model_spec.input_shape:
+            raise InvalidPayload(
+                f"node data has shape {shape}; the federation's model expects "
+                f"{self.model_spec.input_shape}"
+            )
+        if request.num_classes and request.num_classes > self.model_spec.num_classes:
+            raise InvalidPayload(
+                f"node data has {request.num_classes} classes; the model has "
+                f"{self.model_spec.num_classes}"
+            )
+
+    @rpc_method
+    def PullTask(self, request: fleet_pb2.PullTaskRequest, context: grpc.ServicerContext) -> fleet_pb2.Task:
+        node = self._node(context)
+        remaining = context.time_remaining()
+        timeout = self.poll_timeout_s if remaining is None else max(0.0, min(self.poll_timeout_s, remaining - 1.0))
+        task = self.runtime.poll(node, max(0, request.num_samples), timeout)
+        return task_to_proto(task, self.model_spec)
+
+    @stream_method
+    def FetchModel(self, request: fleet_pb2.FetchModelRequest, context: grpc.ServicerContext) -> Iterator:
+        self._node(context)
+        payload = self.runtime.model_payload(request.model_sha256.hex())
+        header = PayloadHeader(self.runtime.coordinator.tensors, len(payload), hashlib.sha256(payload).digest())
+        yield from wire.payload_chunks(header, payload)
+
+    @rpc_method
+    def PushUpdate(self, request_iterator: Iterator[fleet_pb2.UploadChunk], context: grpc.ServicerContext) -> fleet_pb2.PushReply:
+        node = self._node(context)
+        header, payload = self._assemble(request_iterator)
+        submission = Submission(
+            request_id=header.request_id,
+            task_id=header.task_id,
+            round=header.round,
+            base_model_sha256=header.base_model_sha256.hex(),
+            num_samples=header.num_samples,
+            metrics=wire.metrics_from_proto(header.metrics),
+            tensors=wire.payload_header_from_proto(header.payload).tensors,
+            payload=payload,
+        )
+        outcome = self.runtime.submit(node, submission)
+        return fleet_pb2.PushReply(accepted=outcome.accepted, duplicate=outcome.duplicate)
+
+    def _assemble(self, chunks: Iterator[fleet_pb2.UploadChunk]) -> tuple[fleet_pb2.UploadHeader, bytes]:
+        first = next(chunks, None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise InvalidPayload("upload stream must start with an UploadHeader")
+        header = first.header
+        if not header.request_id:
+            raise InvalidPayload("request_id is required")
+        assembler = PayloadAssembler(wire.payload_header_from_proto(header.payload), self.max_payload_bytes)
+        for chunk in chunks:
+            if chunk.WhichOneof("part") != "data":
+                raise InvalidPayload("only data chunks may follow the upload header")
+            assembler.add(chunk.data)
+        return header, assembler.finish()
+
+    @rpc_method
+    def ForgetMe(self, request: fleet_pb2.ForgetRequest, context: grpc.ServicerContext) -> fleet_pb2.ForgetReply:
+        self._node(context)
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "ForgetMe is not available in this release yet")
+
+    @rpc_method
+    def GetForgetStatus(self, request: fleet_pb2.ForgetStatusRequest, context: grpc.ServicerContext) -> fleet_pb2.ForgetRequestInfo:
+        self._node(context)
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "forget requests are not available in this release yet")
+
+    @rpc_method
+    def Leave(self, request: fleet_pb2.LeaveRequest, context: grpc.ServicerContext) -> fleet_pb2.LeaveReply:
+        node = self._node(context)
+        self.runtime.leave(node)
+        return fleet_pb2.LeaveReply()
+
+
+def task_to_proto(task: Task | None, model_spec: ModelSpec) -> fleet_pb2.Task:
+    if task is None:
+        return fleet_pb2.Task(kind=fleet_pb2.TASK_KIND_WAIT, retry_after_s=0.0)
+    if task.kind is TaskKind.STOP:
+        return fleet_pb2.Task(kind=fleet_pb2.TASK_KIND_STOP)
+    assert task.train is not None
+    return fleet_pb2.Task(
+        kind=fleet_pb2.TASK_KIND_TRAIN,
+        task_id=task.task_id,
+        round=task.round,
+        model_sha256=bytes.fromhex(task.model_sha256),
+        train=wire.train_settings_to_proto(task.train),
+        deadline_unix_ms=task.deadline_ms,
+        seed=task.seed,
+        model=wire.model_spec_to_proto(model_spec),
+    )
+
+
+def round_to_proto(r: RoundRecord) -> admin_pb2.RoundInfo:
+    return admin_pb2.RoundInfo(
+        round=r.round,
+        status=r.status,
+        attempt=r.attempt,
+        participants=list(r.participants),
+        selected=list(r.selected),
+        test_acc=r.test_acc if r.test_acc is not None else float("nan"),
+        test_loss=r.test_loss if r.test_loss is not None else float("nan"),
+        duration_s=r.duration_s,
+        model_sha256=bytes.fromhex(r.model_sha256) if r.model_sha256 else b"",
+        reason=r.reason,
+        total_samples=r.total_samples,
+        finished_unix_ms=r.finished_ms,
+        metrics=wire.metrics_to_proto(r.metrics),
+    )
+
+
+def forget_to_proto(f: ForgetRecord) -> fleet_pb2.ForgetRequestInfo:
+    return fleet_pb2.ForgetRequestInfo(
+        forget_id=f.forget_id,
+        node_id=f.node_id,
+        method=f.method,
+        state=f.state,
+        reason=f.reason,
+        created_unix_ms=f.created_ms,
+        updated_unix_ms=f.updated_ms,
+        receipt_json=f.receipt_json,
+        num_samples=len(f.sample_ids),
+    )
+
+
+class AdminServicer(admin_pb2_grpc.AdminServicer):
+    def __init__(self, runtime: ServerRuntime, ledger: Ledger, *, secure_aggregation: bool) -> None:
+        self.runtime = runtime
+        self.ledger = ledger
+        self.secure_aggregation = secure_aggregation
+
+    @rpc_method
+    def GetStatus(self, request: admin_pb2.StatusRequest, context: grpc.ServicerContext) -> admin_pb2.ServerStatus:
+        view = self.runtime.status()
+        return admin_pb2.ServerStatus(
+            phase=view.phase.value,
+            current_round=view.current_round,
+            completed_rounds=view.completed_rounds,
+            target_rounds=view.target_rounds,
+            connected_clients=view.connected,
+            model_sha256=bytes.fromhex(view.model_sha256),
+            model=wire.model_spec_to_proto(self.runtime.coordinator.model_spec),
+            last_abort_reason=view.last_abort_reason,
+            last_test_acc=view.last_test_acc if view.last_test_acc is not None else float("nan"),
+            secure_aggregation=self.secure_aggregation,
+            uptime_s=int(time.time() - self.runtime.started),
+        )
+
+    @rpc_method
+    def ListRounds(self, request: admin_pb2.ListRoundsRequest, context: grpc.ServicerContext) -> admin_pb2.ListRoundsReply:
+        records = self.ledger.rounds(limit=request.limit or None)
+        return admin_pb2.ListRoundsReply(rounds=[round_to_proto(r) for r in records])
+
+    @rpc_method
+    def ListClients(self, request: admin_pb2.ListClientsRequest, context: grpc.ServicerContext) -> admin_pb2.ListClientsReply:
+        live = set(self.runtime.live_nodes())
+        infos = []
+        for c in self.ledger.clients():
+            rounds = self.ledger.contributions(c.node_id)
+            infos.append(
+                admin_pb2.ClientInfo(
+                    node_id=c.node_id,
+                    connected=c.node_id in live,
+                    num_samples=c.num_samples,
+                    rounds_contributed=len(rounds),
+                    first_round=rounds[0] if rounds else 0,
+                    last_seen_unix_ms=c.last_seen_ms,
+                )
+            )
+        return admin_pb2.ListClientsReply(clients=infos)
+
+    @rpc_method
+    def ListForgetRequests(self, request: admin_pb2.ListForgetRequestsRequest, context: grpc.ServicerContext) -> admin_pb2.ListForgetRequestsReply:
+        return admin_pb2.ListForgetRequestsReply(
+            requests=[forget_to_proto(f) for f in self.ledger.forgets()]
+        )
