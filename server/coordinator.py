@@ -14,6 +14,7 @@ deadline passes with fewer than `min_completed` updates is recorded as aborted a
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -193,7 +194,7 @@ class Coordinator:
         if vector.size != sum(t.numel for t in self.tensors):
             raise InvalidPayload("initial model does not match the model's tensor specs")
         sha = self.checkpoints.put(to_bytes(vector), {"round": 0})
-        evaluation = self.evaluator(vector) if self.evaluator else None
+        evaluation = self._evaluate(vector)
         self.ledger.set_meta("model_spec", spec_key)
         self.ledger.record_round(
             _record(0, 0, "completed", (), (), sha, None, 0, evaluation, 0.0, "", now_ms, now_ms, {})
@@ -224,7 +225,7 @@ class Coordinator:
         )
         return StatusView(
             phase=phase,
-            current_round=self._round.number if self._round else self._completed + 1,
+            current_round=self._round.number if self._round else self._completed + (0 if self._finished else 1),
             completed_rounds=self._completed,
             target_rounds=self.policy.rounds,
             connected=len(self.live_nodes(now_ms)),
@@ -335,7 +336,7 @@ class Coordinator:
         delta = weighted_average(contributions)
         model = (self._model + delta).astype(np.float32)
         sha = self.checkpoints.put(to_bytes(model), {"round": rnd.number})
-        evaluation = self.evaluator(model) if self.evaluator else None
+        evaluation = self._evaluate(model)
         participants = tuple(sorted(rnd.accepted))
         record = _record(
             rnd.number, rnd.attempt, "completed", rnd.selected, participants, sha, rnd.base_sha,
@@ -380,12 +381,21 @@ class Coordinator:
             raise InvalidPayload("update tensors do not match the model's names, shapes or dtype")
         if sub.num_samples < 1:
             raise InvalidPayload(f"num_samples must be >= 1, got {sub.num_samples}")
+        bad = [k for k, v in sub.metrics.items() if not math.isfinite(v)]
+        if bad:
+            raise InvalidPayload(f"metrics {sorted(bad)} are NaN or Inf")
         update = from_bytes(sub.payload, sub.tensors)
         require_finite(update)
         norm = float(np.linalg.norm(update.astype(np.float64)))
         if norm > self.max_update_norm:
             raise InvalidPayload(f"update norm {norm:.3g} exceeds {self.max_update_norm:.3g}")
         return update
+
+    def _evaluate(self, model: np.ndarray) -> EvalResult | None:
+        result = self.evaluator(model) if self.evaluator else None
+        if result is None or not (math.isfinite(result.accuracy) and math.isfinite(result.loss)):
+            return None  # a diverged model has no meaningful score; the ledger stores none
+        return result
 
     def _seen(self, node_id: str, num_samples: int | None, now_ms: int) -> None:
         self._last_seen[node_id] = now_ms
