@@ -17,7 +17,7 @@ from forsaken.common.models import build_model
 from forsaken.common.partition import ClientData
 from forsaken.common.simulation import client_round_seed
 from forsaken.common.tensors import from_bytes, specs_of, to_bytes
-from forsaken.common.training import TrainConfig, evaluate, load_vector, train_local
+from forsaken.common.training import evaluate, load_vector, train_local
 from forsaken.client.state import ClientState, StateFile
 from forsaken.client.transport import FleetConnection, StopTask, TrainTask, WaitTask
 
@@ -168,15 +168,8 @@ class ClientDaemon:
         if len(y) == 0:
             log.warning("no training data left; skipping round %d", task.round)
             return
-        cfg = TrainConfig(
-            local_epochs=task.settings.local_epochs,
-            batch_size=task.settings.batch_size,
-            learning_rate=task.settings.learning_rate,
-            momentum=task.settings.momentum,
-            weight_decay=task.settings.weight_decay,
-        )
         started = time.perf_counter()
-        result = train_local(model, x, y, cfg, client_round_seed(self.seed, self.partition_index, task.round))
+        result = train_local(model, x, y, task.settings, client_round_seed(self.seed, self.partition_index, task.round))
         # train_local leaves the model trained; restore the global weights for the next task.
         self._model_sha = None
         metrics = {"train_loss": float(result.mean_loss), "train_s": time.perf_counter() - started}

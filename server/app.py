@@ -32,6 +32,7 @@ from forsaken.v1 import admin_pb2, admin_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "FORSAKEN_SERVER"
+_TRAIN = TrainSettings()
 
 # Exit codes, documented in the README.
 EXIT_OK = 0
@@ -51,11 +52,11 @@ class ServerConfig:
     min_completed: int = option(2, "Updates needed for a round to complete; fewer by the deadline and it is retried.")
     round_timeout_s: float = option(60.0, "Deadline of a round, in seconds.")
     liveness_s: float = option(30.0, "A client not heard from for this long is not sampled.")
-    local_epochs: int = option(1, "Local epochs per round on each client.")
-    batch_size: int = option(32, "Local mini-batch size.")
-    learning_rate: float = option(0.05, "Local SGD learning rate.")
-    momentum: float = option(0.9, "Local SGD momentum.")
-    weight_decay: float = option(0.0, "Local SGD weight decay.")
+    local_epochs: int = option(_TRAIN.local_epochs, "Local epochs per round on each client.")
+    batch_size: int = option(_TRAIN.batch_size, "Local mini-batch size.")
+    learning_rate: float = option(_TRAIN.learning_rate, "Local SGD learning rate.")
+    momentum: float = option(_TRAIN.momentum, "Local SGD momentum.")
+    weight_decay: float = option(_TRAIN.weight_decay, "Local SGD weight decay.")
     seed: int = option(0, "Seed for the initial model, client sampling and local training.")
     evaluate: bool = option(True, "Evaluate each new global model on the validation set.")
     poll_timeout_s: float = option(10.0, "Long-poll deadline for PullTask, in seconds.")

@@ -29,6 +29,7 @@ class ModelBench:
 
     @classmethod
     def for_dataset(cls, dataset: str, architecture: str, seed: int) -> ModelBench:
+        torch.set_num_threads(1)  # the server shares the machine with its own RPC threads
         data = load_dataset(dataset)
         arch = architecture or default_architecture(data.name)
         model = build_model(arch, data.input_shape, data.num_classes, seed)
