@@ -85,6 +85,13 @@ class EvalResult:
 
 
 @dataclass(frozen=True, slots=True)
+class RoundStarted:
+    round: int
+    attempt: int
+    selected: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class RoundCompleted:
     record: RoundRecord
 
@@ -99,7 +106,7 @@ class Finished:
     completed_rounds: int
 
 
-Event = RoundCompleted | RoundAborted | Finished
+Event = RoundStarted | RoundCompleted | RoundAborted | Finished
 Evaluator = Callable[[np.ndarray], EvalResult | None]
 
 
@@ -303,8 +310,8 @@ class Coordinator:
             return []
         rnd = self._round
         if rnd is None:
-            self._maybe_start(now_ms)
-            return []
+            started = self._maybe_start(now_ms)
+            return [started] if started else []
         everyone = len(rnd.accepted) == len(rnd.selected)
         if not everyone and now_ms < rnd.deadline_ms:
             return []
@@ -314,10 +321,10 @@ class Coordinator:
 
     # ---- transitions ----------------------------------------------------------------------
 
-    def _maybe_start(self, now_ms: int) -> None:
+    def _maybe_start(self, now_ms: int) -> RoundStarted | None:
         live = self.live_nodes(now_ms)
         if len(live) < self.policy.min_clients:
-            return
+            return None
         number = self._completed + 1
         selected = self.policy.sample(live, number, self._attempt)
         self._round = _Round(
@@ -330,6 +337,7 @@ class Coordinator:
         )
         log.info("round %d (attempt %d) started with %d of %d live nodes",
                  number, self._attempt, len(selected), len(live))
+        return RoundStarted(number, self._attempt, selected)
 
     def _complete(self, rnd: _Round, now_ms: int) -> list[Event]:
         contributions = [(a.update, a.num_samples) for a in rnd.accepted.values()]

@@ -23,6 +23,7 @@ from forsaken.server.coordinator import (
     Phase,
     RoundAborted,
     RoundCompleted,
+    RoundStarted,
     Submission,
     TaskKind,
 )
@@ -80,7 +81,8 @@ def test_waits_for_min_clients_then_starts_and_aggregates_weighted() -> None:
     coord.tick(1)
     assert coord.poll("a", 10, 1) is None  # one live node is not enough
     joined(coord, "b")
-    coord.tick(2)
+    (started,) = coord.tick(2)
+    assert isinstance(started, RoundStarted) and started.selected == ("a", "b")
     da, db = np.ones(D, np.float32), np.full(D, 4.0, np.float32)
     assert coord.submit("a", submission(coord, "a", da, 10), 3).accepted
     assert coord.tick(4) == []  # b has not delivered and the deadline is far
