@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROTO_DIR := protos/forsaken/v1
 PROTOS := $(wildcard $(PROTO_DIR)/*.proto)
 
-.PHONY: venv proto proto-check lint test test-fast demo bench clean
+.PHONY: venv proto proto-check lint test test-fast demo bench docs clean
 
 venv: $(STAMP)
 

@@ -33,8 +33,13 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
         "and copy the same payloads in memory.",
     )
     r.add_argument("--clients", type=int, default=5, help="client processes (default: %(default)s)")
-    r.add_argument("--params", type=int, action="append", default=None,
-                   help="model size in float32 entries; repeat for several (default: 100k, 1M, 10M)")
+    r.add_argument(
+        "--params",
+        type=int,
+        action="append",
+        default=None,
+        help="model size in float32 entries; repeat for several (default: 100k, 1M, 10M)",
+    )
     r.add_argument("--rounds", type=int, default=3, help="rounds per size (default: %(default)s)")
     r.add_argument("--json", action="store_true", help="print JSON only (no table)")
     s = sub.add_parser(
@@ -44,10 +49,27 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
         "server costs as ratios to the raw AES-256-CTR keystream time for one vector.",
     )
     s.add_argument("--clients", type=int, default=100, help="clients N (default: %(default)s)")
-    s.add_argument("--params", type=int, default=1_000_000, help="vector length D (default: %(default)s)")
-    s.add_argument("--neighbors", type=int, default=16, help="neighbours K; 0 picks the rule's choice (default: %(default)s)")
-    s.add_argument("--dropout", type=float, default=0.1, help="fraction of clients dropped after sharing keys (default: %(default)s)")
-    s.add_argument("--workers", type=int, default=2, help="processes for the parallel-unmask measurement (default: %(default)s)")
+    s.add_argument(
+        "--params", type=int, default=1_000_000, help="vector length D (default: %(default)s)"
+    )
+    s.add_argument(
+        "--neighbors",
+        type=int,
+        default=16,
+        help="neighbours K; 0 picks the rule's choice (default: %(default)s)",
+    )
+    s.add_argument(
+        "--dropout",
+        type=float,
+        default=0.1,
+        help="fraction of clients dropped after sharing keys (default: %(default)s)",
+    )
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="processes for the parallel-unmask measurement (default: %(default)s)",
+    )
     s.add_argument("--json", action="store_true", help="print JSON only")
 
 
@@ -91,8 +113,14 @@ def _light_client(address: str, params: int, seed: int, ready: Any) -> None:
             return
         if isinstance(task, TrainTask):
             conn.fetch_model(task.model_sha256, 1 << 31)
-            conn.push(request_id=uuid.uuid4().hex, task=task, num_samples=100, metrics={},
-                      tensors=specs, payload=payload)
+            conn.push(
+                request_id=uuid.uuid4().hex,
+                task=task,
+                num_samples=100,
+                metrics={},
+                tensors=specs,
+                payload=payload,
+            )
 
 
 def _payload_floor_s(params: int, clients: int) -> float:
@@ -109,10 +137,9 @@ def _payload_floor_s(params: int, clients: int) -> float:
 
 
 def bench_round(clients: int, sizes: list[int], rounds: int) -> dict[str, Any]:
+    from forsaken.procs import free_port
     from forsaken.server.app import ServerConfig, ServerDaemon
     from forsaken.server.evaluation import SyntheticModel
-
-    from forsaken.procs import free_port
 
     results = []
     ctx = mp.get_context("spawn")
@@ -120,14 +147,22 @@ def bench_round(clients: int, sizes: list[int], rounds: int) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as state:
             address = f"127.0.0.1:{free_port()}"
             config = ServerConfig(
-                listen=address, state_dir=Path(state), rounds=rounds, min_clients=clients,
-                min_completed=clients, evaluate=False, poll_timeout_s=5.0,
+                listen=address,
+                state_dir=Path(state),
+                rounds=rounds,
+                min_clients=clients,
+                min_completed=clients,
+                evaluate=False,
+                poll_timeout_s=5.0,
                 max_payload_mb=max(64, params * 4 // (1 << 20) + 8),
             )
             daemon = ServerDaemon(config, model=SyntheticModel(params))
             daemon.start()
             ready = ctx.Semaphore(0)
-            procs = [ctx.Process(target=_light_client, args=(address, params, i, ready)) for i in range(clients)]
+            procs = [
+                ctx.Process(target=_light_client, args=(address, params, i, ready))
+                for i in range(clients)
+            ]
             try:
                 for p in procs:
                     p.start()
@@ -137,7 +172,9 @@ def bench_round(clients: int, sizes: list[int], rounds: int) -> dict[str, Any]:
                 while not finished.wait(0.1):
                     if daemon.runtime.status().phase.value == "finished":
                         break
-                records = [r for r in daemon.ledger.rounds() if r.status == "completed" and r.round > 0]
+                records = [
+                    r for r in daemon.ledger.rounds() if r.status == "completed" and r.round > 0
+                ]
                 durations = [r.duration_s for r in records]
             finally:
                 for p in procs:
@@ -147,13 +184,15 @@ def bench_round(clients: int, sizes: list[int], rounds: int) -> dict[str, Any]:
                 daemon.stop(grace_s=1.0)
         floor = _payload_floor_s(params, clients)
         median = statistics.median(durations)
-        results.append({
-            "params": params,
-            "clients": clients,
-            "rounds": len(durations),
-            "round_s_median": round(median, 4),
-            "round_s_all": [round(d, 4) for d in durations],
-            "payload_floor_s": round(floor, 4),
-            "round_over_floor": round(median / floor, 2) if floor > 0 else None,
-        })
+        results.append(
+            {
+                "params": params,
+                "clients": clients,
+                "rounds": len(durations),
+                "round_s_median": round(median, 4),
+                "round_s_all": [round(d, 4) for d in durations],
+                "payload_floor_s": round(floor, 4),
+                "round_over_floor": round(median / floor, 2) if floor > 0 else None,
+            }
+        )
     return {"bench": "round", "clients": clients, "results": results}

@@ -7,6 +7,7 @@ accuracy.png to --out. Every child is torn down on exit, on Ctrl-C too.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import subprocess
@@ -24,18 +25,58 @@ from forsaken.status import fetch_status
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="mnist5k", help="digits, mnist5k or an .npz path (default: %(default)s)")
-    p.add_argument("--clients", type=int, default=5, help="number of client processes (default: %(default)s)")
+    p.add_argument(
+        "--dataset",
+        default="mnist5k",
+        help="digits, mnist5k or an .npz path (default: %(default)s)",
+    )
+    p.add_argument(
+        "--clients", type=int, default=5, help="number of client processes (default: %(default)s)"
+    )
     p.add_argument("--rounds", type=int, default=10, help="training rounds (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=Path("demo-out"), help="output directory, replaced if it exists (default: %(default)s)")
-    p.add_argument("--scheme", choices=("iid", "dirichlet"), default="iid", help="partition scheme (default: %(default)s)")
-    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet alpha (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed for model, partitions and training (default: %(default)s)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("demo-out"),
+        help="output directory, replaced if it exists (default: %(default)s)",
+    )
+    p.add_argument(
+        "--scheme",
+        choices=("iid", "dirichlet"),
+        default="iid",
+        help="partition scheme (default: %(default)s)",
+    )
+    p.add_argument(
+        "--alpha", type=float, default=0.5, help="Dirichlet alpha (default: %(default)s)"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed for model, partitions and training (default: %(default)s)",
+    )
     p.add_argument("--architecture", default="", help="mlp or cnn (default: the dataset's default)")
-    p.add_argument("--local-epochs", type=int, default=None, help="local epochs per round (default: the server's default)")
-    p.add_argument("--round-timeout", type=float, default=60.0, help="round deadline in seconds (default: %(default)s)")
-    p.add_argument("--port", type=int, default=0, help="server port on 127.0.0.1 (default: a free port)")
-    p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds (default: %(default)s)")
+    p.add_argument(
+        "--local-epochs",
+        type=int,
+        default=None,
+        help="local epochs per round (default: the server's default)",
+    )
+    p.add_argument(
+        "--round-timeout",
+        type=float,
+        default=60.0,
+        help="round deadline in seconds (default: %(default)s)",
+    )
+    p.add_argument(
+        "--port", type=int, default=0, help="server port on 127.0.0.1 (default: a free port)"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="give up after this many seconds (default: %(default)s)",
+    )
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -50,11 +91,25 @@ def run_demo(args: argparse.Namespace) -> int:
     port = args.port or free_port()
     address = f"127.0.0.1:{port}"
     server_args = [
-        "server", "--listen", address, "--state-dir", str(out / "server"),
-        "--dataset", args.dataset, "--rounds", str(args.rounds),
-        "--min-clients", str(args.clients), "--min-completed", str(max(1, (args.clients + 1) // 2)),
-        "--round-timeout-s", str(args.round_timeout), "--seed", str(args.seed),
-        "--poll-timeout-s", "5",
+        "server",
+        "--listen",
+        address,
+        "--state-dir",
+        str(out / "server"),
+        "--dataset",
+        args.dataset,
+        "--rounds",
+        str(args.rounds),
+        "--min-clients",
+        str(args.clients),
+        "--min-completed",
+        str(max(1, (args.clients + 1) // 2)),
+        "--round-timeout-s",
+        str(args.round_timeout),
+        "--seed",
+        str(args.seed),
+        "--poll-timeout-s",
+        "5",
     ]
     if args.architecture:
         server_args += ["--architecture", args.architecture]
@@ -68,14 +123,30 @@ def run_demo(args: argparse.Namespace) -> int:
         wait_healthy(address, timeout_s=120, proc=server)
         for i in range(args.clients):
             client_args = [
-                "client", "--server", address, "--state-dir", str(out / f"client-{i}"),
-                "--dataset", args.dataset, "--partition", f"{i}/{args.clients}",
-                "--scheme", args.scheme, "--alpha", str(args.alpha), "--seed", str(args.seed),
-                "--owner-listen", "127.0.0.1:0", "--max-backoff-s", "5",
+                "client",
+                "--server",
+                address,
+                "--state-dir",
+                str(out / f"client-{i}"),
+                "--dataset",
+                args.dataset,
+                "--partition",
+                f"{i}/{args.clients}",
+                "--scheme",
+                args.scheme,
+                "--alpha",
+                str(args.alpha),
+                "--seed",
+                str(args.seed),
+                "--owner-listen",
+                "127.0.0.1:0",
+                "--max-backoff-s",
+                "5",
             ]
             procs.append(spawn(forsaken_command(*client_args), out / "logs" / f"client-{i}.log"))
         console.print(
-            f"server on {address}, {args.clients} clients, dataset {args.dataset}; logs in {out / 'logs'}"
+            f"server on {address}, {args.clients} clients, dataset {args.dataset}; "
+            f"logs in {out / 'logs'}"
         )
         status = _follow(address, args, procs, console, started)
         _wait_clients_exit(procs[1:], timeout_s=30)
@@ -93,14 +164,21 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _follow(
-    address: str, args: argparse.Namespace, procs: list[subprocess.Popen[bytes]],
-    console: Console, started: float,
+    address: str,
+    args: argparse.Namespace,
+    procs: list[subprocess.Popen[bytes]],
+    console: Console,
+    started: float,
 ) -> dict[str, Any]:
     shown = 0
     status: dict[str, Any] = {}
     with Progress(
-        TextColumn("[bold]rounds"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+        TextColumn("[bold]rounds"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
     ) as progress:
         bar = progress.add_task("waiting for clients", total=args.rounds)
         while True:
@@ -113,7 +191,9 @@ def _follow(
             except grpc.RpcError:
                 time.sleep(0.5)
                 continue
-            completed = [r for r in status["rounds"] if r["status"] == "completed" and r["round"] > 0]
+            completed = [
+                r for r in status["rounds"] if r["status"] == "completed" and r["round"] > 0
+            ]
             for r in completed[shown:]:
                 acc = r["test_acc"]
                 progress.console.print(
@@ -121,7 +201,11 @@ def _follow(
                     f"  {r['duration_s']:.2f}s"
                 )
             shown = len(completed)
-            progress.update(bar, completed=shown, description=f"{status['connected_clients']} clients, {status['phase']}")
+            progress.update(
+                bar,
+                completed=shown,
+                description=f"{status['connected_clients']} clients, {status['phase']}",
+            )
             if status["phase"] == "finished":
                 break
             time.sleep(0.5)
@@ -132,10 +216,8 @@ def _wait_clients_exit(clients: list[subprocess.Popen[bytes]], timeout_s: float)
     """Clients exit on their own once they poll the server's STOP; give them a moment."""
     deadline = time.monotonic() + timeout_s
     for p in clients:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
 
 
 def _report(status: dict[str, Any], args: argparse.Namespace, wall_s: float) -> dict[str, Any]:
@@ -186,7 +268,12 @@ def _table(report: dict[str, Any], console: Console) -> None:
     for col in ("round", "test_acc", "participants", "duration_s"):
         table.add_column(col, justify="right")
     for r in report["rounds"]:
-        table.add_row(str(r["round"]), f"{r['test_acc']:.4f}", str(r["participants"]), f"{r['duration_s']:.2f}")
+        table.add_row(
+            str(r["round"]),
+            f"{r['test_acc']:.4f}",
+            str(r["participants"]),
+            f"{r['duration_s']:.2f}",
+        )
     console.print(table)
     final = report["final"]["test_acc"]
     console.print(f"[bold]final test accuracy: {final:.4f}[/bold]  (wall {report['wall_s']:.1f}s)")

@@ -40,7 +40,9 @@ def forsaken_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "forsaken", *args]
 
 
-def spawn(argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("ab")
     full_env = dict(os.environ)
@@ -52,14 +54,19 @@ def spawn(argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None
         full_env.update(env)
     try:
         return subprocess.Popen(
-            list(argv), stdout=log, stderr=subprocess.STDOUT, env=full_env,
+            list(argv),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
             preexec_fn=_die_with_parent,
         )
     finally:
         log.close()
 
 
-def wait_healthy(address: str, timeout_s: float = 60.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_healthy(
+    address: str, timeout_s: float = 60.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     """Block until the server's gRPC health check says SERVING."""
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(address) as channel:

@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import time
 from typing import Any
 
 import grpc
-from rich.console import Console
-from rich.table import Table
 
 from forsaken.v1 import admin_pb2, admin_pb2_grpc
 
 
 def add_status_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", default="127.0.0.1:7070", help="server address host:port (default: %(default)s)")
-    p.add_argument("--rounds", type=int, default=20, help="how many recent rounds to list (0: all; default: %(default)s)")
+    p.add_argument(
+        "--server", default="127.0.0.1:7070", help="server address host:port (default: %(default)s)"
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=20,
+        help="how many recent rounds to list (0: all; default: %(default)s)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
-    p.add_argument("--timeout", type=float, default=10.0, help="RPC deadline in seconds (default: %(default)s)")
+    p.add_argument(
+        "--timeout", type=float, default=10.0, help="RPC deadline in seconds (default: %(default)s)"
+    )
 
 
 def fetch_status(server: str, rounds: int = 0, timeout: float = 10.0) -> dict[str, Any]:

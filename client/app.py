@@ -12,16 +12,16 @@ from pathlib import Path
 import grpc
 import torch
 
+from forsaken.client.daemon import ClientDaemon
+from forsaken.client.owner import OwnerServicer
+from forsaken.client.state import DataSelection, StateFile
+from forsaken.client.transport import FleetConnection
 from forsaken.common.config import option
 from forsaken.common.datasets import load_dataset
 from forsaken.common.errors import ConfigError
 from forsaken.common.fsutil import atomic_write
 from forsaken.common.identity import NodeIdentity
 from forsaken.common.partition import client_split, parse_client_spec
-from forsaken.client.daemon import ClientDaemon
-from forsaken.client.owner import OwnerServicer
-from forsaken.client.state import DataSelection, StateFile
-from forsaken.client.transport import FleetConnection
 from forsaken.v1 import owner_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -34,13 +34,23 @@ OWNER_ADDRESS_FILE = "owner_address"
 class ClientConfig:
     server: str = option("127.0.0.1:7070", "Address of the aggregation server (host:port).")
     state_dir: Path = option(Path("forsaken-client"), "Directory for the node key and local state.")
-    dataset: str = option("mnist5k", "Local data: digits, mnist5k, or a path to an .npz file with arrays x and y.")
+    dataset: str = option(
+        "mnist5k", "Local data: digits, mnist5k, or a path to an .npz file with arrays x and y."
+    )
     partition: str = option("0/1", "Which shard of the dataset this node holds, as i/N (0-based).")
     scheme: str = option("iid", "Partition scheme.", choices=("iid", "dirichlet"))
-    alpha: float = option(0.5, "Dirichlet concentration for --scheme dirichlet (smaller is more skewed).")
+    alpha: float = option(
+        0.5, "Dirichlet concentration for --scheme dirichlet (smaller is more skewed)."
+    )
     seed: int = option(0, "Seed for partitioning and local training.")
-    held_out_fraction: float = option(0.1, "Share of local data reserved, never trained on, for unlearning checks.")
-    owner_listen: str = option("127.0.0.1:7071", "Where the Owner API listens (loopback by default); port 0 picks one and writes it to STATE_DIR/owner_address.")
+    held_out_fraction: float = option(
+        0.1, "Share of local data reserved, never trained on, for unlearning checks."
+    )
+    owner_listen: str = option(
+        "127.0.0.1:7071",
+        "Where the Owner API listens (loopback by default); port 0 picks one and writes it "
+        "to STATE_DIR/owner_address.",
+    )
     max_backoff_s: float = option(30.0, "Longest wait between reconnection attempts, in seconds.")
     threads: int = option(1, "CPU threads for local training.")
     log_level: str = option("info", "Log level.", choices=("debug", "info", "warning", "error"))
@@ -49,7 +59,9 @@ class ClientConfig:
     def validate(self) -> None:
         parse_client_spec(self.partition)
         if not 0.0 <= self.held_out_fraction < 0.9:
-            raise ConfigError(f"held_out_fraction must be in [0, 0.9), got {self.held_out_fraction}")
+            raise ConfigError(
+                f"held_out_fraction must be in [0, 0.9), got {self.held_out_fraction}"
+            )
         if self.alpha <= 0:
             raise ConfigError(f"alpha must be > 0, got {self.alpha}")
         if self.threads < 1:
@@ -67,12 +79,21 @@ class ClientApp:
         index, count = parse_client_spec(config.partition)
         dataset = load_dataset(config.dataset)
         data = client_split(
-            dataset, index, count, config.scheme, config.alpha, config.seed,
+            dataset,
+            index,
+            count,
+            config.scheme,
+            config.alpha,
+            config.seed,
             held_out_fraction=config.held_out_fraction,
         )
         selection = DataSelection(
-            dataset=dataset.name, partition_index=index, partition_count=count,
-            scheme=config.scheme, alpha=config.alpha, seed=config.seed,
+            dataset=dataset.name,
+            partition_index=index,
+            partition_count=count,
+            scheme=config.scheme,
+            alpha=config.alpha,
+            seed=config.seed,
             held_out_fraction=config.held_out_fraction,
         )
         state_file = StateFile(state_dir)
@@ -80,9 +101,15 @@ class ClientApp:
         identity = NodeIdentity.load_or_create(state_dir)
         self.connection = FleetConnection(config.server, identity)
         self.daemon = ClientDaemon(
-            connection=self.connection, data=data, dataset_name=dataset.name,
-            input_shape=tuple(dataset.input_shape), num_classes=int(dataset.num_classes),
-            state_file=state_file, state=state, partition_index=index, seed=config.seed,
+            connection=self.connection,
+            data=data,
+            dataset_name=dataset.name,
+            input_shape=tuple(dataset.input_shape),
+            num_classes=int(dataset.num_classes),
+            state_file=state_file,
+            state=state,
+            partition_index=index,
+            seed=config.seed,
             max_backoff_s=config.max_backoff_s,
         )
         self.owner_server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
@@ -96,8 +123,13 @@ class ClientApp:
         host = config.owner_listen.rsplit(":", 1)[0]
         self.owner_address = f"{host}:{port}"
         atomic_write(state_dir / OWNER_ADDRESS_FILE, (self.owner_address + "\n").encode())
-        log.info("node %s: %d training, %d held-out samples; Owner API on %s",
-                 identity.node_id, len(data.y_train), len(data.y_held_out), self.owner_address)
+        log.info(
+            "node %s: %d training, %d held-out samples; Owner API on %s",
+            identity.node_id,
+            len(data.y_train),
+            len(data.y_held_out),
+            self.owner_address,
+        )
 
     def run(self) -> int:
         self.owner_server.start()

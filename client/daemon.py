@@ -12,14 +12,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from forsaken.client.state import ClientState, StateFile
+from forsaken.client.transport import FleetConnection, StopTask, TrainTask, WaitTask
 from forsaken.common import errors
 from forsaken.common.models import build_model
 from forsaken.common.partition import ClientData
 from forsaken.common.simulation import client_round_seed
 from forsaken.common.tensors import from_bytes, specs_of, to_bytes
 from forsaken.common.training import evaluate, load_vector, train_local
-from forsaken.client.state import ClientState, StateFile
-from forsaken.client.transport import FleetConnection, StopTask, TrainTask, WaitTask
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,13 @@ class ClientDaemon:
             log.warning("no training data left; skipping round %d", task.round)
             return
         started = time.perf_counter()
-        result = train_local(model, x, y, task.settings, client_round_seed(self.seed, self.partition_index, task.round))
+        result = train_local(
+            model,
+            x,
+            y,
+            task.settings,
+            client_round_seed(self.seed, self.partition_index, task.round),
+        )
         # train_local leaves the model trained; restore the global weights for the next task.
         self._model_sha = None
         metrics = {"train_loss": float(result.mean_loss), "train_s": time.perf_counter() - started}
@@ -181,14 +187,23 @@ class ClientDaemon:
         specs = specs_of(model.state_dict())
         payload = to_bytes(result.delta.astype(np.float32))
         reply = self.conn.push(
-            request_id=request_id, task=task, num_samples=result.num_samples, metrics=metrics,
-            tensors=specs, payload=payload,
+            request_id=request_id,
+            task=task,
+            num_samples=result.num_samples,
+            metrics=metrics,
+            tensors=specs,
+            payload=payload,
         )
         with self._lock:
             self.state = self.state.with_round(task.round)
             self.state_file.save(self.state)
-        log.info("round %d: pushed update from %d samples (loss %.4f)%s", task.round,
-                 result.num_samples, result.mean_loss, " [duplicate]" if reply.duplicate else "")
+        log.info(
+            "round %d: pushed update from %d samples (loss %.4f)%s",
+            task.round,
+            result.num_samples,
+            result.mean_loss,
+            " [duplicate]" if reply.duplicate else "",
+        )
 
     def _remember_push(self, task_id: str, request_id: str) -> None:
         # Persisted before sending, so a retry after a crash reuses the id and cannot double-apply.

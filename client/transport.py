@@ -112,7 +112,9 @@ class FleetConnection:
             raise errors.NotAuthenticated("not joined")
         return ((SESSION_KEY, self.token),)
 
-    def join(self, num_samples: int, dataset: str, input_shape: tuple[int, ...], num_classes: int) -> str:
+    def join(
+        self, num_samples: int, dataset: str, input_shape: tuple[int, ...], num_classes: int
+    ) -> str:
         request_id = uuid.uuid4().hex
         now_ms = int(time.time() * 1000)
         request = fleet_pb2.JoinRequest(
@@ -135,7 +137,9 @@ class FleetConnection:
     def pull(self, num_samples: int) -> AnyTask:
         request = fleet_pb2.PullTaskRequest(num_samples=num_samples)
         task = self._call(
-            lambda: self.stub.PullTask(request, metadata=self._metadata(), timeout=self.poll_timeout_s + 15)
+            lambda: self.stub.PullTask(
+                request, metadata=self._metadata(), timeout=self.poll_timeout_s + 15
+            )
         )
         if task.kind == fleet_pb2.TASK_KIND_TRAIN:
             return TrainTask(
@@ -194,7 +198,9 @@ class FleetConnection:
     def leave(self) -> None:
         self._call(
             lambda: self.stub.Leave(
-                fleet_pb2.LeaveRequest(request_id=uuid.uuid4().hex), metadata=self._metadata(), timeout=5
+                fleet_pb2.LeaveRequest(request_id=uuid.uuid4().hex),
+                metadata=self._metadata(),
+                timeout=5,
             )
         )
 

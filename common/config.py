@@ -47,7 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, env_prefix: str) -
         kind = _base_type(cls, field.name)
         helptext = field.metadata.get("help", "")
         default = field.default
-        shown = "" if default is None else f" (default: {default}; env {env_name(env_prefix, field.name)})"
+        shown = (
+            ""
+            if default is None
+            else f" (default: {default}; env {env_name(env_prefix, field.name)})"
+        )
         kwargs: dict[str, Any] = {"default": None, "help": helptext + shown, "dest": field.name}
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -102,7 +106,12 @@ def describe(cls: type) -> list[tuple[str, str, str, str]]:
     rows = []
     for field in dataclasses.fields(cls):
         rows.append(
-            (flag_name(field.name), field.name.upper(), repr(field.default), field.metadata.get("help", ""))
+            (
+                flag_name(field.name),
+                field.name.upper(),
+                repr(field.default),
+                field.metadata.get("help", ""),
+            )
         )
     return rows
 

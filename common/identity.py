@@ -35,7 +35,12 @@ def node_id_for(public_key: bytes) -> str:
 
 def join_message(request_id: str, timestamp_ms: int, num_samples: int) -> bytes:
     rid = request_id.encode()
-    return JOIN_CONTEXT + struct.pack(">I", len(rid)) + rid + struct.pack(">qq", timestamp_ms, num_samples)
+    return (
+        JOIN_CONTEXT
+        + struct.pack(">I", len(rid))
+        + rid
+        + struct.pack(">qq", timestamp_ms, num_samples)
+    )
 
 
 @dataclass(frozen=True)

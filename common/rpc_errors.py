@@ -53,7 +53,9 @@ def rpc_method(fn: F) -> F:
             context.abort(code, str(exc) or type(exc).__name__)
         except Exception:
             log.exception("unexpected error in %s", fn.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {fn.__name__}; see server log")
+            context.abort(
+                grpc.StatusCode.INTERNAL, f"internal error in {fn.__name__}; see server log"
+            )
 
     return wrapper  # type: ignore[return-value]
 
@@ -69,6 +71,8 @@ def stream_method(fn: F) -> F:
             context.abort(status_for(exc), str(exc) or type(exc).__name__)
         except Exception:
             log.exception("unexpected error in %s", fn.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {fn.__name__}; see server log")
+            context.abort(
+                grpc.StatusCode.INTERNAL, f"internal error in {fn.__name__}; see server log"
+            )
 
     return wrapper  # type: ignore[return-value]

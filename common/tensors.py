@@ -45,7 +45,9 @@ def numpy_dtype(name: str) -> np.dtype:
     try:
         return _DTYPES[name]
     except KeyError:
-        raise InvalidPayload(f"unsupported dtype {name!r}; expected one of {sorted(_DTYPES)}") from None
+        raise InvalidPayload(
+            f"unsupported dtype {name!r}; expected one of {sorted(_DTYPES)}"
+        ) from None
 
 
 def validate_specs(specs: Sequence[TensorSpec], max_bytes: int | None = None) -> int:

@@ -39,9 +39,13 @@ class TrainSettings:
 
     def validate(self) -> None:
         if not 1 <= self.local_epochs <= 1000:
-            raise ConfigError(f"local_epochs must be at least 1 (and <= 1000), got {self.local_epochs}")
+            raise ConfigError(
+                f"local_epochs must be at least 1 (and <= 1000), got {self.local_epochs}"
+            )
         if not 1 <= self.batch_size <= 1 << 16:
-            raise ConfigError(f"batch_size must be at least 1 (and <= 65536), got {self.batch_size}")
+            raise ConfigError(
+                f"batch_size must be at least 1 (and <= 65536), got {self.batch_size}"
+            )
         if not 0.0 < self.learning_rate <= 10.0:
             raise ConfigError(f"learning_rate must be in (0, 10], got {self.learning_rate}")
         if not 0.0 <= self.momentum < 1.0:

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
-
 import grpc
+import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -21,7 +20,14 @@ from forsaken.common.errors import ConfigError
 from forsaken.common.tensors import TensorSpec
 from forsaken.common.types import ModelSpec, TrainSettings
 from forsaken.server.checkpoints import FileCheckpointStore
-from forsaken.server.coordinator import Coordinator, EvalResult, Event, Finished, RoundAborted, RoundCompleted
+from forsaken.server.coordinator import (
+    Coordinator,
+    EvalResult,
+    Event,
+    Finished,
+    RoundAborted,
+    RoundCompleted,
+)
 from forsaken.server.ledger import SqliteLedger
 from forsaken.server.policy import RoundPolicy
 from forsaken.server.rpc import AdminServicer, FleetServicer
@@ -44,12 +50,20 @@ EXIT_BIND = 3
 class ServerConfig:
     listen: str = option("127.0.0.1:7070", "Address to serve the Fleet and Admin APIs on.")
     state_dir: Path = option(Path("forsaken-server"), "Directory for checkpoints and the ledger.")
-    dataset: str = option("mnist5k", "Dataset the federation trains on: digits, mnist5k or an .npz path; its fixed test split is the server's validation set.")
-    architecture: str = option("", "Model architecture (mlp, cnn); empty picks the dataset's default.")
+    dataset: str = option(
+        "mnist5k",
+        "Dataset the federation trains on: digits, mnist5k or an .npz path; its fixed test "
+        "split is the server's validation set.",
+    )
+    architecture: str = option(
+        "", "Model architecture (mlp, cnn); empty picks the dataset's default."
+    )
     rounds: int = option(10, "Rounds to run; 0 runs until stopped.")
     min_clients: int = option(2, "Live clients needed before a round starts.")
     fraction: float = option(1.0, "Fraction of live clients sampled each round.")
-    min_completed: int = option(2, "Updates needed for a round to complete; fewer by the deadline and it is retried.")
+    min_completed: int = option(
+        2, "Updates needed for a round to complete; fewer by the deadline and it is retried."
+    )
     round_timeout_s: float = option(60.0, "Deadline of a round, in seconds.")
     liveness_s: float = option(30.0, "A client not heard from for this long is not sampled.")
     local_epochs: int = option(_TRAIN.local_epochs, "Local epochs per round on each client.")
@@ -183,8 +197,13 @@ class ServerDaemon:
         if isinstance(event, RoundCompleted):
             r = event.record
             acc = "n/a" if r.test_acc is None else f"{r.test_acc:.4f}"
-            log.info("round %d done: %d participants, acc %s, %.2fs", r.round,
-                     len(r.participants), acc, r.duration_s)
+            log.info(
+                "round %d done: %d participants, acc %s, %.2fs",
+                r.round,
+                len(r.participants),
+                acc,
+                r.duration_s,
+            )
         elif isinstance(event, RoundAborted):
             log.warning("round %d aborted: %s", event.record.round, event.record.reason)
         elif isinstance(event, Finished):
@@ -198,8 +217,12 @@ class ServerDaemon:
         self.runtime.start()
         for name in ("", "forsaken.v1.Fleet", "forsaken.v1.Admin"):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving on %s (port %d), state in %s", self.config.listen, self.port,
-                 self.config.state_dir)
+        log.info(
+            "serving on %s (port %d), state in %s",
+            self.config.listen,
+            self.port,
+            self.config.state_dir,
+        )
 
     def stop(self, grace_s: float = 5.0) -> None:
         self.health.enter_graceful_shutdown()

@@ -195,7 +195,9 @@ class Coordinator:
         last = self.ledger.last_completed()
         if last is not None and last.model_sha256:
             vector = from_bytes(self.checkpoints.get(last.model_sha256), self.tensors)
-            log.info("resuming after round %d from checkpoint %s", last.round, last.model_sha256[:12])
+            log.info(
+                "resuming after round %d from checkpoint %s", last.round, last.model_sha256[:12]
+            )
             return vector, last.model_sha256, last.round, last.test_acc
         vector = np.asarray(initial_model(), dtype=np.float32)
         if vector.size != sum(t.numel for t in self.tensors):
@@ -204,7 +206,9 @@ class Coordinator:
         evaluation = self._evaluate(vector)
         self.ledger.set_meta("model_spec", spec_key)
         self.ledger.record_round(
-            _record(0, 0, "completed", (), (), sha, None, 0, evaluation, 0.0, "", now_ms, now_ms, {})
+            _record(
+                0, 0, "completed", (), (), sha, None, 0, evaluation, 0.0, "", now_ms, now_ms, {}
+            )
         )
         return vector, sha, 0, evaluation.accuracy if evaluation else None
 
@@ -227,12 +231,14 @@ class Coordinator:
         return sorted(n for n, seen in self._last_seen.items() if seen >= horizon)
 
     def status(self, now_ms: int) -> StatusView:
-        phase = Phase.FINISHED if self._finished else (
-            Phase.TRAINING if self._round else Phase.WAITING
+        phase = (
+            Phase.FINISHED if self._finished else (Phase.TRAINING if self._round else Phase.WAITING)
         )
         return StatusView(
             phase=phase,
-            current_round=self._round.number if self._round else self._completed + (0 if self._finished else 1),
+            current_round=self._round.number
+            if self._round
+            else self._completed + (0 if self._finished else 1),
             completed_rounds=self._completed,
             target_rounds=self.policy.rounds,
             connected=len(self.live_nodes(now_ms)),
@@ -297,11 +303,15 @@ class Coordinator:
         if held is not None:
             if held.request_id == sub.request_id:
                 return SubmitOutcome(accepted=True, duplicate=True)
-            raise DuplicateRequest(f"node {node_id} already pushed an update for round {rnd.number}")
+            raise DuplicateRequest(
+                f"node {node_id} already pushed an update for round {rnd.number}"
+            )
         if sub.base_model_sha256 != rnd.base_sha:
             raise StaleRequest("update was computed from a different model than this round's")
         update = self._validate_update(sub)
-        rnd.accepted[node_id] = _Accepted(sub.request_id, sub.num_samples, dict(sub.metrics), update)
+        rnd.accepted[node_id] = _Accepted(
+            sub.request_id, sub.num_samples, dict(sub.metrics), update
+        )
         return SubmitOutcome(accepted=True, duplicate=False)
 
     def tick(self, now_ms: int) -> list[Event]:
@@ -335,8 +345,13 @@ class Coordinator:
             started_ms=now_ms,
             deadline_ms=now_ms + int(self.policy.round_timeout_s * 1000),
         )
-        log.info("round %d (attempt %d) started with %d of %d live nodes",
-                 number, self._attempt, len(selected), len(live))
+        log.info(
+            "round %d (attempt %d) started with %d of %d live nodes",
+            number,
+            self._attempt,
+            len(selected),
+            len(live),
+        )
         return RoundStarted(number, self._attempt, selected)
 
     def _complete(self, rnd: _Round, now_ms: int) -> list[Event]:
@@ -347,9 +362,19 @@ class Coordinator:
         evaluation = self._evaluate(model)
         participants = tuple(sorted(rnd.accepted))
         record = _record(
-            rnd.number, rnd.attempt, "completed", rnd.selected, participants, sha, rnd.base_sha,
-            sum(a.num_samples for a in rnd.accepted.values()), evaluation,
-            (now_ms - rnd.started_ms) / 1000.0, "", rnd.started_ms, now_ms,
+            rnd.number,
+            rnd.attempt,
+            "completed",
+            rnd.selected,
+            participants,
+            sha,
+            rnd.base_sha,
+            sum(a.num_samples for a in rnd.accepted.values()),
+            evaluation,
+            (now_ms - rnd.started_ms) / 1000.0,
+            "",
+            rnd.started_ms,
+            now_ms,
             _mean_metrics(rnd.accepted.values()),
         )
         # Ledger after checkpoint: a crash in between leaves an orphan blob, never a dangling row.
@@ -361,15 +386,30 @@ class Coordinator:
         if self._is_done():
             self._finished = True
             events.append(Finished(self._completed))
-        log.info("round %d completed with %d updates (acc=%s)", rnd.number, len(participants),
-                 f"{evaluation.accuracy:.4f}" if evaluation else "n/a")
+        log.info(
+            "round %d completed with %d updates (acc=%s)",
+            rnd.number,
+            len(participants),
+            f"{evaluation.accuracy:.4f}" if evaluation else "n/a",
+        )
         return events
 
     def _abort(self, rnd: _Round, now_ms: int, reason: str) -> RoundAborted:
         record = _record(
-            rnd.number, rnd.attempt, "aborted", rnd.selected, tuple(sorted(rnd.accepted)), None,
-            rnd.base_sha, 0, None, (now_ms - rnd.started_ms) / 1000.0, reason, rnd.started_ms,
-            now_ms, {},
+            rnd.number,
+            rnd.attempt,
+            "aborted",
+            rnd.selected,
+            tuple(sorted(rnd.accepted)),
+            None,
+            rnd.base_sha,
+            0,
+            None,
+            (now_ms - rnd.started_ms) / 1000.0,
+            reason,
+            rnd.started_ms,
+            now_ms,
+            {},
         )
         self.ledger.record_round(record)
         self._round, self._attempt, self._last_abort = None, rnd.attempt + 1, reason
@@ -430,17 +470,35 @@ def _mean_metrics(accepted: object) -> dict[str, float]:
 
 
 def _record(
-    round_: int, attempt: int, status: str, selected: tuple[str, ...],
-    participants: tuple[str, ...], sha: str | None, base: str | None, total: int,
-    evaluation: EvalResult | None, duration_s: float, reason: str, started_ms: int,
-    finished_ms: int, metrics: Mapping[str, float],
+    round_: int,
+    attempt: int,
+    status: str,
+    selected: tuple[str, ...],
+    participants: tuple[str, ...],
+    sha: str | None,
+    base: str | None,
+    total: int,
+    evaluation: EvalResult | None,
+    duration_s: float,
+    reason: str,
+    started_ms: int,
+    finished_ms: int,
+    metrics: Mapping[str, float],
 ) -> RoundRecord:
     return RoundRecord(
-        round=round_, attempt=attempt, status=status, selected=selected,
-        participants=participants, model_sha256=sha, base_model_sha256=base,
+        round=round_,
+        attempt=attempt,
+        status=status,
+        selected=selected,
+        participants=participants,
+        model_sha256=sha,
+        base_model_sha256=base,
         total_samples=total,
         test_acc=evaluation.accuracy if evaluation else None,
         test_loss=evaluation.loss if evaluation else None,
-        duration_s=duration_s, reason=reason, started_ms=started_ms, finished_ms=finished_ms,
+        duration_s=duration_s,
+        reason=reason,
+        started_ms=started_ms,
+        finished_ms=finished_ms,
         metrics=dict(metrics),
     )

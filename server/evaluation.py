@@ -38,8 +38,10 @@ class ModelBench:
 
     def initial_vector(self) -> np.ndarray:
         fresh = build_model(
-            self.model_spec.architecture, self.model_spec.input_shape,
-            self.model_spec.num_classes, self.seed,
+            self.model_spec.architecture,
+            self.model_spec.input_shape,
+            self.model_spec.num_classes,
+            self.seed,
         )
         return flatten(fresh.state_dict())
 

@@ -55,13 +55,18 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         return self.runtime.sessions.authenticate(session_token(context))
 
     @rpc_method
-    def Join(self, request: fleet_pb2.JoinRequest, context: grpc.ServicerContext) -> fleet_pb2.JoinReply:
+    def Join(
+        self, request: fleet_pb2.JoinRequest, context: grpc.ServicerContext
+    ) -> fleet_pb2.JoinReply:
         if abs(request.timestamp_ms - self.runtime.now_ms()) > MAX_JOIN_SKEW_MS:
             raise NotAuthenticated("join timestamp is more than 5 minutes from the server's clock")
         if not request.request_id:
             raise InvalidPayload("request_id is required")
         node_id = verify_join(
-            request.public_key, request.signature, request.request_id, request.timestamp_ms,
+            request.public_key,
+            request.signature,
+            request.request_id,
+            request.timestamp_ms,
             request.num_samples,
         )
         self._check_shape(request)
@@ -88,22 +93,34 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             )
 
     @rpc_method
-    def PullTask(self, request: fleet_pb2.PullTaskRequest, context: grpc.ServicerContext) -> fleet_pb2.Task:
+    def PullTask(
+        self, request: fleet_pb2.PullTaskRequest, context: grpc.ServicerContext
+    ) -> fleet_pb2.Task:
         node = self._node(context)
         remaining = context.time_remaining()
-        timeout = self.poll_timeout_s if remaining is None else max(0.0, min(self.poll_timeout_s, remaining - 1.0))
+        timeout = (
+            self.poll_timeout_s
+            if remaining is None
+            else max(0.0, min(self.poll_timeout_s, remaining - 1.0))
+        )
         task = self.runtime.poll(node, max(0, request.num_samples), timeout)
         return task_to_proto(task, self.model_spec)
 
     @stream_method
-    def FetchModel(self, request: fleet_pb2.FetchModelRequest, context: grpc.ServicerContext) -> Iterator:
+    def FetchModel(
+        self, request: fleet_pb2.FetchModelRequest, context: grpc.ServicerContext
+    ) -> Iterator:
         self._node(context)
         payload = self.runtime.model_payload(request.model_sha256.hex())
-        header = PayloadHeader(self.runtime.coordinator.tensors, len(payload), hashlib.sha256(payload).digest())
+        header = PayloadHeader(
+            self.runtime.coordinator.tensors, len(payload), hashlib.sha256(payload).digest()
+        )
         yield from wire.payload_chunks(header, payload)
 
     @rpc_method
-    def PushUpdate(self, request_iterator: Iterator[fleet_pb2.UploadChunk], context: grpc.ServicerContext) -> fleet_pb2.PushReply:
+    def PushUpdate(
+        self, request_iterator: Iterator[fleet_pb2.UploadChunk], context: grpc.ServicerContext
+    ) -> fleet_pb2.PushReply:
         node = self._node(context)
         header, payload = self._assemble(request_iterator)
         submission = Submission(
@@ -119,14 +136,18 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         outcome = self.runtime.submit(node, submission)
         return fleet_pb2.PushReply(accepted=outcome.accepted, duplicate=outcome.duplicate)
 
-    def _assemble(self, chunks: Iterator[fleet_pb2.UploadChunk]) -> tuple[fleet_pb2.UploadHeader, bytes]:
+    def _assemble(
+        self, chunks: Iterator[fleet_pb2.UploadChunk]
+    ) -> tuple[fleet_pb2.UploadHeader, bytes]:
         first = next(chunks, None)
         if first is None or first.WhichOneof("part") != "header":
             raise InvalidPayload("upload stream must start with an UploadHeader")
         header = first.header
         if not header.request_id:
             raise InvalidPayload("request_id is required")
-        assembler = PayloadAssembler(wire.payload_header_from_proto(header.payload), self.max_payload_bytes)
+        assembler = PayloadAssembler(
+            wire.payload_header_from_proto(header.payload), self.max_payload_bytes
+        )
         for chunk in chunks:
             if chunk.WhichOneof("part") != "data":
                 raise InvalidPayload("only data chunks may follow the upload header")
@@ -134,17 +155,27 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         return header, assembler.finish()
 
     @rpc_method
-    def ForgetMe(self, request: fleet_pb2.ForgetRequest, context: grpc.ServicerContext) -> fleet_pb2.ForgetReply:
+    def ForgetMe(
+        self, request: fleet_pb2.ForgetRequest, context: grpc.ServicerContext
+    ) -> fleet_pb2.ForgetReply:
         self._node(context)
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "ForgetMe is not available in this release yet")
+        context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "ForgetMe is not available in this release yet"
+        )
 
     @rpc_method
-    def GetForgetStatus(self, request: fleet_pb2.ForgetStatusRequest, context: grpc.ServicerContext) -> fleet_pb2.ForgetRequestInfo:
+    def GetForgetStatus(
+        self, request: fleet_pb2.ForgetStatusRequest, context: grpc.ServicerContext
+    ) -> fleet_pb2.ForgetRequestInfo:
         self._node(context)
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "forget requests are not available in this release yet")
+        context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "forget requests are not available in this release yet"
+        )
 
     @rpc_method
-    def Leave(self, request: fleet_pb2.LeaveRequest, context: grpc.ServicerContext) -> fleet_pb2.LeaveReply:
+    def Leave(
+        self, request: fleet_pb2.LeaveRequest, context: grpc.ServicerContext
+    ) -> fleet_pb2.LeaveReply:
         node = self._node(context)
         self.runtime.leave(node)
         return fleet_pb2.LeaveReply()
@@ -207,7 +238,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self.secure_aggregation = secure_aggregation
 
     @rpc_method
-    def GetStatus(self, request: admin_pb2.StatusRequest, context: grpc.ServicerContext) -> admin_pb2.ServerStatus:
+    def GetStatus(
+        self, request: admin_pb2.StatusRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ServerStatus:
         view = self.runtime.status()
         return admin_pb2.ServerStatus(
             phase=view.phase.value,
@@ -224,12 +257,16 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         )
 
     @rpc_method
-    def ListRounds(self, request: admin_pb2.ListRoundsRequest, context: grpc.ServicerContext) -> admin_pb2.ListRoundsReply:
+    def ListRounds(
+        self, request: admin_pb2.ListRoundsRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ListRoundsReply:
         records = self.ledger.rounds(limit=request.limit or None)
         return admin_pb2.ListRoundsReply(rounds=[round_to_proto(r) for r in records])
 
     @rpc_method
-    def ListClients(self, request: admin_pb2.ListClientsRequest, context: grpc.ServicerContext) -> admin_pb2.ListClientsReply:
+    def ListClients(
+        self, request: admin_pb2.ListClientsRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ListClientsReply:
         live = set(self.runtime.live_nodes())
         infos = []
         for c in self.ledger.clients():
@@ -247,7 +284,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         return admin_pb2.ListClientsReply(clients=infos)
 
     @rpc_method
-    def ListForgetRequests(self, request: admin_pb2.ListForgetRequestsRequest, context: grpc.ServicerContext) -> admin_pb2.ListForgetRequestsReply:
+    def ListForgetRequests(
+        self, request: admin_pb2.ListForgetRequestsRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ListForgetRequestsReply:
         return admin_pb2.ListForgetRequestsReply(
             requests=[forget_to_proto(f) for f in self.ledger.forgets()]
         )

@@ -57,7 +57,9 @@ class ServerRuntime:
     # ---- lifecycle --------------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._tick_loop, name="coordinator-tick", daemon=True)
+        self._thread = threading.Thread(
+            target=self._tick_loop, name="coordinator-tick", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:

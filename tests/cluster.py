@@ -27,8 +27,15 @@ class Cluster:
         self.client_count = 0
 
     def start_server(self) -> subprocess.Popen[bytes]:
-        args = ["server", "--listen", self.address, "--state-dir", str(self.root / "server"),
-                "--dataset", self.dataset]
+        args = [
+            "server",
+            "--listen",
+            self.address,
+            "--state-dir",
+            str(self.root / "server"),
+            "--dataset",
+            self.dataset,
+        ]
         for key, value in self.server_opts.items():
             args += [f"--{key}", str(value)]
         self.server = spawn(forsaken_command(*args), self.root / "logs" / "server.log")
@@ -36,9 +43,21 @@ class Cluster:
         return self.server
 
     def start_client(self, index: int, count: int, **opts: Any) -> subprocess.Popen[bytes]:
-        args = ["client", "--server", self.address, "--state-dir", str(self.root / f"client-{index}"),
-                "--dataset", self.dataset, "--partition", f"{index}/{count}",
-                "--owner-listen", "127.0.0.1:0", "--max-backoff-s", "1"]
+        args = [
+            "client",
+            "--server",
+            self.address,
+            "--state-dir",
+            str(self.root / f"client-{index}"),
+            "--dataset",
+            self.dataset,
+            "--partition",
+            f"{index}/{count}",
+            "--owner-listen",
+            "127.0.0.1:0",
+            "--max-backoff-s",
+            "1",
+        ]
         for key, value in opts.items():
             args += [f"--{key}", str(value)]
         proc = spawn(forsaken_command(*args), self.root / "logs" / f"client-{index}.log")
@@ -48,8 +67,9 @@ class Cluster:
     def status(self) -> dict[str, Any]:
         return fetch_status(self.address, 0, timeout=5)
 
-    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout_s: float,
-                 what: str) -> dict[str, Any]:
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout_s: float, what: str
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         last: dict[str, Any] = {}
         while time.monotonic() < deadline:

@@ -77,8 +77,12 @@ def test_streamed_equals_whole(size: int, chunk: int) -> None:
 
 def _header(data: bytes, **overrides: object) -> PayloadHeader:
     base = header_for((TensorSpec("w", (len(data) // 4,)),), data)
-    return PayloadHeader(**{**{"tensors": base.tensors, "total_bytes": base.total_bytes,
-                               "sha256": base.sha256}, **overrides})  # type: ignore[arg-type]
+    return PayloadHeader(
+        **{
+            **{"tensors": base.tensors, "total_bytes": base.total_bytes, "sha256": base.sha256},
+            **overrides,
+        }
+    )  # type: ignore[arg-type]
 
 
 def test_assembler_rejects_truncated_stream() -> None:

@@ -27,8 +27,12 @@ def test_layers_override_in_order(tmp_path: Path) -> None:
     toml = tmp_path / "server.toml"
     toml.write_text('rounds = 7\nmin_clients = 4\nfraction = 0.5\nlisten = "0.0.0.0:9000"\n')
     env = {"FORSAKEN_SERVER_MIN_CLIENTS": "5", "FORSAKEN_SERVER_EVALUATE": "false"}
-    cfg = resolve(ServerConfig, parse(["--config", str(toml), "--fraction", "0.25"]), env=env,
-                  env_prefix=ENV_PREFIX)
+    cfg = resolve(
+        ServerConfig,
+        parse(["--config", str(toml), "--fraction", "0.25"]),
+        env=env,
+        env_prefix=ENV_PREFIX,
+    )
     assert cfg.rounds == 7  # TOML
     assert cfg.min_clients == 5  # env beats TOML
     assert cfg.fraction == 0.25  # flag beats TOML
@@ -61,5 +65,9 @@ def test_bad_values_name_their_source(
 
 def test_missing_config_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
-        resolve(ServerConfig, parse(["--config", str(tmp_path / "nope.toml")]), env={},
-                env_prefix=ENV_PREFIX)
+        resolve(
+            ServerConfig,
+            parse(["--config", str(tmp_path / "nope.toml")]),
+            env={},
+            env_prefix=ENV_PREFIX,
+        )

@@ -34,8 +34,11 @@ SPECS = (TensorSpec("w", (2, 3)), TensorSpec("b", (3,)))
 D = 9
 
 
-def make(policy: RoundPolicy | None = None, ledger: MemoryLedger | None = None,
-         store: MemoryCheckpointStore | None = None) -> Coordinator:
+def make(
+    policy: RoundPolicy | None = None,
+    ledger: MemoryLedger | None = None,
+    store: MemoryCheckpointStore | None = None,
+) -> Coordinator:
     return Coordinator(
         policy=policy or RoundPolicy(rounds=3, min_clients=2, min_completed=2, round_timeout_s=10),
         model_spec=ModelSpec("test", (3,), 3),
@@ -48,14 +51,20 @@ def make(policy: RoundPolicy | None = None, ledger: MemoryLedger | None = None,
     )
 
 
-def submission(coord: Coordinator, node: str, delta: np.ndarray, n: int, rid: str = "r1",
-               **overrides: object) -> Submission:
+def submission(
+    coord: Coordinator, node: str, delta: np.ndarray, n: int, rid: str = "r1", **overrides: object
+) -> Submission:
     task = coord.poll(node, n, 0)
     assert task is not None and task.kind is TaskKind.TRAIN
     fields = {
-        "request_id": rid, "task_id": task.task_id, "round": task.round,
-        "base_model_sha256": task.model_sha256, "num_samples": n, "metrics": {"train_loss": 1.0},
-        "tensors": SPECS, "payload": to_bytes(delta.astype(np.float32)),
+        "request_id": rid,
+        "task_id": task.task_id,
+        "round": task.round,
+        "base_model_sha256": task.model_sha256,
+        "num_samples": n,
+        "metrics": {"train_loss": 1.0},
+        "tensors": SPECS,
+        "payload": to_bytes(delta.astype(np.float32)),
     }
     fields.update(overrides)
     return Submission(**fields)  # type: ignore[arg-type]
@@ -162,7 +171,9 @@ class TestBadUpdates:
         c.tick(0)
         return c
 
-    def check(self, coord: Coordinator, exc: type[Exception], match: str, **overrides: object) -> None:
+    def check(
+        self, coord: Coordinator, exc: type[Exception], match: str, **overrides: object
+    ) -> None:
         before = coord.model.copy()
         sub = submission(coord, "a", np.ones(D), 5, **overrides)
         with pytest.raises(exc, match=match):
@@ -172,12 +183,20 @@ class TestBadUpdates:
         assert coord.submit("a", submission(coord, "a", np.ones(D), 5, rid="good"), 2).accepted
 
     def test_wrong_shape(self, coord: Coordinator) -> None:
-        self.check(coord, InvalidPayload, "names, shapes or dtype",
-                   tensors=(TensorSpec("w", (3, 2)), TensorSpec("b", (3,))))
+        self.check(
+            coord,
+            InvalidPayload,
+            "names, shapes or dtype",
+            tensors=(TensorSpec("w", (3, 2)), TensorSpec("b", (3,))),
+        )
 
     def test_wrong_dtype(self, coord: Coordinator) -> None:
-        self.check(coord, InvalidPayload, "names, shapes or dtype",
-                   tensors=(TensorSpec("w", (2, 3), "float64"), TensorSpec("b", (3,), "float64")))
+        self.check(
+            coord,
+            InvalidPayload,
+            "names, shapes or dtype",
+            tensors=(TensorSpec("w", (2, 3), "float64"), TensorSpec("b", (3,), "float64")),
+        )
 
     def test_nan(self, coord: Coordinator) -> None:
         bad = np.ones(D, np.float32)
@@ -212,7 +231,9 @@ class TestBadUpdates:
         with pytest.raises(PermissionDenied, match="not selected"):
             coord.submit("mallory", sub, 1)
 
-    def test_duplicate_push_is_idempotent_and_second_update_refused(self, coord: Coordinator) -> None:
+    def test_duplicate_push_is_idempotent_and_second_update_refused(
+        self, coord: Coordinator
+    ) -> None:
         sub = submission(coord, "a", np.ones(D), 5)
         assert coord.submit("a", sub, 1).duplicate is False
         again = coord.submit("a", sub, 2)

@@ -52,8 +52,10 @@ def test_three_clients_complete_several_rounds(make_cluster) -> None:  # type: i
 
 def test_client_sigkilled_mid_round_round_completes_with_others(make_cluster) -> None:  # type: ignore[no-untyped-def]
     # Many local epochs so training takes long enough to kill a client inside the round.
-    c = make_cluster(rounds=2, **{"min-clients": 3, "min-completed": 2, "round-timeout-s": 12,
-                                 "local-epochs": 40})
+    c = make_cluster(
+        rounds=2,
+        **{"min-clients": 3, "min-completed": 2, "round-timeout-s": 12, "local-epochs": 40},
+    )
     c.start_server()
     for i in range(3):
         c.start_client(i, 3)

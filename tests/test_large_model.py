@@ -23,8 +23,16 @@ PARAMS = 10_000_000  # 40 MB of float32
 
 def test_ten_million_parameter_round_trip(tmp_path: Path) -> None:
     address = f"127.0.0.1:{free_port()}"
-    config = ServerConfig(listen=address, state_dir=tmp_path, rounds=1, min_clients=1,
-                          min_completed=1, evaluate=False, poll_timeout_s=2, max_payload_mb=64)
+    config = ServerConfig(
+        listen=address,
+        state_dir=tmp_path,
+        rounds=1,
+        min_clients=1,
+        min_completed=1,
+        evaluate=False,
+        poll_timeout_s=2,
+        max_payload_mb=64,
+    )
     daemon = ServerDaemon(config, model=SyntheticModel(PARAMS))
     daemon.start()
     try:
@@ -36,8 +44,14 @@ def test_ten_million_parameter_round_trip(tmp_path: Path) -> None:
         specs, payload = conn.fetch_model(task.model_sha256, 64 << 20)
         assert len(payload) == 4 * PARAMS
         delta = np.random.default_rng(0).standard_normal(PARAMS).astype(np.float32) * 1e-3
-        reply = conn.push(request_id=uuid.uuid4().hex, task=task, num_samples=10, metrics={},
-                          tensors=specs, payload=to_bytes(delta))
+        reply = conn.push(
+            request_id=uuid.uuid4().hex,
+            task=task,
+            num_samples=10,
+            metrics={},
+            tensors=specs,
+            payload=to_bytes(delta),
+        )
         assert reply.accepted
         deadline = time.monotonic() + 30
         while daemon.coordinator.completed_rounds < 1 and time.monotonic() < deadline:

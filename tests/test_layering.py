@@ -19,8 +19,12 @@ GRPC_EDGES = {
 }
 # The server core: no grpc, no torch, no generated code.
 SERVER_CORE = {
-    "server/coordinator.py", "server/policy.py", "server/runtime.py", "server/sessions.py",
-    "server/ledger.py", "server/checkpoints.py",
+    "server/coordinator.py",
+    "server/policy.py",
+    "server/runtime.py",
+    "server/sessions.py",
+    "server/ledger.py",
+    "server/checkpoints.py",
 }
 
 
@@ -61,7 +65,10 @@ def test_server_and_client_do_not_import_each_other() -> None:
 def test_only_edges_import_grpc() -> None:
     for folder in ("common", "server", "client"):
         for path in files(folder):
-            uses = any(n == "grpc" or n.startswith("grpc.") or n.startswith("grpc_") for n in imports_of(path))
+            uses = any(
+                n == "grpc" or n.startswith("grpc.") or n.startswith("grpc_")
+                for n in imports_of(path)
+            )
             if uses:
                 assert rel(path) in GRPC_EDGES, f"{rel(path)} imports grpc but is not an RPC edge"
 
@@ -81,14 +88,39 @@ def test_wheel_installs_only_the_forsaken_namespace(tmp_path: Path) -> None:
     import zipfile
 
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "-w", str(tmp_path), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
         check=True,
     )
     (wheel,) = tmp_path.glob("forsaken-*.whl")
     tops = {name.split("/", 1)[0] for name in zipfile.ZipFile(wheel).namelist()}
     assert all(t == "forsaken" or t.startswith("forsaken-") for t in tops), tops
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("forsaken/server/coordinator.py", "forsaken/client/daemon.py",
-                   "forsaken/common/tensors.py", "forsaken/v1/fleet_pb2.py", "forsaken/main.py"):
+    for module in (
+        "forsaken/server/coordinator.py",
+        "forsaken/client/daemon.py",
+        "forsaken/common/tensors.py",
+        "forsaken/v1/fleet_pb2.py",
+        "forsaken/main.py",
+    ):
         assert module in names, module
+    # Every package folder is listed in pyproject, so none is silently left out of the wheel.
+    for folder, prefix in (
+        ("common", "forsaken/common"),
+        ("server", "forsaken/server"),
+        ("client", "forsaken/client"),
+    ):
+        for init in (ROOT / folder).rglob("__init__.py"):
+            sub = init.parent.relative_to(ROOT / folder).as_posix()
+            want = f"{prefix}/{sub}/__init__.py" if sub != "." else f"{prefix}/__init__.py"
+            assert want in names, f"{want} missing from the wheel: list it in pyproject.toml"

@@ -15,15 +15,22 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
     assert protos, "no protos found"
     subprocess.run(
         [
-            sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'protos'}",
-            f"--python_out={tmp_path}", f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}",
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{ROOT / 'protos'}",
+            f"--python_out={tmp_path}",
+            f"--pyi_out={tmp_path}",
+            f"--grpc_python_out={tmp_path}",
             *map(str, protos),
         ],
         check=True,
     )
     fresh = sorted((tmp_path / "forsaken" / "v1").glob("*_pb2*.py*"))
     assert [p.name for p in fresh] == [p.name for p in GENERATED], "generated file set differs"
-    stale = [p.name for p, q in zip(GENERATED, fresh, strict=True) if p.read_bytes() != q.read_bytes()]
+    stale = [
+        p.name for p, q in zip(GENERATED, fresh, strict=True) if p.read_bytes() != q.read_bytes()
+    ]
     assert not stale, f"generated code is stale, run `make proto`: {stale}"
 
 

@@ -7,7 +7,6 @@ import hashlib
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -26,9 +25,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("bad"), rounds=3,
-                **{"min-clients": 2, "min-completed": 2, "round-timeout-s": 600,
-                   "max-payload-mb": 1})
+    c = Cluster(
+        tmp_path_factory.mktemp("bad"),
+        rounds=3,
+        **{"min-clients": 2, "min-completed": 2, "round-timeout-s": 600, "max-payload-mb": 1},
+    )
     c.start_server()
     yield c
     c.stop()
@@ -60,12 +61,21 @@ class Node:
         return self.stub.PushUpdate(iter(chunks), metadata=self.md, timeout=30)
 
 
-def upload(task: TrainTask, specs: tuple[TensorSpec, ...], data: bytes, *, header: PayloadHeader | None = None,
-           round_: int | None = None, request_id: str | None = None) -> list[fleet_pb2.UploadChunk]:
+def upload(
+    task: TrainTask,
+    specs: tuple[TensorSpec, ...],
+    data: bytes,
+    *,
+    header: PayloadHeader | None = None,
+    round_: int | None = None,
+    request_id: str | None = None,
+) -> list[fleet_pb2.UploadChunk]:
     h = fleet_pb2.UploadHeader(
-        request_id=request_id or uuid.uuid4().hex, task_id=task.task_id,
+        request_id=request_id or uuid.uuid4().hex,
+        task_id=task.task_id,
         round=task.round if round_ is None else round_,
-        base_model_sha256=bytes.fromhex(task.model_sha256), num_samples=100,
+        base_model_sha256=bytes.fromhex(task.model_sha256),
+        num_samples=100,
         payload=wire.payload_header_to_proto(header or header_for(specs, data)),
     )
     return list(wire.upload_chunks(h, data, chunk_bytes=4096))
@@ -90,7 +100,9 @@ def unchanged(cluster: Cluster, sha: str) -> None:
     assert status["model_sha256"] == sha
 
 
-def test_bad_updates_are_refused_and_model_unchanged(cluster: Cluster, nodes: tuple[Node, Node]) -> None:
+def test_bad_updates_are_refused_and_model_unchanged(
+    cluster: Cluster, nodes: tuple[Node, Node]
+) -> None:
     a, b = nodes
     task = a.task()
     btask = b.task()
@@ -100,29 +112,49 @@ def test_bad_updates_are_refused_and_model_unchanged(cluster: Cluster, nodes: tu
     assert sha == task.model_sha256
 
     wrong_shape = tuple(TensorSpec(s.name, (s.numel,), s.dtype) for s in specs)
-    expect(grpc.StatusCode.INVALID_ARGUMENT, "shapes or dtype",
-           lambda: a.push_raw(upload(task, wrong_shape, good)))
+    expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "shapes or dtype",
+        lambda: a.push_raw(upload(task, wrong_shape, good)),
+    )
     f64 = tuple(TensorSpec(s.name, s.shape, "float64") for s in specs)
-    expect(grpc.StatusCode.INVALID_ARGUMENT, "shapes or dtype",
-           lambda: a.push_raw(upload(task, f64, to_bytes(np.zeros(model.size, np.float64)))))
+    expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "shapes or dtype",
+        lambda: a.push_raw(upload(task, f64, to_bytes(np.zeros(model.size, np.float64)))),
+    )
     for bad in (np.nan, np.inf):
         vec = np.zeros_like(model)
         vec[5] = bad
-        expect(grpc.StatusCode.INVALID_ARGUMENT, "NaN or Inf",
-               lambda v=vec: a.push_raw(upload(task, specs, to_bytes(v))))
-    expect(grpc.StatusCode.NOT_FOUND, "round 9 does not exist",
-           lambda: a.push_raw(upload(task, specs, good, round_=9)))
+        expect(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "NaN or Inf",
+            lambda v=vec: a.push_raw(upload(task, specs, to_bytes(v))),
+        )
+    expect(
+        grpc.StatusCode.NOT_FOUND,
+        "round 9 does not exist",
+        lambda: a.push_raw(upload(task, specs, good, round_=9)),
+    )
     big = tuple([TensorSpec("huge", (1 << 20,))])
-    expect(grpc.StatusCode.RESOURCE_EXHAUSTED, "exceeds the limit",
-           lambda: a.push_raw(upload(task, big, good, header=PayloadHeader(big, 4 << 20, b"\0" * 32))))
+    expect(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "exceeds the limit",
+        lambda: a.push_raw(upload(task, big, good, header=PayloadHeader(big, 4 << 20, b"\0" * 32))),
+    )
     wrong_sha = PayloadHeader(specs, len(good), hashlib.sha256(b"x").digest())
-    expect(grpc.StatusCode.INVALID_ARGUMENT, "sha256 does not match",
-           lambda: a.push_raw(upload(task, specs, good, header=wrong_sha)))
+    expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "sha256 does not match",
+        lambda: a.push_raw(upload(task, specs, good, header=wrong_sha)),
+    )
     truncated = upload(task, specs, good)[:-1]
-    expect(grpc.StatusCode.INVALID_ARGUMENT, "stream truncated",
-           lambda: a.push_raw(truncated))
-    expect(grpc.StatusCode.INVALID_ARGUMENT, "must start with an UploadHeader",
-           lambda: a.push_raw([fleet_pb2.UploadChunk(data=b"abc")]))
+    expect(grpc.StatusCode.INVALID_ARGUMENT, "stream truncated", lambda: a.push_raw(truncated))
+    expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "must start with an UploadHeader",
+        lambda: a.push_raw([fleet_pb2.UploadChunk(data=b"abc")]),
+    )
     unchanged(cluster, sha)
 
     # A duplicate push is acknowledged once; a second, different update is refused.
@@ -131,8 +163,11 @@ def test_bad_updates_are_refused_and_model_unchanged(cluster: Cluster, nodes: tu
     assert reply.accepted and not reply.duplicate
     again = a.push_raw(upload(task, specs, good, request_id="push-1"))
     assert again.accepted and again.duplicate
-    expect(grpc.StatusCode.ALREADY_EXISTS, "already pushed",
-           lambda: a.push_raw(upload(task, specs, good, request_id="push-2")))
+    expect(
+        grpc.StatusCode.ALREADY_EXISTS,
+        "already pushed",
+        lambda: a.push_raw(upload(task, specs, good, request_id="push-2")),
+    )
     unchanged(cluster, sha)  # b has not delivered, so the round is still open
 
     # Once b delivers, the round completes with exactly one update from each.
@@ -140,30 +175,61 @@ def test_bad_updates_are_refused_and_model_unchanged(cluster: Cluster, nodes: tu
     deadline = time.monotonic() + 10
     while cluster.status()["completed_rounds"] < 1 and time.monotonic() < deadline:
         time.sleep(0.1)
-    (r1,) = [r for r in cluster.status()["rounds"] if r["round"] == 1 and r["status"] == "completed"]
+    (r1,) = [
+        r for r in cluster.status()["rounds"] if r["round"] == 1 and r["status"] == "completed"
+    ]
     assert sorted(r1["participants"]) == sorted([a.conn.node_id, b.conn.node_id])
 
 
 def test_unknown_client_and_bad_credentials(cluster: Cluster) -> None:
     stub = fleet_pb2_grpc.FleetStub(grpc.insecure_channel(cluster.address))
-    expect(grpc.StatusCode.UNAUTHENTICATED, "missing session token",
-           lambda: stub.PullTask(fleet_pb2.PullTaskRequest(), timeout=10))
-    expect(grpc.StatusCode.UNAUTHENTICATED, "unknown or expired",
-           lambda: stub.PullTask(fleet_pb2.PullTaskRequest(), metadata=((SESSION_KEY, b"x" * 32),), timeout=10))
+    expect(
+        grpc.StatusCode.UNAUTHENTICATED,
+        "missing session token",
+        lambda: stub.PullTask(fleet_pb2.PullTaskRequest(), timeout=10),
+    )
+    expect(
+        grpc.StatusCode.UNAUTHENTICATED,
+        "unknown or expired",
+        lambda: stub.PullTask(
+            fleet_pb2.PullTaskRequest(), metadata=((SESSION_KEY, b"x" * 32),), timeout=10
+        ),
+    )
     ident = NodeIdentity.generate()
     now = int(time.time() * 1000)
-    forged = fleet_pb2.JoinRequest(request_id="j", public_key=ident.public_key, timestamp_ms=now,
-                                   signature=NodeIdentity.generate().sign_join("j", now, 1), num_samples=1)
-    expect(grpc.StatusCode.UNAUTHENTICATED, "signature does not verify", lambda: stub.Join(forged, timeout=10))
-    short_key = fleet_pb2.JoinRequest(request_id="j", public_key=b"abc", timestamp_ms=now, num_samples=1)
+    forged = fleet_pb2.JoinRequest(
+        request_id="j",
+        public_key=ident.public_key,
+        timestamp_ms=now,
+        signature=NodeIdentity.generate().sign_join("j", now, 1),
+        num_samples=1,
+    )
+    expect(
+        grpc.StatusCode.UNAUTHENTICATED,
+        "signature does not verify",
+        lambda: stub.Join(forged, timeout=10),
+    )
+    short_key = fleet_pb2.JoinRequest(
+        request_id="j", public_key=b"abc", timestamp_ms=now, num_samples=1
+    )
     expect(grpc.StatusCode.UNAUTHENTICATED, "32 bytes", lambda: stub.Join(short_key, timeout=10))
     old = now - 3600_000
-    stale = fleet_pb2.JoinRequest(request_id="j", public_key=ident.public_key, timestamp_ms=old,
-                                  signature=ident.sign_join("j", old, 1), num_samples=1)
+    stale = fleet_pb2.JoinRequest(
+        request_id="j",
+        public_key=ident.public_key,
+        timestamp_ms=old,
+        signature=ident.sign_join("j", old, 1),
+        num_samples=1,
+    )
     expect(grpc.StatusCode.UNAUTHENTICATED, "timestamp", lambda: stub.Join(stale, timeout=10))
-    wrong = fleet_pb2.JoinRequest(request_id="j", public_key=ident.public_key, timestamp_ms=now,
-                                  signature=ident.sign_join("j", now, 1), num_samples=1,
-                                  input_shape=[1, 28, 28])
+    wrong = fleet_pb2.JoinRequest(
+        request_id="j",
+        public_key=ident.public_key,
+        timestamp_ms=now,
+        signature=ident.sign_join("j", now, 1),
+        num_samples=1,
+        input_shape=[1, 28, 28],
+    )
     expect(grpc.StatusCode.INVALID_ARGUMENT, "expects", lambda: stub.Join(wrong, timeout=10))
 
 
@@ -172,5 +238,8 @@ def test_fetch_unknown_model_is_not_found(cluster: Cluster, nodes: tuple[Node, N
     with pytest.raises(errors.UnknownEntity):
         a.conn.fetch_model("ab" * 32, 1 << 20)
     short = fleet_pb2.FetchModelRequest(model_sha256=b"\x01\x02")
-    expect(grpc.StatusCode.INVALID_ARGUMENT, "",
-           lambda: list(a.stub.FetchModel(short, metadata=a.md, timeout=10)))
+    expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "",
+        lambda: list(a.stub.FetchModel(short, metadata=a.md, timeout=10)),
+    )
