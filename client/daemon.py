@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import threading
@@ -12,11 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from forsaken.client.secure import SecureSessions
 from forsaken.client.state import ClientState, StateFile
-from forsaken.client.transport import FleetConnection, StopTask, TrainTask, WaitTask
+from forsaken.client.transport import FleetConnection, SecAggTask, StopTask, TrainTask, WaitTask
 from forsaken.common import errors
 from forsaken.common.models import build_model
 from forsaken.common.partition import ClientData
+from forsaken.common.secagg.client_states import ClientDone
+from forsaken.common.secagg.setup import SetupInfo
 from forsaken.common.simulation import client_round_seed
 from forsaken.common.tensors import from_bytes, specs_of, to_bytes
 from forsaken.common.training import evaluate, load_vector, train_local
@@ -74,6 +78,7 @@ class ClientDaemon:
         self._model: torch.nn.Module | None = None
         self._model_sha: str | None = None
         self._lock = threading.Lock()
+        self.secure = SecureSessions(connection, connection.identity.signing_seed)
 
     # ---- data in use ------------------------------------------------------------------
 
@@ -106,7 +111,10 @@ class ClientDaemon:
                     if task.retry_after_s > 0:
                         self.stop_event.wait(task.retry_after_s)
                     continue
-                self._train_and_push(task)
+                if isinstance(task, SecAggTask):
+                    self._secure_stage(task)
+                else:
+                    self._train_and_push(task)
             except errors.NotAuthenticated as exc:
                 log.info("session no longer valid (%s); joining again", exc)
                 self.conn.token = None
@@ -116,6 +124,8 @@ class ClientDaemon:
                 return 4
             except (errors.StaleRequest, errors.DuplicateRequest) as exc:
                 log.info("task no longer current: %s", exc)
+            except (errors.ProtocolAborted, errors.WrongStage, errors.InvalidPayload) as exc:
+                log.warning("secure round step refused: %s", exc)
             except errors.Unavailable as exc:
                 self.connected = False
                 log.info("server unavailable (%s)", exc)
@@ -162,48 +172,61 @@ class ClientDaemon:
             self._model_sha = sha
         return self._model
 
-    def _train_and_push(self, task: TrainTask) -> None:
+    def _train(self, task: TrainTask | SecAggTask) -> tuple[np.ndarray, int, dict[str, float]]:
+        """Local training on the task's model: (update, samples used, metrics)."""
         model = self._ensure_model(task.model_sha256)
         x, y = self.training_arrays()
         if len(y) == 0:
-            log.warning("no training data left; skipping round %d", task.round)
-            return
+            raise errors.StaleRequest(f"no training data left for round {task.round}")
         started = time.perf_counter()
-        result = train_local(
-            model,
-            x,
-            y,
-            task.settings,
-            client_round_seed(self.seed, self.partition_index, task.round),
-        )
-        # train_local leaves the model trained; restore the global weights for the next task.
+        seed = client_round_seed(self.seed, self.partition_index, task.round)
+        result = train_local(model, x, y, task.settings, seed)
+        # train_local leaves the model trained; fetch the global weights again next time.
         self._model_sha = None
         metrics = {"train_loss": float(result.mean_loss), "train_s": time.perf_counter() - started}
         if len(self.data.y_held_out):
             held = evaluate(model, self.data.x_held_out, self.data.y_held_out)
             metrics["held_out_acc"] = float(held.accuracy)
-        request_id = self.state.pushed_request_ids.get(task.task_id) or uuid.uuid4().hex
-        self._remember_push(task.task_id, request_id)
-        specs = specs_of(model.state_dict())
-        payload = to_bytes(result.delta.astype(np.float32))
-        reply = self.conn.push(
-            request_id=request_id,
-            task=task,
-            num_samples=result.num_samples,
-            metrics=metrics,
-            tensors=specs,
-            payload=payload,
-        )
-        with self._lock:
-            self.state = self.state.with_round(task.round)
-            self.state_file.save(self.state)
         log.info(
-            "round %d: pushed update from %d samples (loss %.4f)%s",
+            "round %d: trained on %d samples (loss %.4f)",
             task.round,
             result.num_samples,
             result.mean_loss,
-            " [duplicate]" if reply.duplicate else "",
         )
+        return result.delta.astype(np.float32), result.num_samples, metrics
+
+    def _train_and_push(self, task: TrainTask) -> None:
+        update, num_samples, metrics = self._train(task)
+        request_id = self.state.pushed_request_ids.get(task.task_id) or uuid.uuid4().hex
+        self._remember_push(task.task_id, request_id)
+        assert self._model is not None
+        reply = self.conn.push(
+            request_id=request_id,
+            task=task,
+            num_samples=num_samples,
+            metrics=metrics,
+            tensors=specs_of(self._model.state_dict()),
+            payload=to_bytes(update),
+        )
+        self._count_round(task.round)
+        if reply.duplicate:
+            log.info("round %d: the server already had this update", task.round)
+
+    def _secure_stage(self, task: SecAggTask) -> None:
+        if isinstance(task.message, SetupInfo):
+            update, num_samples, _ = self._train(task)
+            seed = client_round_seed(self.seed, self.partition_index, task.round)
+            rounding = hashlib.sha256(b"forsaken/secagg/rounding/v1" + seed.to_bytes(8, "big"))
+            self.secure.start(task, update, num_samples, rounding.digest())
+            return
+        self.secure.handle(task)
+        if isinstance(self.secure.current_state(), ClientDone):
+            self._count_round(task.round)
+
+    def _count_round(self, round_: int) -> None:
+        with self._lock:
+            self.state = self.state.with_round(round_)
+            self.state_file.save(self.state)
 
     def _remember_push(self, task_id: str, request_id: str) -> None:
         # Persisted before sending, so a retry after a crash reuses the id and cannot double-apply.

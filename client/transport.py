@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from forsaken.common import errors, wire
+from forsaken.common import errors, wire, wire_secagg
 from forsaken.common.chunking import PayloadAssembler, PayloadHeader, header_for
 from forsaken.common.identity import NodeIdentity
 from forsaken.common.tensors import TensorSpec
@@ -66,6 +66,19 @@ class TrainTask:
 
 
 @dataclass(frozen=True, slots=True)
+class SecAggTask:
+    """A secure-aggregation stage; `message` is a SetupInfo for the round's first stage."""
+
+    task_id: str
+    round: int
+    model_sha256: str
+    settings: TrainSettings
+    deadline_ms: int
+    seed: int
+    message: object
+
+
+@dataclass(frozen=True, slots=True)
 class WaitTask:
     retry_after_s: float
 
@@ -75,7 +88,7 @@ class StopTask:
     pass
 
 
-AnyTask = TrainTask | WaitTask | StopTask
+AnyTask = TrainTask | SecAggTask | WaitTask | StopTask
 
 
 class FleetConnection:
@@ -150,6 +163,16 @@ class FleetConnection:
                 deadline_ms=task.deadline_unix_ms,
                 seed=task.seed,
             )
+        if task.kind == fleet_pb2.TASK_KIND_SECAGG:
+            return SecAggTask(
+                task_id=task.task_id,
+                round=task.round,
+                model_sha256=task.model_sha256.hex(),
+                settings=wire.train_settings_from_proto(task.train),
+                deadline_ms=task.deadline_unix_ms,
+                seed=task.seed,
+                message=wire_secagg.server_message_from_proto(task.secagg),
+            )
         if task.kind == fleet_pb2.TASK_KIND_STOP:
             return StopTask()
         return WaitTask(task.retry_after_s)
@@ -170,11 +193,24 @@ class FleetConnection:
             raise errors.InvalidPayload("downloaded model does not have the digest the task named")
         return specs, payload
 
+    def send_secagg(self, message: object, *, request_id: str, task: SecAggTask) -> bool:
+        """Send one stage message; returns True if the server had it already (a retry)."""
+        request = wire_secagg.client_message_to_proto(
+            message,
+            request_id=request_id,
+            task_id=task.task_id,
+            round_=task.round,  # type: ignore[arg-type]
+        )
+        ack = self._call(
+            lambda: self.stub.SendSecAgg(request, metadata=self._metadata(), timeout=60)
+        )
+        return bool(ack.duplicate)
+
     def push(
         self,
         *,
         request_id: str,
-        task: TrainTask,
+        task: TrainTask | SecAggTask,
         num_samples: int,
         metrics: dict[str, float],
         tensors: tuple[TensorSpec, ...],

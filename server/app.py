@@ -32,6 +32,7 @@ from forsaken.server.ledger import SqliteLedger
 from forsaken.server.policy import RoundPolicy
 from forsaken.server.rpc import AdminServicer, FleetServicer
 from forsaken.server.runtime import ServerRuntime
+from forsaken.server.secure_round import SecureSettings
 from forsaken.server.sessions import SessionTable
 from forsaken.v1 import admin_pb2, admin_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 
@@ -71,6 +72,32 @@ class ServerConfig:
     learning_rate: float = option(_TRAIN.learning_rate, "Local SGD learning rate.")
     momentum: float = option(_TRAIN.momentum, "Local SGD momentum.")
     weight_decay: float = option(_TRAIN.weight_decay, "Local SGD weight decay.")
+    aggregation: str = option(
+        "secure",
+        "secure: SecAgg+ so the server learns only the sum of updates; plaintext must be "
+        "chosen explicitly and logs a warning.",
+        choices=("secure", "plaintext"),
+    )
+    secagg_clip: float = option(
+        4.0, "Secure aggregation: each weighted update entry is clipped to [-clip, clip]."
+    )
+    secagg_dropout_rate: float = option(
+        0.1,
+        "Secure aggregation: expected client dropout rate, used to pick neighbours k and "
+        "threshold t.",
+    )
+    secagg_corruption_rate: float = option(
+        0.0, "Secure aggregation: assumed fraction of corrupted clients, used to pick k and t."
+    )
+    secagg_neighbors: int = option(
+        0, "Secure aggregation: neighbours k per client; 0 picks k by the documented rule."
+    )
+    secagg_active: bool = option(
+        False, "Secure aggregation: Ed25519-signed keys and a consistency-check stage."
+    )
+    stage_timeout_s: float = option(
+        30.0, "Secure aggregation: deadline of each stage after the first, in seconds."
+    )
     seed: int = option(0, "Seed for the initial model, client sampling and local training.")
     evaluate: bool = option(True, "Evaluate each new global model on the validation set.")
     poll_timeout_s: float = option(10.0, "Long-poll deadline for PullTask, in seconds.")
@@ -83,6 +110,9 @@ class ServerConfig:
     def validate(self) -> None:
         self.policy().validate()
         self.train_settings().validate()
+        secure = self.secure_settings()
+        if secure is not None:
+            secure.validate()
         if self.max_payload_mb < 1:
             raise ConfigError("max_payload_mb must be >= 1")
         if self.poll_timeout_s <= 0:
@@ -97,6 +127,18 @@ class ServerConfig:
             round_timeout_s=self.round_timeout_s,
             liveness_s=self.liveness_s,
             seed=self.seed,
+        )
+
+    def secure_settings(self) -> SecureSettings | None:
+        if self.aggregation == "plaintext":
+            return None
+        return SecureSettings(
+            clip=self.secagg_clip,
+            dropout_rate=self.secagg_dropout_rate,
+            corruption_rate=self.secagg_corruption_rate,
+            neighbors=self.secagg_neighbors,
+            active=self.secagg_active,
+            stage_timeout_s=self.stage_timeout_s,
         )
 
     def train_settings(self) -> TrainSettings:
@@ -144,6 +186,7 @@ class ServerDaemon:
             checkpoints=self.checkpoints,
             train=config.train_settings(),
             evaluator=self.bench.evaluate if config.evaluate and self.bench.can_evaluate else None,
+            secure=config.secure_settings(),
             now_ms=_now_ms(),
         )
         self.runtime = ServerRuntime(self.coordinator, SessionTable(), on_event=self._on_event)
@@ -174,7 +217,10 @@ class ServerDaemon:
             server,
         )
         admin_pb2_grpc.add_AdminServicer_to_server(
-            AdminServicer(self.runtime, self.ledger, secure_aggregation=False), server
+            AdminServicer(
+                self.runtime, self.ledger, secure_aggregation=cfg.aggregation == "secure"
+            ),
+            server,
         )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -213,6 +259,11 @@ class ServerDaemon:
                 threading.Timer(2.0 * self.config.poll_timeout_s / 10 + 1.0, self.done.set).start()
 
     def start(self) -> None:
+        if self.config.aggregation == "plaintext":
+            log.warning(
+                "PLAINTEXT aggregation: the server sees every client's individual update. "
+                "Use --aggregation secure unless you are debugging or benchmarking."
+            )
         self.server.start()
         self.runtime.start()
         for name in ("", "forsaken.v1.Fleet", "forsaken.v1.Admin"):

@@ -22,18 +22,24 @@ from enum import StrEnum
 import numpy as np
 
 from forsaken.common.errors import (
+    ConfigError,
     DuplicateRequest,
     InvalidPayload,
     PermissionDenied,
     StaleRequest,
     UnknownEntity,
+    WrongStage,
 )
 from forsaken.common.fedavg import weighted_average
+from forsaken.common.secagg.messages import MaskedInput, ServerMessage
+from forsaken.common.secagg.messages import Stage as SecAggStage
+from forsaken.common.secagg.setup import SetupInfo
 from forsaken.common.tensors import TensorSpec, from_bytes, require_finite, to_bytes
 from forsaken.common.types import ModelSpec, TrainSettings
 from forsaken.server.checkpoints import CheckpointStore
 from forsaken.server.ledger import ClientRecord, Ledger, RoundRecord
 from forsaken.server.policy import RoundPolicy
+from forsaken.server.secure_round import SecureRound, SecureSettings
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,7 @@ class Phase(StrEnum):
 
 class TaskKind(StrEnum):
     TRAIN = "train"
+    SECAGG = "secagg"
     STOP = "stop"
 
 
@@ -58,6 +65,7 @@ class Task:
     deadline_ms: int = 0
     seed: int = 0
     train: TrainSettings | None = None
+    secagg: ServerMessage | SetupInfo | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +135,7 @@ class _Round:
     started_ms: int
     deadline_ms: int
     accepted: dict[str, _Accepted] = field(default_factory=dict)
+    secure: SecureRound | None = None
 
     def task_id(self, node_id: str) -> str:
         return f"r{self.number}.a{self.attempt}.{node_id[:12]}"
@@ -159,9 +168,13 @@ class Coordinator:
         train: TrainSettings,
         evaluator: Evaluator | None = None,
         max_update_norm: float = 1e6,
+        secure: SecureSettings | None = None,
         now_ms: int = 0,
     ) -> None:
         policy.validate()
+        if secure is not None:
+            secure.validate()
+        self.secure = secure
         self.policy = policy
         self.model_spec = model_spec
         self.tensors = tensors
@@ -172,6 +185,7 @@ class Coordinator:
         self.max_update_norm = max_update_norm
         self._last_seen: dict[str, int] = {}
         self._samples: dict[str, int] = {}
+        self._keys: dict[str, bytes] = {}
         self._round: _Round | None = None
         self._attempt = 0
         self._last_abort = ""
@@ -205,9 +219,15 @@ class Coordinator:
         sha = self.checkpoints.put(to_bytes(vector), {"round": 0})
         evaluation = self._evaluate(vector)
         self.ledger.set_meta("model_spec", spec_key)
+        initial = _Round(0, 0, (), "", now_ms, now_ms)
         self.ledger.record_round(
             _record(
-                0, 0, "completed", (), (), sha, None, 0, evaluation, 0.0, "", now_ms, now_ms, {}
+                initial,
+                now_ms,
+                status="completed",
+                participants=(),
+                model_sha256=sha,
+                evaluation=evaluation,
             )
         )
         return vector, sha, 0, evaluation.accuracy if evaluation else None
@@ -225,6 +245,18 @@ class Coordinator:
     @property
     def completed_rounds(self) -> int:
         return self._completed
+
+    def progress_key(self) -> tuple[object, ...]:
+        """Changes whenever a waiting node may have something new to do."""
+        rnd = self._round
+        stage = rnd.secure.stage if rnd is not None and rnd.secure is not None else None
+        return (
+            self._completed,
+            self._finished,
+            rnd.number if rnd else None,
+            rnd.attempt if rnd else None,
+            stage,
+        )
 
     def live_nodes(self, now_ms: int) -> list[str]:
         horizon = now_ms - int(self.policy.liveness_s * 1000)
@@ -263,6 +295,7 @@ class Coordinator:
         self.ledger.upsert_client(
             ClientRecord(node_id, public_key, num_samples, first_seen, now_ms, False)
         )
+        self._keys[node_id] = public_key
         self._seen(node_id, num_samples, now_ms)
 
     def leave(self, node_id: str) -> None:
@@ -277,6 +310,20 @@ class Coordinator:
         rnd = self._round
         if rnd is None or node_id not in rnd.selected or node_id in rnd.accepted:
             return None
+        if rnd.secure is not None:
+            message = rnd.secure.message_for(node_id)
+            if message is None:
+                return None
+            return Task(
+                kind=TaskKind.SECAGG,
+                task_id=rnd.task_id(node_id),
+                round=rnd.number,
+                model_sha256=rnd.base_sha,
+                deadline_ms=rnd.secure.stage_deadline_ms,
+                seed=self.policy.seed,
+                train=self.train,
+                secagg=message,
+            )
         return Task(
             kind=TaskKind.TRAIN,
             task_id=rnd.task_id(node_id),
@@ -287,18 +334,24 @@ class Coordinator:
             train=self.train,
         )
 
+    def _open_round(self, node_id: str, round_: int, task_id: str) -> _Round:
+        rnd = self._round
+        if rnd is None or round_ != rnd.number:
+            if round_ > self._completed + 1 or round_ < 1:
+                raise UnknownEntity(f"round {round_} does not exist")
+            raise StaleRequest(f"round {round_} is not open for updates")
+        if node_id not in rnd.selected:
+            raise PermissionDenied(f"node {node_id} was not selected for round {rnd.number}")
+        if task_id != rnd.task_id(node_id):
+            raise StaleRequest(f"task {task_id!r} is not this node's open task")
+        return rnd
+
     def submit(self, node_id: str, sub: Submission, now_ms: int) -> SubmitOutcome:
         """Validate and hold one node's update for the open round. The model is not touched."""
         self._seen(node_id, None, now_ms)
-        rnd = self._round
-        if rnd is None or sub.round != rnd.number:
-            if sub.round > self._completed + 1 or sub.round < 1:
-                raise UnknownEntity(f"round {sub.round} does not exist")
-            raise StaleRequest(f"round {sub.round} is not open for updates")
-        if node_id not in rnd.selected:
-            raise PermissionDenied(f"node {node_id} was not selected for round {rnd.number}")
-        if sub.task_id != rnd.task_id(node_id):
-            raise StaleRequest(f"task {sub.task_id!r} is not this node's open task")
+        rnd = self._open_round(node_id, sub.round, sub.task_id)
+        if rnd.secure is not None:
+            return self._submit_masked(node_id, rnd, sub)
         held = rnd.accepted.get(node_id)
         if held is not None:
             if held.request_id == sub.request_id:
@@ -314,14 +367,45 @@ class Coordinator:
         )
         return SubmitOutcome(accepted=True, duplicate=False)
 
+    def secagg_message(
+        self,
+        node_id: str,
+        round_: int,
+        task_id: str,
+        request_id: str,
+        message: object,
+        now_ms: int,
+    ) -> SubmitOutcome:
+        """A secure-aggregation stage message (keys, shares, signatures, unmask shares)."""
+        self._seen(node_id, None, now_ms)
+        rnd = self._open_round(node_id, round_, task_id)
+        if rnd.secure is None:
+            raise WrongStage("this round uses plaintext aggregation")
+        duplicate = rnd.secure.receive(node_id, request_id, message)  # type: ignore[arg-type]
+        return SubmitOutcome(accepted=True, duplicate=duplicate)
+
+    def _submit_masked(self, node_id: str, rnd: _Round, sub: Submission) -> SubmitOutcome:
+        assert rnd.secure is not None
+        if sub.base_model_sha256 != rnd.base_sha:
+            raise StaleRequest("update was computed from a different model than this round's")
+        expected = (masked_input_spec(self.tensors),)
+        if tuple(sub.tensors) != expected:
+            raise InvalidPayload(
+                f"a secure round takes one uint32 masked vector of {expected[0].numel} entries"
+            )
+        vector = from_bytes(sub.payload, sub.tensors)
+        duplicate = rnd.secure.receive(node_id, sub.request_id, MaskedInput(vector))
+        return SubmitOutcome(accepted=True, duplicate=duplicate)
+
     def tick(self, now_ms: int) -> list[Event]:
         """Advance time: start, close or abort rounds as due."""
         if self._finished:
             return []
         rnd = self._round
         if rnd is None:
-            started = self._maybe_start(now_ms)
-            return [started] if started else []
+            return self._maybe_start(now_ms)
+        if rnd.secure is not None:
+            return self._tick_secure(rnd, now_ms)
         everyone = len(rnd.accepted) == len(rnd.selected)
         if not everyone and now_ms < rnd.deadline_ms:
             return []
@@ -331,20 +415,31 @@ class Coordinator:
 
     # ---- transitions ----------------------------------------------------------------------
 
-    def _maybe_start(self, now_ms: int) -> RoundStarted | None:
+    def _tick_secure(self, rnd: _Round, now_ms: int) -> list[Event]:
+        secure = rnd.secure
+        assert secure is not None
+        if not secure.due(now_ms):
+            return []
+        secure.close_stage(now_ms)
+        if secure.abort_reason is not None:
+            return [self._abort(rnd, now_ms, f"secure aggregation aborted: {secure.abort_reason}")]
+        if secure.stage is not SecAggStage.FINISHED:
+            return []
+        delta, total, survivors = secure.result()
+        if len(survivors) < self.policy.min_completed:
+            reason = f"only {len(survivors)} survivors; {self.policy.min_completed} needed"
+            return [self._abort(rnd, now_ms, reason)]
+        return self._finish(rnd, delta, total, survivors, {}, now_ms)
+
+    def _maybe_start(self, now_ms: int) -> list[Event]:
         live = self.live_nodes(now_ms)
         if len(live) < self.policy.min_clients:
-            return None
+            return []
         number = self._completed + 1
         selected = self.policy.sample(live, number, self._attempt)
-        self._round = _Round(
-            number=number,
-            attempt=self._attempt,
-            selected=selected,
-            base_sha=self._model_sha,
-            started_ms=now_ms,
-            deadline_ms=now_ms + int(self.policy.round_timeout_s * 1000),
-        )
+        deadline = now_ms + int(self.policy.round_timeout_s * 1000)
+        rnd = _Round(number, self._attempt, selected, self._model_sha, now_ms, deadline)
+        self._round = rnd
         log.info(
             "round %d (attempt %d) started with %d of %d live nodes",
             number,
@@ -352,30 +447,50 @@ class Coordinator:
             len(selected),
             len(live),
         )
-        return RoundStarted(number, self._attempt, selected)
+        if self.secure is not None:
+            try:
+                rnd.secure = SecureRound(
+                    selected=selected,
+                    vector_len=sum(t.numel for t in self.tensors) + 1,
+                    declared_samples=self._samples,
+                    node_keys=self._keys,
+                    settings=self.secure,
+                    context=f"forsaken/round/{number}/{rnd.attempt}/{self._model_sha}".encode(),
+                    now_ms=now_ms,
+                    first_deadline_ms=deadline,
+                )
+            except ConfigError as exc:
+                return [self._abort(rnd, now_ms, f"cannot set up secure aggregation: {exc}")]
+        return [RoundStarted(number, rnd.attempt, selected)]
 
     def _complete(self, rnd: _Round, now_ms: int) -> list[Event]:
-        contributions = [(a.update, a.num_samples) for a in rnd.accepted.values()]
-        delta = weighted_average(contributions)
+        delta = weighted_average([(a.update, a.num_samples) for a in rnd.accepted.values()])
+        total = sum(a.num_samples for a in rnd.accepted.values())
+        metrics = _mean_metrics(rnd.accepted.values())
+        return self._finish(rnd, delta, total, tuple(sorted(rnd.accepted)), metrics, now_ms)
+
+    def _finish(
+        self,
+        rnd: _Round,
+        delta: np.ndarray,
+        total: int,
+        participants: tuple[str, ...],
+        metrics: Mapping[str, float],
+        now_ms: int,
+    ) -> list[Event]:
+        """Apply the aggregate, checkpoint, then record: the new model is durable first."""
         model = (self._model + delta).astype(np.float32)
         sha = self.checkpoints.put(to_bytes(model), {"round": rnd.number})
         evaluation = self._evaluate(model)
-        participants = tuple(sorted(rnd.accepted))
         record = _record(
-            rnd.number,
-            rnd.attempt,
-            "completed",
-            rnd.selected,
-            participants,
-            sha,
-            rnd.base_sha,
-            sum(a.num_samples for a in rnd.accepted.values()),
-            evaluation,
-            (now_ms - rnd.started_ms) / 1000.0,
-            "",
-            rnd.started_ms,
+            rnd,
             now_ms,
-            _mean_metrics(rnd.accepted.values()),
+            status="completed",
+            participants=participants,
+            model_sha256=sha,
+            total_samples=total,
+            evaluation=evaluation,
+            metrics=metrics,
         )
         # Ledger after checkpoint: a crash in between leaves an orphan blob, never a dangling row.
         self.ledger.record_round(record)
@@ -386,30 +501,13 @@ class Coordinator:
         if self._is_done():
             self._finished = True
             events.append(Finished(self._completed))
-        log.info(
-            "round %d completed with %d updates (acc=%s)",
-            rnd.number,
-            len(participants),
-            f"{evaluation.accuracy:.4f}" if evaluation else "n/a",
-        )
+        acc = f"{evaluation.accuracy:.4f}" if evaluation else "n/a"
+        log.info("round %d completed with %d updates (acc=%s)", rnd.number, len(participants), acc)
         return events
 
     def _abort(self, rnd: _Round, now_ms: int, reason: str) -> RoundAborted:
         record = _record(
-            rnd.number,
-            rnd.attempt,
-            "aborted",
-            rnd.selected,
-            tuple(sorted(rnd.accepted)),
-            None,
-            rnd.base_sha,
-            0,
-            None,
-            (now_ms - rnd.started_ms) / 1000.0,
-            reason,
-            rnd.started_ms,
-            now_ms,
-            {},
+            rnd, now_ms, status="aborted", participants=tuple(sorted(rnd.accepted)), reason=reason
         )
         self.ledger.record_round(record)
         self._round, self._attempt, self._last_abort = None, rnd.attempt + 1, reason
@@ -454,6 +552,11 @@ class Coordinator:
         return self.policy.rounds > 0 and self._completed >= self.policy.rounds
 
 
+def masked_input_spec(tensors: tuple[TensorSpec, ...]) -> TensorSpec:
+    """The one tensor of a secure upload: the masked, quantized update plus its sample count."""
+    return TensorSpec("masked_input", (sum(t.numel for t in tensors) + 1,), "uint32")
+
+
 def _spec_fingerprint(spec: ModelSpec, tensors: tuple[TensorSpec, ...]) -> str:
     shape = "x".join(str(d) for d in spec.input_shape)
     return f"{spec.architecture}/{shape}/{spec.num_classes}/{sum(t.numel for t in tensors)}"
@@ -470,35 +573,31 @@ def _mean_metrics(accepted: object) -> dict[str, float]:
 
 
 def _record(
-    round_: int,
-    attempt: int,
+    rnd: _Round,
+    now_ms: int,
+    *,
     status: str,
-    selected: tuple[str, ...],
     participants: tuple[str, ...],
-    sha: str | None,
-    base: str | None,
-    total: int,
-    evaluation: EvalResult | None,
-    duration_s: float,
-    reason: str,
-    started_ms: int,
-    finished_ms: int,
-    metrics: Mapping[str, float],
+    model_sha256: str | None = None,
+    total_samples: int = 0,
+    evaluation: EvalResult | None = None,
+    reason: str = "",
+    metrics: Mapping[str, float] | None = None,
 ) -> RoundRecord:
     return RoundRecord(
-        round=round_,
-        attempt=attempt,
+        round=rnd.number,
+        attempt=rnd.attempt,
         status=status,
-        selected=selected,
+        selected=rnd.selected,
         participants=participants,
-        model_sha256=sha,
-        base_model_sha256=base,
-        total_samples=total,
+        model_sha256=model_sha256,
+        base_model_sha256=rnd.base_sha or None,
+        total_samples=total_samples,
         test_acc=evaluation.accuracy if evaluation else None,
         test_loss=evaluation.loss if evaluation else None,
-        duration_s=duration_s,
+        duration_s=(now_ms - rnd.started_ms) / 1000.0,
         reason=reason,
-        started_ms=started_ms,
-        finished_ms=finished_ms,
-        metrics=dict(metrics),
+        started_ms=rnd.started_ms,
+        finished_ms=now_ms,
+        metrics=dict(metrics or {}),
     )

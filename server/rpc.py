@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import grpc
 
-from forsaken.common import wire
+from forsaken.common import wire, wire_secagg
 from forsaken.common.chunking import PayloadAssembler, PayloadHeader
 from forsaken.common.errors import InvalidPayload, NotAuthenticated
 from forsaken.common.identity import verify_join
@@ -22,7 +22,7 @@ from forsaken.common.types import ModelSpec
 from forsaken.server.coordinator import Submission, Task, TaskKind
 from forsaken.server.ledger import ForgetRecord, Ledger, RoundRecord
 from forsaken.server.runtime import ServerRuntime
-from forsaken.v1 import admin_pb2, admin_pb2_grpc, fleet_pb2, fleet_pb2_grpc
+from forsaken.v1 import admin_pb2, admin_pb2_grpc, fleet_pb2, fleet_pb2_grpc, secagg_pb2
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,19 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         )
 
     @rpc_method
+    def SendSecAgg(
+        self, request: secagg_pb2.SecAggClientMessage, context: grpc.ServicerContext
+    ) -> secagg_pb2.SecAggAck:
+        node = self._node(context)
+        if not request.request_id:
+            raise InvalidPayload("request_id is required")
+        message = wire_secagg.client_message_from_proto(request)
+        outcome = self.runtime.secagg_message(
+            node, request.round, request.task_id, request.request_id, message
+        )
+        return secagg_pb2.SecAggAck(duplicate=outcome.duplicate)
+
+    @rpc_method
     def Leave(
         self, request: fleet_pb2.LeaveRequest, context: grpc.ServicerContext
     ) -> fleet_pb2.LeaveReply:
@@ -187,8 +200,10 @@ def task_to_proto(task: Task | None, model_spec: ModelSpec) -> fleet_pb2.Task:
     if task.kind is TaskKind.STOP:
         return fleet_pb2.Task(kind=fleet_pb2.TASK_KIND_STOP)
     assert task.train is not None
+    secure = task.kind is TaskKind.SECAGG
     return fleet_pb2.Task(
-        kind=fleet_pb2.TASK_KIND_TRAIN,
+        kind=fleet_pb2.TASK_KIND_SECAGG if secure else fleet_pb2.TASK_KIND_TRAIN,
+        secagg=wire_secagg.server_message_to_proto(task.secagg) if secure else None,  # type: ignore[arg-type]
         task_id=task.task_id,
         round=task.round,
         model_sha256=bytes.fromhex(task.model_sha256),

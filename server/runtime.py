@@ -79,8 +79,9 @@ class ServerRuntime:
 
     def tick(self) -> list[Event]:
         with self._lock:
+            before = self.coordinator.progress_key()
             events = self.coordinator.tick(self.now_ms())
-            if events:
+            if events or self.coordinator.progress_key() != before:
                 self._lock.notify_all()
         for event in events:
             if self.on_event is not None:
@@ -112,6 +113,16 @@ class ServerRuntime:
             outcome = self.coordinator.submit(node_id, submission, self.now_ms())
         # Close the round at once when this was the last expected update.
         self.tick()
+        return outcome
+
+    def secagg_message(
+        self, node_id: str, round_: int, task_id: str, request_id: str, message: object
+    ) -> SubmitOutcome:
+        with self._lock:
+            outcome = self.coordinator.secagg_message(
+                node_id, round_, task_id, request_id, message, self.now_ms()
+            )
+        self.tick()  # close the stage at once when this was the last expected message
         return outcome
 
     def leave(self, node_id: str) -> None:

@@ -53,6 +53,7 @@ def test_three_clients_complete_several_rounds(make_cluster) -> None:  # type: i
 def test_client_sigkilled_mid_round_round_completes_with_others(make_cluster) -> None:  # type: ignore[no-untyped-def]
     # Many local epochs so training takes long enough to kill a client inside the round.
     c = make_cluster(
+        aggregation="plaintext",
         rounds=2,
         **{"min-clients": 3, "min-completed": 2, "round-timeout-s": 12, "local-epochs": 40},
     )
@@ -89,6 +90,8 @@ def test_server_sigkilled_resumes_from_checkpoint(make_cluster) -> None:  # type
 def test_same_seeds_give_the_same_model(make_cluster) -> None:  # type: ignore[no-untyped-def]
     shas = []
     for run in ("a", "b"):
+        # Secure aggregation (the default) included: masks cancel exactly and the rounding
+        # noise derives from the node's seed.
         c = make_cluster(run, rounds=2, seed=7, **{"min-clients": 2, "min-completed": 2})
         c.start_server()
         for i in range(2):

@@ -24,6 +24,7 @@ PARAMS = 10_000_000  # 40 MB of float32
 def test_ten_million_parameter_round_trip(tmp_path: Path) -> None:
     address = f"127.0.0.1:{free_port()}"
     config = ServerConfig(
+        aggregation="plaintext",
         listen=address,
         state_dir=tmp_path,
         rounds=1,

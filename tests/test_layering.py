@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Modules allowed to import grpc (the RPC edges and process launchers).
 GRPC_EDGES = {
     "common/rpc_errors.py",
+    "common/tls.py",
     "server/rpc.py",
     "server/app.py",
     "client/transport.py",
@@ -24,6 +25,7 @@ SERVER_CORE = {
     "server/runtime.py",
     "server/sessions.py",
     "server/ledger.py",
+    "server/secure_round.py",
     "server/checkpoints.py",
 }
 

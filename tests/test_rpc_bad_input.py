@@ -28,6 +28,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c = Cluster(
         tmp_path_factory.mktemp("bad"),
         rounds=3,
+        aggregation="plaintext",
         **{"min-clients": 2, "min-completed": 2, "round-timeout-s": 600, "max-payload-mb": 1},
     )
     c.start_server()

@@ -1,4 +1,5 @@
 from forsaken.v1 import common_pb2 as _common_pb2
+from forsaken.v1 import secagg_pb2 as _secagg_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -14,10 +15,12 @@ class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_KIND_WAIT: _ClassVar[TaskKind]
     TASK_KIND_TRAIN: _ClassVar[TaskKind]
     TASK_KIND_STOP: _ClassVar[TaskKind]
+    TASK_KIND_SECAGG: _ClassVar[TaskKind]
 TASK_KIND_UNSPECIFIED: TaskKind
 TASK_KIND_WAIT: TaskKind
 TASK_KIND_TRAIN: TaskKind
 TASK_KIND_STOP: TaskKind
+TASK_KIND_SECAGG: TaskKind
 
 class JoinRequest(_message.Message):
     __slots__ = ("request_id", "public_key", "timestamp_ms", "signature", "num_samples", "dataset", "input_shape", "num_classes")
@@ -58,7 +61,7 @@ class PullTaskRequest(_message.Message):
     def __init__(self, num_samples: _Optional[int] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("kind", "task_id", "round", "model_sha256", "train", "deadline_unix_ms", "seed", "retry_after_s", "model")
+    __slots__ = ("kind", "task_id", "round", "model_sha256", "train", "deadline_unix_ms", "seed", "retry_after_s", "model", "secagg")
     KIND_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +71,7 @@ class Task(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     RETRY_AFTER_S_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    SECAGG_FIELD_NUMBER: _ClassVar[int]
     kind: TaskKind
     task_id: str
     round: int
@@ -77,7 +81,8 @@ class Task(_message.Message):
     seed: int
     retry_after_s: float
     model: _common_pb2.ModelSpec
-    def __init__(self, kind: _Optional[_Union[TaskKind, str]] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., model_sha256: _Optional[bytes] = ..., train: _Optional[_Union[_common_pb2.TrainConfig, _Mapping]] = ..., deadline_unix_ms: _Optional[int] = ..., seed: _Optional[int] = ..., retry_after_s: _Optional[float] = ..., model: _Optional[_Union[_common_pb2.ModelSpec, _Mapping]] = ...) -> None: ...
+    secagg: _secagg_pb2.SecAggServerMessage
+    def __init__(self, kind: _Optional[_Union[TaskKind, str]] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., model_sha256: _Optional[bytes] = ..., train: _Optional[_Union[_common_pb2.TrainConfig, _Mapping]] = ..., deadline_unix_ms: _Optional[int] = ..., seed: _Optional[int] = ..., retry_after_s: _Optional[float] = ..., model: _Optional[_Union[_common_pb2.ModelSpec, _Mapping]] = ..., secagg: _Optional[_Union[_secagg_pb2.SecAggServerMessage, _Mapping]] = ...) -> None: ...
 
 class FetchModelRequest(_message.Message):
     __slots__ = ("model_sha256",)

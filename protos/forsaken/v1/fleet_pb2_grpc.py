@@ -5,6 +5,7 @@ import warnings
 
 from forsaken.v1 import common_pb2 as forsaken_dot_v1_dot_common__pb2
 from forsaken.v1 import fleet_pb2 as forsaken_dot_v1_dot_fleet__pb2
+from forsaken.v1 import secagg_pb2 as forsaken_dot_v1_dot_secagg__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -68,6 +69,11 @@ class FleetStub:
                 request_serializer=forsaken_dot_v1_dot_fleet__pb2.ForgetStatusRequest.SerializeToString,
                 response_deserializer=forsaken_dot_v1_dot_fleet__pb2.ForgetRequestInfo.FromString,
                 _registered_method=True)
+        self.SendSecAgg = channel.unary_unary(
+                '/forsaken.v1.Fleet/SendSecAgg',
+                request_serializer=forsaken_dot_v1_dot_secagg__pb2.SecAggClientMessage.SerializeToString,
+                response_deserializer=forsaken_dot_v1_dot_secagg__pb2.SecAggAck.FromString,
+                _registered_method=True)
         self.Leave = channel.unary_unary(
                 '/forsaken.v1.Fleet/Leave',
                 request_serializer=forsaken_dot_v1_dot_fleet__pb2.LeaveRequest.SerializeToString,
@@ -122,6 +128,14 @@ class FleetServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendSecAgg(self, request, context):
+        """A secure-aggregation stage message (keys, encrypted shares, unmask shares).
+        Idempotent by request_id. The masked input itself travels through PushUpdate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Leave(self, request, context):
         """Leave the federation cleanly (the node is no longer sampled).
         """
@@ -161,6 +175,11 @@ def add_FleetServicer_to_server(servicer, server):
                     servicer.GetForgetStatus,
                     request_deserializer=forsaken_dot_v1_dot_fleet__pb2.ForgetStatusRequest.FromString,
                     response_serializer=forsaken_dot_v1_dot_fleet__pb2.ForgetRequestInfo.SerializeToString,
+            ),
+            'SendSecAgg': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendSecAgg,
+                    request_deserializer=forsaken_dot_v1_dot_secagg__pb2.SecAggClientMessage.FromString,
+                    response_serializer=forsaken_dot_v1_dot_secagg__pb2.SecAggAck.SerializeToString,
             ),
             'Leave': grpc.unary_unary_rpc_method_handler(
                     servicer.Leave,
@@ -333,6 +352,33 @@ class Fleet:
             '/forsaken.v1.Fleet/GetForgetStatus',
             forsaken_dot_v1_dot_fleet__pb2.ForgetStatusRequest.SerializeToString,
             forsaken_dot_v1_dot_fleet__pb2.ForgetRequestInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendSecAgg(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/forsaken.v1.Fleet/SendSecAgg',
+            forsaken_dot_v1_dot_secagg__pb2.SecAggClientMessage.SerializeToString,
+            forsaken_dot_v1_dot_secagg__pb2.SecAggAck.FromString,
             options,
             channel_credentials,
             insecure,
