@@ -57,6 +57,15 @@ class NodeIdentity:
     def node_id(self) -> str:
         return node_id_for(self.public_key)
 
+    @property
+    def signing_seed(self) -> bytes:
+        """The raw 32-byte Ed25519 seed, for protocols that sign with the node key (SecAgg)."""
+        return self.private_key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+
     def sign_join(self, request_id: str, timestamp_ms: int, num_samples: int) -> bytes:
         return self.private_key.sign(join_message(request_id, timestamp_ms, num_samples))
 
