@@ -20,6 +20,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from forsaken.common.certs import init_federation
+from forsaken.common.tls import channel_credentials
 from forsaken.procs import forsaken_command, free_port, spawn, terminate, wait_healthy
 from forsaken.status import fetch_status
 
@@ -90,8 +92,16 @@ def run_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True)
     port = args.port or free_port()
     address = f"127.0.0.1:{port}"
+    pki = init_federation(out / "pki", ["localhost"], args.clients, operators=("admin",))
+    server_tls = pki.server_dir
     server_args = [
         "server",
+        "--tls-cert",
+        str(server_tls / "cert.pem"),
+        "--tls-key",
+        str(server_tls / "key.pem"),
+        "--tls-ca",
+        str(pki.ca_cert),
         "--listen",
         address,
         "--state-dir",
@@ -120,14 +130,23 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         server = spawn(forsaken_command(*server_args), out / "logs" / "server.log")
         procs.append(server)
-        wait_healthy(address, timeout_s=120, proc=server)
+        operator = pki.operator_dir("admin")
+        wait_healthy(address, timeout_s=120, proc=server, credentials=channel_credentials(operator))
         for i in range(args.clients):
+            state = out / f"client-{i}"
+            shutil.copytree(pki.client_dir(i), state)  # node key and its certificate
             client_args = [
                 "client",
+                "--tls-cert",
+                str(state / "cert.pem"),
+                "--tls-key",
+                str(state / "key.pem"),
+                "--tls-ca",
+                str(state / "ca.pem"),
                 "--server",
                 address,
                 "--state-dir",
-                str(out / f"client-{i}"),
+                str(state),
                 "--dataset",
                 args.dataset,
                 "--partition",
@@ -148,7 +167,7 @@ def run_demo(args: argparse.Namespace) -> int:
             f"server on {address}, {args.clients} clients, dataset {args.dataset}; "
             f"logs in {out / 'logs'}"
         )
-        status = _follow(address, args, procs, console, started)
+        status = _follow(address, args, procs, console, started, operator)
         _wait_clients_exit(procs[1:], timeout_s=30)
         report = _report(status, args, time.monotonic() - started)
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -169,6 +188,7 @@ def _follow(
     procs: list[subprocess.Popen[bytes]],
     console: Console,
     started: float,
+    operator: Path,
 ) -> dict[str, Any]:
     shown = 0
     status: dict[str, Any] = {}
@@ -187,7 +207,7 @@ def _follow(
             if procs[0].poll() is not None and procs[0].returncode != 0:
                 raise RuntimeError(f"server exited with code {procs[0].returncode}; see its log")
             try:
-                status = fetch_status(address, 0, timeout=5)
+                status = fetch_status(address, 0, timeout=5, tls_dir=operator)
             except grpc.RpcError:
                 time.sleep(0.5)
                 continue

@@ -109,6 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_status_arguments(p)
     p.set_defaults(func=_status)
 
+    from forsaken.certs import add_certs_arguments, run_certs
+
+    p = sub.add_parser(
+        "certs",
+        help="create the federation's CA and mutual-TLS certificates",
+        description="Create a federation CA and the mutual-TLS certificates of its server, "
+        "clients and operators, or issue one for an existing client state directory. A client "
+        "certificate's common name is the node id derived from that node's Ed25519 key.",
+    )
+    add_certs_arguments(p)
+    p.set_defaults(func=run_certs)
+
     from forsaken.bench import add_bench_arguments
 
     p = sub.add_parser(

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from forsaken.common import tls
 
 _PR_SET_PDEATHSIG = 1
 
@@ -65,22 +66,19 @@ def spawn(
 
 
 def wait_healthy(
-    address: str, timeout_s: float = 60.0, proc: subprocess.Popen[bytes] | None = None
+    address: str,
+    timeout_s: float = 60.0,
+    proc: subprocess.Popen[bytes] | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> None:
     """Block until the server's gRPC health check says SERVING."""
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"server process exited with code {proc.returncode}")
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server process exited with code {proc.returncode}")
+        if tls.health_check(address, credentials, timeout_s=1.0):
+            return
+        time.sleep(0.2)
     raise TimeoutError(f"server at {address} not healthy after {timeout_s:.0f}s")
 
 

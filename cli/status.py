@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 from typing import Any
 
 import grpc
 
+from forsaken.common import tls
 from forsaken.v1 import admin_pb2, admin_pb2_grpc
 
 
@@ -25,11 +27,42 @@ def add_status_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--timeout", type=float, default=10.0, help="RPC deadline in seconds (default: %(default)s)"
     )
+    add_operator_arguments(p)
 
 
-def fetch_status(server: str, rounds: int = 0, timeout: float = 10.0) -> dict[str, Any]:
+def add_operator_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tls-dir",
+        type=Path,
+        default=None,
+        help="operator credential folder ({cert,key,ca}.pem, made by `forsaken certs init "
+        "--operator NAME`); required when the server speaks mutual TLS",
+    )
+    p.add_argument(
+        "--tls-server-name",
+        default=None,
+        help="check the server certificate against this name instead of --server's host",
+    )
+
+
+def admin_channel(
+    server: str, tls_dir: Path | None = None, server_name: str | None = None
+) -> grpc.Channel:
+    """A channel to the Admin API: mutual TLS with an operator credential, or plaintext."""
+    if tls_dir is None:
+        return grpc.insecure_channel(server)
+    return tls.secure_channel(server, tls.channel_credentials(tls_dir), server_name=server_name)
+
+
+def fetch_status(
+    server: str,
+    rounds: int = 0,
+    timeout: float = 10.0,
+    tls_dir: Path | None = None,
+    server_name: str | None = None,
+) -> dict[str, Any]:
     """Everything the Admin API reports, as plain dicts."""
-    with grpc.insecure_channel(server) as channel:
+    with admin_channel(server, tls_dir, server_name) as channel:
         stub = admin_pb2_grpc.AdminStub(channel)
         status = stub.GetStatus(admin_pb2.StatusRequest(), timeout=timeout)
         listed = stub.ListRounds(admin_pb2.ListRoundsRequest(limit=rounds), timeout=timeout)

@@ -16,6 +16,7 @@ from forsaken.client.daemon import ClientDaemon
 from forsaken.client.owner import OwnerServicer
 from forsaken.client.state import DataSelection, StateFile
 from forsaken.client.transport import FleetConnection
+from forsaken.common import tls
 from forsaken.common.config import option
 from forsaken.common.datasets import load_dataset
 from forsaken.common.errors import ConfigError
@@ -51,6 +52,17 @@ class ClientConfig:
         "Where the Owner API listens (loopback by default); port 0 picks one and writes it "
         "to STATE_DIR/owner_address.",
     )
+    tls_cert: str = option(
+        "", "This node's certificate (PEM), issued by `forsaken certs` for its node key."
+    )
+    tls_key: str = option("", "Private key of --tls-cert (PEM).")
+    tls_ca: str = option("", "Federation CA (PEM) that signed the server's certificate.")
+    tls_server_name: str = option(
+        "", "Check the server certificate against this name instead of --server's host."
+    )
+    insecure: bool = option(
+        False, "Allow plaintext gRPC to a non-loopback --server (logs a warning)."
+    )
     max_backoff_s: float = option(30.0, "Longest wait between reconnection attempts, in seconds.")
     threads: int = option(1, "CPU threads for local training.")
     log_level: str = option("info", "Log level.", choices=("debug", "info", "warning", "error"))
@@ -68,6 +80,31 @@ class ClientConfig:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
         if self.max_backoff_s <= 0:
             raise ConfigError(f"max_backoff_s must be > 0, got {self.max_backoff_s}")
+        files = tls.TlsFiles.from_options(self.tls_cert, self.tls_key, self.tls_ca)
+        if files is None and not (self.insecure or tls.is_loopback(self.server)):
+            raise ConfigError(
+                f"{self.server} is not a loopback address: give --tls-cert, --tls-key and "
+                "--tls-ca (see `forsaken certs`), or --insecure for plaintext"
+            )
+
+
+def _channel_credentials(
+    config: ClientConfig, identity: NodeIdentity, state_dir: Path
+) -> grpc.ChannelCredentials | None:
+    files = tls.TlsFiles.from_options(config.tls_cert, config.tls_key, config.tls_ca)
+    if files is None:
+        if not tls.is_loopback(config.server):
+            log.warning(
+                "PLAINTEXT gRPC to %s (--insecure): traffic is not protected", config.server
+            )
+        return None
+    common_name = files.load().common_name
+    if common_name != identity.node_id:
+        raise ConfigError(
+            f"{files.cert} is for {common_name!r}, not this node ({identity.node_id}); run "
+            f"`forsaken certs issue --ca CA_DIR --state-dir {state_dir}`"
+        )
+    return tls.channel_credentials(files.ca, files.cert, files.key)
 
 
 class ClientApp:
@@ -99,7 +136,12 @@ class ClientApp:
         state_file = StateFile(state_dir)
         state = state_file.load_or_init(selection)
         identity = NodeIdentity.load_or_create(state_dir)
-        self.connection = FleetConnection(config.server, identity)
+        self.connection = FleetConnection(
+            config.server,
+            identity,
+            credentials=_channel_credentials(config, identity, state_dir),
+            server_name=config.tls_server_name or None,
+        )
         self.daemon = ClientDaemon(
             connection=self.connection,
             data=data,

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from forsaken.common import errors, wire, wire_secagg
+from forsaken.common import errors, tls, wire, wire_secagg
 from forsaken.common.chunking import PayloadAssembler, PayloadHeader, header_for
 from forsaken.common.identity import NodeIdentity
 from forsaken.common.tensors import TensorSpec
@@ -94,17 +94,27 @@ AnyTask = TrainTask | SecAggTask | WaitTask | StopTask
 class FleetConnection:
     """One channel to the server plus the session obtained by a signed Join."""
 
-    def __init__(self, target: str, identity: NodeIdentity) -> None:
+    def __init__(
+        self,
+        target: str,
+        identity: NodeIdentity,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        server_name: str | None = None,
+    ) -> None:
         self.target = target
         self.identity = identity
-        self.channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", _CHUNK_LIMIT),
-                ("grpc.max_send_message_length", _CHUNK_LIMIT),
-                ("grpc.keepalive_time_ms", 30_000),
-            ],
-        )
+        options = [
+            ("grpc.max_receive_message_length", _CHUNK_LIMIT),
+            ("grpc.max_send_message_length", _CHUNK_LIMIT),
+            ("grpc.keepalive_time_ms", 30_000),
+        ]
+        if credentials is None:
+            self.channel = grpc.insecure_channel(target, options=options)
+        else:
+            self.channel = tls.secure_channel(
+                target, credentials, server_name=server_name, options=options
+            )
         self.stub = fleet_pb2_grpc.FleetStub(self.channel)
         self.token: bytes | None = None
         self.node_id: str | None = None

@@ -15,6 +15,7 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from forsaken.common import tls
 from forsaken.common.config import option
 from forsaken.common.errors import ConfigError
 from forsaken.common.tensors import TensorSpec
@@ -29,6 +30,7 @@ from forsaken.server.coordinator import (
     RoundCompleted,
 )
 from forsaken.server.ledger import SqliteLedger
+from forsaken.server.metrics import MetricsServer, ServerMetrics
 from forsaken.server.policy import RoundPolicy
 from forsaken.server.rpc import AdminServicer, FleetServicer
 from forsaken.server.runtime import ServerRuntime
@@ -101,6 +103,19 @@ class ServerConfig:
     seed: int = option(0, "Seed for the initial model, client sampling and local training.")
     evaluate: bool = option(True, "Evaluate each new global model on the validation set.")
     poll_timeout_s: float = option(10.0, "Long-poll deadline for PullTask, in seconds.")
+    tls_cert: str = option(
+        "", "Server certificate (PEM); with --tls-key and --tls-ca the server speaks mutual TLS."
+    )
+    tls_key: str = option("", "Private key of --tls-cert (PEM).")
+    tls_ca: str = option(
+        "", "Federation CA (PEM) that must have signed every client's and operator's certificate."
+    )
+    insecure: bool = option(
+        False, "Allow plaintext gRPC on a non-loopback --listen address (logs a warning)."
+    )
+    metrics_listen: str = option(
+        "", "Serve Prometheus metrics at http://HOST:PORT/metrics; empty turns it off."
+    )
     max_payload_mb: int = option(512, "Largest model or update payload accepted, in MiB.")
     max_workers: int = option(128, "RPC worker threads (each long-polling client holds one).")
     exit_when_done: bool = option(False, "Exit once the target number of rounds has completed.")
@@ -117,6 +132,12 @@ class ServerConfig:
             raise ConfigError("max_payload_mb must be >= 1")
         if self.poll_timeout_s <= 0:
             raise ConfigError("poll_timeout_s must be > 0")
+        files = tls.TlsFiles.from_options(self.tls_cert, self.tls_key, self.tls_ca)
+        if files is None and not (self.insecure or tls.is_loopback(self.listen)):
+            raise ConfigError(
+                f"{self.listen} is not a loopback address: give --tls-cert, --tls-key and "
+                "--tls-ca (see `forsaken certs`), or --insecure for plaintext"
+            )
 
     def policy(self) -> RoundPolicy:
         return RoundPolicy(
@@ -190,6 +211,13 @@ class ServerDaemon:
             now_ms=_now_ms(),
         )
         self.runtime = ServerRuntime(self.coordinator, SessionTable(), on_event=self._on_event)
+        self.metrics = ServerMetrics.create()
+        self.metrics.clients_connected.set_function(lambda: len(self.runtime.live_nodes()))
+        self.metrics_server = (
+            MetricsServer(self.metrics.registry, config.metrics_listen)
+            if config.metrics_listen
+            else None
+        )
         self.done = threading.Event()
         self.server = self._build_grpc_server()
 
@@ -200,6 +228,8 @@ class ServerDaemon:
     def _build_grpc_server(self) -> grpc.Server:
         cfg = self.config
         chunk_limit = 8 << 20  # chunks are 1 MiB; headroom for headers
+        files = tls.TlsFiles.from_options(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
+        self.mtls = files is not None
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="rpc"),
             options=[
@@ -213,12 +243,17 @@ class ServerDaemon:
                 self.bench.model_spec,
                 poll_timeout_s=cfg.poll_timeout_s,
                 max_payload_bytes=cfg.max_payload_mb << 20,
+                mtls=self.mtls,
+                metrics=self.metrics,
             ),
             server,
         )
         admin_pb2_grpc.add_AdminServicer_to_server(
             AdminServicer(
-                self.runtime, self.ledger, secure_aggregation=cfg.aggregation == "secure"
+                self.runtime,
+                self.ledger,
+                secure_aggregation=cfg.aggregation == "secure",
+                require_operator=self.mtls,
             ),
             server,
         )
@@ -232,7 +267,10 @@ class ServerDaemon:
         )
         reflection.enable_server_reflection(names, server)
         try:
-            self.port = server.add_insecure_port(cfg.listen)
+            if files is not None:
+                self.port = server.add_secure_port(cfg.listen, tls.server_credentials(files))
+            else:
+                self.port = server.add_insecure_port(cfg.listen)
         except RuntimeError as exc:
             raise ConfigError(f"cannot listen on {cfg.listen}: {exc}") from None
         if self.port == 0:
@@ -240,6 +278,8 @@ class ServerDaemon:
         return server
 
     def _on_event(self, event: Event) -> None:
+        if isinstance(event, RoundCompleted | RoundAborted):
+            self.metrics.round_finished(event.record.status, event.record.duration_s)
         if isinstance(event, RoundCompleted):
             r = event.record
             acc = "n/a" if r.test_acc is None else f"{r.test_acc:.4f}"
@@ -264,8 +304,16 @@ class ServerDaemon:
                 "PLAINTEXT aggregation: the server sees every client's individual update. "
                 "Use --aggregation secure unless you are debugging or benchmarking."
             )
+        if not self.mtls and not tls.is_loopback(self.config.listen):
+            log.warning(
+                "PLAINTEXT gRPC on %s (--insecure): traffic and node identities are not protected",
+                self.config.listen,
+            )
         self.server.start()
         self.runtime.start()
+        if self.metrics_server is not None:
+            self.metrics_server.start()
+            log.info("metrics on %s", self.metrics_server.url)
         for name in ("", "forsaken.v1.Fleet", "forsaken.v1.Admin"):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -279,6 +327,8 @@ class ServerDaemon:
         self.health.enter_graceful_shutdown()
         self.runtime.stop()
         self.server.stop(grace_s).wait()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         self.ledger.close()
         log.info("stopped cleanly")
 

@@ -13,14 +13,16 @@ from collections.abc import Iterator
 
 import grpc
 
-from forsaken.common import wire, wire_secagg
+from forsaken.common import tls, wire, wire_secagg
+from forsaken.common.certs import Role, role_of
 from forsaken.common.chunking import PayloadAssembler, PayloadHeader
-from forsaken.common.errors import InvalidPayload, NotAuthenticated
+from forsaken.common.errors import InvalidPayload, NotAuthenticated, PermissionDenied
 from forsaken.common.identity import verify_join
 from forsaken.common.rpc_errors import rpc_method, stream_method
 from forsaken.common.types import ModelSpec
 from forsaken.server.coordinator import Submission, Task, TaskKind
 from forsaken.server.ledger import ForgetRecord, Ledger, RoundRecord
+from forsaken.server.metrics import ServerMetrics
 from forsaken.server.runtime import ServerRuntime
 from forsaken.v1 import admin_pb2, admin_pb2_grpc, fleet_pb2, fleet_pb2_grpc, secagg_pb2
 
@@ -45,14 +47,24 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         *,
         poll_timeout_s: float,
         max_payload_bytes: int,
+        mtls: bool = False,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self.runtime = runtime
         self.model_spec = model_spec
         self.poll_timeout_s = poll_timeout_s
         self.max_payload_bytes = max_payload_bytes
+        self.mtls = mtls
+        self.metrics = metrics
 
     def _node(self, context: grpc.ServicerContext) -> str:
-        return self.runtime.sessions.authenticate(session_token(context))
+        node = self.runtime.sessions.authenticate(session_token(context))
+        if self.mtls:
+            # A session token is only good from the TLS identity that opened it.
+            peer = tls.peer_common_name(context)
+            if peer != node:
+                raise PermissionDenied(f"TLS certificate {peer!r} does not belong to node {node}")
+        return node
 
     @rpc_method
     def Join(
@@ -69,6 +81,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             request.timestamp_ms,
             request.num_samples,
         )
+        if self.mtls and (peer := tls.peer_common_name(context)) != node_id:
+            raise PermissionDenied(f"TLS certificate {peer!r} does not belong to node {node_id}")
         self._check_shape(request)
         self.runtime.join(node_id, request.public_key, max(0, request.num_samples))
         session = self.runtime.sessions.open(node_id, request.request_id)
@@ -115,6 +129,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         header = PayloadHeader(
             self.runtime.coordinator.tensors, len(payload), hashlib.sha256(payload).digest()
         )
+        if self.metrics is not None:
+            self.metrics.bytes_sent.inc(len(payload))
         yield from wire.payload_chunks(header, payload)
 
     @rpc_method
@@ -123,6 +139,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     ) -> fleet_pb2.PushReply:
         node = self._node(context)
         header, payload = self._assemble(request_iterator)
+        if self.metrics is not None:
+            self.metrics.bytes_received.inc(len(payload))
         submission = Submission(
             request_id=header.request_id,
             task_id=header.task_id,
@@ -247,15 +265,32 @@ def forget_to_proto(f: ForgetRecord) -> fleet_pb2.ForgetRequestInfo:
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
-    def __init__(self, runtime: ServerRuntime, ledger: Ledger, *, secure_aggregation: bool) -> None:
+    def __init__(
+        self,
+        runtime: ServerRuntime,
+        ledger: Ledger,
+        *,
+        secure_aggregation: bool,
+        require_operator: bool = False,
+    ) -> None:
         self.runtime = runtime
         self.ledger = ledger
         self.secure_aggregation = secure_aggregation
+        self.require_operator = require_operator
+
+    def _operator(self, context: grpc.ServicerContext) -> None:
+        """With mutual TLS on, only holders of an operator certificate may use the Admin API."""
+        if not self.require_operator:
+            return
+        peer = tls.peer_common_name(context)
+        if role_of(peer) is not Role.OPERATOR:
+            raise PermissionDenied(f"the Admin API needs an operator certificate, not {peer!r}")
 
     @rpc_method
     def GetStatus(
         self, request: admin_pb2.StatusRequest, context: grpc.ServicerContext
     ) -> admin_pb2.ServerStatus:
+        self._operator(context)
         view = self.runtime.status()
         return admin_pb2.ServerStatus(
             phase=view.phase.value,
@@ -275,6 +310,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     def ListRounds(
         self, request: admin_pb2.ListRoundsRequest, context: grpc.ServicerContext
     ) -> admin_pb2.ListRoundsReply:
+        self._operator(context)
         records = self.ledger.rounds(limit=request.limit or None)
         return admin_pb2.ListRoundsReply(rounds=[round_to_proto(r) for r in records])
 
@@ -282,6 +318,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     def ListClients(
         self, request: admin_pb2.ListClientsRequest, context: grpc.ServicerContext
     ) -> admin_pb2.ListClientsReply:
+        self._operator(context)
         live = set(self.runtime.live_nodes())
         infos = []
         for c in self.ledger.clients():
@@ -302,6 +339,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     def ListForgetRequests(
         self, request: admin_pb2.ListForgetRequestsRequest, context: grpc.ServicerContext
     ) -> admin_pb2.ListForgetRequestsReply:
+        self._operator(context)
         return admin_pb2.ListForgetRequestsReply(
             requests=[forget_to_proto(f) for f in self.ledger.forgets()]
         )

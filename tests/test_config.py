@@ -25,7 +25,9 @@ def test_defaults_work_with_no_configuration() -> None:
 
 def test_layers_override_in_order(tmp_path: Path) -> None:
     toml = tmp_path / "server.toml"
-    toml.write_text('rounds = 7\nmin_clients = 4\nfraction = 0.5\nlisten = "0.0.0.0:9000"\n')
+    toml.write_text(
+        'rounds = 7\nmin_clients = 4\nfraction = 0.5\nlisten = "0.0.0.0:9000"\ninsecure = true\n'
+    )
     env = {"FORSAKEN_SERVER_MIN_CLIENTS": "5", "FORSAKEN_SERVER_EVALUATE": "false"}
     cfg = resolve(
         ServerConfig,
@@ -71,3 +73,20 @@ def test_missing_config_file_is_named(tmp_path: Path) -> None:
             env={},
             env_prefix=ENV_PREFIX,
         )
+
+
+def test_non_loopback_listen_needs_tls_or_explicit_insecure() -> None:
+    with pytest.raises(ConfigError, match=r"not a loopback address.*--insecure"):
+        resolve(ServerConfig, parse(["--listen", "0.0.0.0:7070"]), env={}, env_prefix=ENV_PREFIX)
+    cfg = resolve(
+        ServerConfig,
+        parse(["--listen", "0.0.0.0:7070", "--insecure"]),
+        env={},
+        env_prefix=ENV_PREFIX,
+    )
+    assert cfg.insecure
+
+
+def test_half_configured_tls_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="missing tls_key, tls_ca"):
+        resolve(ServerConfig, parse(["--tls-cert", "c.pem"]), env={}, env_prefix=ENV_PREFIX)

@@ -1,0 +1,405 @@
+"""The forget engine a client runs in place of local training after ForgetMe (DESIGN §5).
+
+Every method returns a `ForgetStep`: a flat float32 update in the `tensors` layout plus the
+sample count the client reports as its weight, exactly what `train_local` gives the upload path,
+so masking, quantization and secure aggregation cannot tell unlearning from training
+(STYLE habit 9). The server sees Σ wᵢ uᵢ / Σ wᵢ and nothing else.
+
+Scaling so the update survives averaging: the engine reports weight w (the count the client
+reported while training, so the weight itself gives nothing away) and uploads
+u = (W / w) · δ, where W is the round's total weight (announced by the server; by default
+estimated as w · expected_clients). The aggregate then carries δ at full strength, plus the
+other clients' ordinary training at weight (W - w)/W.
+
+`ForsakenEngine` is the seed method (Liu et al., "Learn to Forget", §4): a dummy-gradient
+generator trained each unlearning round, stopping when a local loss-threshold membership oracle
+says the forget set looks like data the model never saw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from forsaken.common.errors import ConfigError, InvalidPayload
+from forsaken.common.metrics import oracle_member_rate, per_sample_losses
+from forsaken.common.models import build_model
+from forsaken.common.types import ModelSpec
+from forsaken.common.unlearning.generator import DummyGradientGenerator, GeneratorConfig
+from forsaken.common.unlearning.objectives import (
+    ObjectiveWeights,
+    apply_dummy_gradient,
+    confidence_profile,
+    forget_objective,
+    profile_distance,
+)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ForgetStep:
+    """One unlearning round's contribution: the same shape of result as local training."""
+
+    update: np.ndarray  # (num_params,) float32, already scaled to survive averaging
+    num_samples: int  # the weight to report; 0 means "contribute nothing this round"
+    done: bool  # the local oracle says the forget set looks unseen (or the round cap hit)
+    metrics: dict[str, float]
+    gradient_evaluations: int  # per-sample forward+backward passes through the model
+
+
+class ForgetEngine(Protocol):
+    """What a client's unlearning executor drives, one call per unlearning round."""
+
+    def step(
+        self,
+        global_vector: np.ndarray,
+        forget_x: np.ndarray,
+        forget_y: np.ndarray,
+        held_out_x: np.ndarray,
+        held_out_y: np.ndarray,
+        retained_x: np.ndarray,
+        retained_y: np.ndarray,
+        round_number: int,
+        total_weight: int | None = None,
+    ) -> ForgetStep: ...
+
+    def state_dict(self) -> dict[str, np.ndarray]: ...
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None: ...
+
+
+def update_scale(weight: int, total_weight: int | None, expected_clients: int) -> float:
+    """W / w: the factor that makes a weight-w upload land at full strength in the mean."""
+    total = total_weight if total_weight is not None else weight * expected_clients
+    if weight < 1 or total < weight:
+        raise ConfigError(f"round total weight {total} is below this client's weight {weight}")
+    return total / weight
+
+
+def params_of(spec: ModelSpec, vector: np.ndarray) -> dict[str, Tensor]:
+    """The model's parameters as named tensors, read from a flat vector (codec order)."""
+    model = build_model(spec.architecture, tuple(spec.input_shape), spec.num_classes, seed=0)
+    out: dict[str, Tensor] = {}
+    offset = 0
+    vec = torch.from_numpy(np.asarray(vector, dtype=np.float32).copy())
+    for name, p in model.state_dict().items():
+        out[name] = vec[offset : offset + p.numel()].reshape(p.shape)
+        offset += p.numel()
+    if offset != vec.numel():
+        raise InvalidPayload(f"global vector has {vec.numel()} entries, the model {offset}")
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ForsakenConfig:
+    """Forsaken's knobs; the defaults are the settings docs/unlearning.md settles on."""
+
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    weights: ObjectiveWeights = field(default_factory=ObjectiveWeights)
+    steps_per_round: int = 60
+    optimizer: str = "nsgd"  # "nsgd" (normalised SGD), "sgd" or "adam"; momentum 0.9
+    learning_rate: float = 0.5
+    output_scale: float = 0.5  # G's raw output times this times each tensor's init RMS
+    forget_batch: int = 32
+    keep_batch: int = 32
+    max_rounds: int = 5
+    oracle_quantile: float = 0.5  # "member" = loss below this quantile of held-out losses
+    oracle_tolerance: float = 0.05  # done when the member rate is at most quantile + this
+    shift: int = 1  # max pixel shift of the augmented kept inputs for the drift term
+    expected_clients: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps_per_round < 1 or self.max_rounds < 1 or self.forget_batch < 1:
+            raise ConfigError(f"invalid forsaken config {self}")
+        if not 0.0 < self.oracle_quantile < 1.0:
+            raise ConfigError(f"oracle_quantile must be in (0, 1), got {self.oracle_quantile}")
+
+
+def _tensor(x: np.ndarray, dtype: torch.dtype = torch.float32) -> Tensor:
+    return torch.tensor(np.asarray(x), dtype=dtype)
+
+
+class ForsakenEngine:
+    """The seed method's client side. Create once per ForgetMe; call `step` every unlearning
+    round; persist `state_dict()` (plain named arrays, no pickle) to survive a restart."""
+
+    def __init__(self, spec: ModelSpec, config: ForsakenConfig | None = None) -> None:
+        self.spec = spec
+        self.config = config or ForsakenConfig()
+        self.model = build_model(spec.architecture, tuple(spec.input_shape), spec.num_classes, 0)
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        init = dict(self.model.named_parameters())
+        targets = self.config.generator.targets or tuple(init)
+        missing = [t for t in targets if t not in init]
+        if missing:
+            raise ConfigError(f"generator targets {missing} are not parameters of the model")
+        shapes = [(t, tuple(init[t].shape)) for t in targets]
+        # Scale by each tensor's init RMS so one unit of output means "a weight-sized step".
+        scales = [self.config.output_scale * float(init[t].pow(2).mean().sqrt()) for t in targets]
+        summary_dim = 3 * spec.num_classes
+        self.generator = DummyGradientGenerator(
+            summary_dim, shapes, self.config.generator, scales, seed=self.config.seed
+        )
+        self.optimizer = _optimizer(self.config, self.generator)
+        self.rounds_done = 0
+
+    def summary(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """G's input (3C,): the confidence profile plus the mean confidence per labelled class."""
+        probs = torch.softmax(logits, dim=1)  # (n, C)
+        c = self.spec.num_classes
+        own = probs.gather(1, labels[:, None]).squeeze(1)  # (n,) confidence in the given label
+        per_class = torch.zeros(c).index_add_(0, labels, own)
+        counts = torch.bincount(labels, minlength=c).clamp_min(1)
+        return torch.cat([confidence_profile(logits), per_class / counts])
+
+    def step(
+        self,
+        global_vector: np.ndarray,
+        forget_x: np.ndarray,
+        forget_y: np.ndarray,
+        held_out_x: np.ndarray,
+        held_out_y: np.ndarray,
+        retained_x: np.ndarray,
+        retained_y: np.ndarray,
+        round_number: int,
+        total_weight: int | None = None,
+    ) -> ForgetStep:
+        """One unlearning round (paper §4): train G, emit the scaled step, ask the oracle.
+
+        Kept data for the utility, drift and sparsity terms is the retained set when the client
+        keeps some data, else its held-out slice (the only clean data a client that forgets
+        everything still holds).
+        """
+        cfg = self.config
+        if len(forget_x) == 0 or len(held_out_x) == 0:
+            raise ConfigError("forsaken needs a non-empty forget set and held-out slice")
+        params = params_of(self.spec, global_vector)
+        keep = (retained_x, retained_y) if len(retained_x) else (held_out_x, held_out_y)
+        batch = _Round(
+            fx=_tensor(forget_x),
+            fy=_tensor(forget_y, torch.int64),
+            hx=_tensor(held_out_x),
+            hy=_tensor(held_out_y, torch.int64),
+            kx=_tensor(keep[0]),
+            ky=_tensor(keep[1], torch.int64),
+        )
+        weight = len(forget_x) + len(retained_x)
+        with torch.no_grad():
+            forget_logits = self._logits(params, batch.fx)
+            held_logits = self._logits(params, batch.hx)
+        reference = confidence_profile(held_logits)
+        rate_before = self._member_rate(forget_logits, batch.fy, held_logits, batch.hy)
+        metrics = {
+            "distance_before": float(
+                profile_distance(confidence_profile(forget_logits), reference)
+            ),
+            "member_rate_before": rate_before,
+        }
+        self.rounds_done += 1
+        if rate_before <= cfg.oracle_quantile + cfg.oracle_tolerance:
+            # Already indistinguishable from unseen data: nothing to upload, nothing to learn.
+            zero = np.zeros(sum(p.numel() for p in params.values()), dtype=np.float32)
+            return ForgetStep(zero, 0, True, metrics, 0)
+        summary = self.summary(forget_logits, batch.fy)
+        g, evals, terms = self._train_generator(params, batch, summary, held_logits, round_number)
+        moved = apply_dummy_gradient(params, g)
+        with torch.no_grad():
+            after_logits = self._logits(moved, batch.fx)
+            rate_after = self._member_rate(
+                after_logits, batch.fy, self._logits(moved, batch.hx), batch.hy
+            )
+        scale = update_scale(weight, total_weight, cfg.expected_clients)
+        delta = torch.cat([(moved[n] - p).reshape(-1) for n, p in params.items()])
+        update = (delta.numpy() * scale).astype(np.float32)
+        metrics |= {
+            "distance_after": float(profile_distance(confidence_profile(after_logits), reference)),
+            "member_rate_after": rate_after,
+            "scale": scale,
+            "max_abs_update": float(np.abs(update).max()),
+        } | terms
+        done = (
+            rate_after <= cfg.oracle_quantile + cfg.oracle_tolerance
+            or self.rounds_done >= cfg.max_rounds
+        )
+        return ForgetStep(update, weight, done, metrics, evals)
+
+    def _train_generator(
+        self,
+        params: dict[str, Tensor],
+        batch: _Round,
+        summary: Tensor,
+        held_logits: Tensor,
+        round_number: int,
+    ) -> tuple[dict[str, Tensor], int, dict[str, float]]:
+        """`steps_per_round` optimizer steps on G; returns G's final g, the cost and the terms.
+
+        Batches, augmentation and G's input noise come from a generator seeded by (seed,
+        round), so a resumed engine repeats them exactly.
+        """
+        cfg = self.config
+        rng = torch.Generator().manual_seed(_round_seed(cfg.seed, round_number))
+        noise = torch.randn(cfg.generator.noise_dim, generator=rng)
+        held_probs = torch.softmax(held_logits, dim=1)  # (n_held, C): the unseen reference
+        with torch.no_grad():
+            keep_loss = float(F.cross_entropy(self._logits(params, batch.kx), batch.ky))
+        evals, last = 0, {}
+        self.generator.train()
+        for _ in range(cfg.steps_per_round):
+            fb = torch.randint(
+                len(batch.fx), (min(cfg.forget_batch, len(batch.fx)),), generator=rng
+            )
+            kb = torch.randint(len(batch.kx), (min(cfg.keep_batch, len(batch.kx)),), generator=rng)
+            terms = forget_objective(
+                self.model,
+                params,
+                self.generator(summary, noise),
+                batch.fx[fb],
+                held_probs,
+                batch.kx[kb],
+                batch.ky[kb],
+                cfg.weights,
+                drift_x=augment(batch.kx[kb], cfg.shift, rng),
+                keep_loss_before=keep_loss,
+            )
+            self.optimizer.zero_grad(set_to_none=True)
+            terms.total.backward()
+            if cfg.optimizer == "nsgd":
+                _normalise_gradients(self.generator)
+            self.optimizer.step()
+            evals += len(fb) + 2 * len(kb)  # the kept batch, plain and augmented
+            last = {
+                "objective": terms.total,
+                "distance": terms.distance,
+                "utility_loss": terms.utility,
+                "drift": terms.drift,
+                "relative_l1": terms.sparsity,
+            }
+        self.generator.eval()
+        with torch.no_grad():
+            g = self.generator(summary, noise)
+        return g, evals, {k: float(v.detach()) for k, v in last.items()}
+
+    def _logits(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        return torch.func.functional_call(self.model, params, (x,))
+
+    def _member_rate(
+        self, forget_logits: Tensor, fy: Tensor, held_logits: Tensor, hy: Tensor
+    ) -> float:
+        return oracle_member_rate(
+            per_sample_losses(forget_logits.numpy(), fy.numpy()),
+            per_sample_losses(held_logits.numpy(), hy.numpy()),
+            self.config.oracle_quantile,
+        )
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Generator weights, Adam moments and the round count as plain named arrays."""
+        state = {f"generator.{k}": v.numpy().copy() for k, v in self.generator.state_dict().items()}
+        for index, slot in self.optimizer.state_dict()["state"].items():
+            for key, value in slot.items():
+                state[f"adam.{index}.{key}"] = np.asarray(value).copy()
+        state["rounds_done"] = np.array(self.rounds_done, dtype=np.int64)
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Resume from `state_dict()`'s output: the next `step` matches an uninterrupted run."""
+        gen = {
+            k[len("generator.") :]: torch.tensor(v)
+            for k, v in state.items()
+            if k.startswith("generator.")
+        }
+        self.generator.load_state_dict(gen)
+        slots: dict[int, dict[str, Tensor]] = {}
+        for key, value in state.items():
+            if key.startswith("adam."):
+                _, index, name = key.split(".", 2)
+                slots.setdefault(int(index), {})[name] = torch.tensor(value)
+        groups = self.optimizer.state_dict()["param_groups"]
+        self.optimizer.load_state_dict({"state": slots, "param_groups": groups})
+        self.rounds_done = int(state["rounds_done"])
+
+
+@dataclass(frozen=True, slots=True)
+class _Round:
+    """One round's data as tensors: forget (f), held-out (h) and kept (k) inputs and labels."""
+
+    fx: Tensor
+    fy: Tensor
+    hx: Tensor
+    hy: Tensor
+    kx: Tensor
+    ky: Tensor
+
+
+def _normalise_gradients(module: torch.nn.Module) -> None:
+    """Scale G's gradient to unit global norm (normalised SGD): keep the direction (which
+    weights g should touch), drop the scale, which differs by orders of magnitude between
+    models and datasets."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    for g in grads:
+        g.div_(norm.clamp_min(1e-12))
+
+
+def _optimizer(config: ForsakenConfig, generator: torch.nn.Module) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(generator.parameters(), lr=config.learning_rate)
+    if config.optimizer in ("sgd", "nsgd"):
+        return torch.optim.SGD(generator.parameters(), lr=config.learning_rate, momentum=0.9)
+    raise ConfigError(f"unknown generator optimizer {config.optimizer!r}: use 'adam' or 'sgd'")
+
+
+def augment(x: Tensor, shift: int, rng: torch.Generator) -> Tensor:
+    """Clean-looking inputs beyond the few kept samples: a random mixup of pairs, rolled by up
+    to `shift` pixels. They never carry anything the forget set alone has, so holding the
+    model's logits fixed on them protects utility without protecting what must go."""
+    b = len(x)  # x: (B, C, H, W)
+    lam = torch.rand(b, 1, 1, 1, generator=rng)
+    mixed = lam * x + (1 - lam) * x[torch.randperm(b, generator=rng)]
+    dy, dx = (int(v) for v in torch.randint(-shift, shift + 1, (2,), generator=rng))
+    return torch.roll(mixed, shifts=(dy, dx), dims=(2, 3))
+
+
+def _round_seed(seed: int, round_number: int) -> int:
+    # Batches and noise depend only on (seed, round), so a resumed engine draws the same ones.
+    return int(np.random.SeedSequence([seed, round_number, 0xF06]).generate_state(1)[0])
+
+
+class FinetuneEngine:
+    """The negative control: the client simply stops contributing (DESIGN §5, "finetune").
+
+    Its one step reports weight 0 (an all-zero upload leaves the secure sum unchanged) and is
+    done at once; the remaining clients' ordinary rounds are all that "unlearns".
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+
+    def step(
+        self,
+        global_vector: np.ndarray,
+        forget_x: np.ndarray,
+        forget_y: np.ndarray,
+        held_out_x: np.ndarray,
+        held_out_y: np.ndarray,
+        retained_x: np.ndarray,
+        retained_y: np.ndarray,
+        round_number: int,
+        total_weight: int | None = None,
+    ) -> ForgetStep:
+        del forget_x, forget_y, held_out_x, held_out_y, retained_x, retained_y
+        del round_number, total_weight
+        zero = np.zeros(np.shape(global_vector), dtype=np.float32)
+        return ForgetStep(zero, 0, True, {}, 0)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        del state  # stateless

@@ -1,0 +1,165 @@
+"""Pure loss functions of the Forsaken generator's training (Liu et al., "Learn to Forget", §4).
+
+The paper trains a dummy-gradient generator so that, after the dummy gradient g is applied, the
+model's confidence on the data to forget is indistinguishable from its confidence on data it
+never saw, while a sparsity term on g, weighted by the loss on the data the client keeps, stops g
+from wrecking the model's utility. This module holds those pieces as plain functions of tensors
+and a parameter dictionary, so they can be tested against hand computations and reused by any
+engine; nothing here owns state.
+
+Shapes: `logits` (B, C); a confidence profile is (2C,): the mean softmax vector followed by the
+mean of the descending-sorted softmax vectors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+_EPS = 1e-8  # keeps log() finite for classes a profile gives (numerically) zero mass
+_MIN_KEEP_LOSS = 0.01  # a memorised kept set has loss ~0; the ratio must not explode
+
+
+def confidence_profile(logits: Tensor) -> Tensor:
+    """The paper's confidence summary of a model on a set of inputs: (2C,) from (B, C).
+
+    First half: the mean softmax vector, i.e. which classes the model assigns the inputs to
+    (a backdoor shows up as excess mass on the target class). Second half: the mean of the
+    sorted softmax vectors, i.e. how sure the model is regardless of class (memorised data is
+    predicted more confidently than unseen data). Both halves are probability vectors. Neither
+    uses labels, so a relabelled (poisoned) sample is judged by what the model does with its
+    image, not by whether it fits its wrong label.
+    """
+    probs = F.softmax(logits, dim=1)  # (B, C)
+    by_class = probs.mean(dim=0)  # (C,)
+    by_rank = probs.sort(dim=1, descending=True).values.mean(dim=0)  # (C,)
+    return torch.cat([by_class, by_rank])
+
+
+def profile_distance(profile: Tensor, reference: Tensor) -> Tensor:
+    """KL(reference ‖ profile), summed over the two probability halves of a profile.
+
+    KL from the reference (rather than squared error) because it penalises a class the forget
+    set is *missing* in proportion to how much the unseen data uses it: the mass a backdoor
+    steals from nine classes is what must flow back.
+    """
+    half = profile.numel() // 2
+    total = profile.new_zeros(())
+    for part in (slice(0, half), slice(half, None)):
+        ref = reference[part].clamp_min(_EPS)
+        cur = profile[part].clamp_min(_EPS)
+        total = total + (ref * (ref.log() - cur.log())).sum()
+    return total
+
+
+def quantile_distance(probs: Tensor, reference_probs: Tensor) -> Tensor:
+    """Per-class distribution matching: Σ_c mean_i (sorted p_c over the batch - the reference's
+    quantiles of p_c at the same levels)², a squared 1-D Wasserstein-2 distance per class.
+
+    Unlike a distance between *mean* profiles, whose gradient fades as the means meet, each
+    sample whose confidence in some class is out of line with unseen data keeps being pushed:
+    a residual backdoor of a few percent of the samples still costs about that percentage.
+    `probs` (B, C) needs gradients; `reference_probs` (R, C) is a fixed sample of unseen data.
+    """
+    # Levels i / (B - 1): with a reference of the same size these are its exact order
+    # statistics, so a batch compared with itself is at distance zero.
+    levels = torch.linspace(0.0, 1.0, probs.shape[0], dtype=probs.dtype)  # (B,)
+    ref_q = torch.quantile(reference_probs, levels, dim=0)  # (B, C)
+    return (probs.sort(dim=0).values - ref_q).pow(2).mean(dim=0).sum()
+
+
+def relative_l1(g: Mapping[str, Tensor], params: Mapping[str, Tensor]) -> Tensor:
+    """Sparsity of a dummy gradient: ‖g‖₁ / ‖θ‖₁ over the generated tensors (dimensionless)."""
+    num = sum(t.abs().sum() for t in g.values())
+    den = sum(params[name].abs().sum() for name in g)
+    return num / den  # type: ignore[operator]
+
+
+def apply_dummy_gradient(
+    params: Mapping[str, Tensor], g: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
+    """θ - g for the generated tensors, θ for the rest: one plain gradient step of size 1."""
+    return {name: (p - g[name]) if name in g else p for name, p in params.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectiveWeights:
+    """How much each term counts; chosen by the experiments in docs/unlearning.md."""
+
+    profile: float = 1.0  # KL between mean confidence profiles
+    quantile: float = 10.0  # per-class quantile matching of confidences
+    utility: float = 1.0  # plain cross-entropy on the kept data after applying g
+    drift: float = 1.0  # squared logit drift on (augmented) kept inputs
+    sparsity: float = 1.0  # relative L1 of g, multiplied by that cross-entropy
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectiveTerms:
+    total: Tensor
+    distance: Tensor  # profile distance of the forget batch to the unseen reference
+    utility: Tensor  # cross-entropy on the kept batch after applying g
+    drift: Tensor  # mean squared logit change on the drift batch
+    sparsity: Tensor  # relative L1 of g
+
+
+def logit_drift(
+    model: nn.Module, params: Mapping[str, Tensor], moved: Mapping[str, Tensor], x: Tensor
+) -> Tensor:
+    """Mean squared change of the logits on inputs `x` when θ becomes θ - g.
+
+    Logits rather than probabilities: a trained model is near one-hot on clean data, where a
+    KL or cross-entropy is ~0 and says nothing about how far the function moved.
+    """
+    with torch.no_grad():
+        before = functional_call(model, dict(params), (x,))  # (B, C)
+    after = functional_call(model, dict(moved), (x,))
+    return (after - before).pow(2).mean()
+
+
+def forget_objective(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    g: Mapping[str, Tensor],
+    forget_x: Tensor,
+    reference_probs: Tensor,
+    keep_x: Tensor,
+    keep_y: Tensor,
+    weights: ObjectiveWeights,
+    drift_x: Tensor | None = None,
+    keep_loss_before: float = 1.0,
+) -> ObjectiveTerms:
+    """The generator's loss for one batch (paper §4, "training the generator").
+
+    distance(profile of the forget batch under θ - g, profile of the unseen reference under θ)
+      + utility · CE(θ - g; kept batch)
+      + sparsity · CE(θ - g; kept batch) · ‖g‖₁/‖θ‖₁.
+    The sparsity term is weighted by the kept-data loss as in the paper: the more g hurts the
+    data that must stay learned, the more each unit of g costs. `model` only supplies the
+    architecture: it is evaluated functionally, never modified.
+    """
+    moved = apply_dummy_gradient(params, g)
+    logits = functional_call(model, moved, (forget_x,))  # (B, C)
+    ref_profile = confidence_profile(reference_probs.log())
+    distance = weights.profile * profile_distance(confidence_profile(logits), ref_profile)
+    if weights.quantile:
+        distance = distance + weights.quantile * quantile_distance(
+            F.softmax(logits, dim=1), reference_probs
+        )
+    utility = F.cross_entropy(functional_call(model, moved, (keep_x,)), keep_y)
+    drift = logit_drift(model, params, moved, keep_x if drift_x is None else drift_x)
+    sparsity = relative_l1(g, params)
+    # The sparsity weight is the kept-data loss relative to before g (at least 1): free of the
+    # loss's scale, and growing as soon as g starts to hurt what must stay learned.
+    harm = utility / max(keep_loss_before, _MIN_KEEP_LOSS)
+    total = (
+        distance
+        + weights.utility * utility
+        + weights.drift * drift
+        + weights.sparsity * (1.0 + harm) * sparsity
+    )
+    return ObjectiveTerms(total, distance, utility, drift, sparsity)

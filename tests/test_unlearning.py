@@ -1,0 +1,167 @@
+"""Forget engines: the generator learns, state resumes exactly, unlearning removes a backdoor,
+updates have the training update's shape, and PGA respects its ball."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from forsaken.common import metrics as M
+from forsaken.common.backdoor import poison_client, triggered_test_set
+from forsaken.common.datasets import load_dataset
+from forsaken.common.errors import ConfigError
+from forsaken.common.models import build_model
+from forsaken.common.partition import client_split
+from forsaken.common.tensors import flatten
+from forsaken.common.training import TrainConfig, load_vector, train_local
+from forsaken.common.types import ModelSpec
+from forsaken.common.unlearning import (
+    RETRAIN,
+    FinetuneEngine,
+    ForsakenConfig,
+    ForsakenEngine,
+    PGAConfig,
+    PGAEngine,
+    make_engine,
+)
+from forsaken.common.unlearning.generator import DummyGradientGenerator
+from forsaken.common.unlearning.objectives import profile_distance, quantile_distance
+
+STEPS = 10  # generator steps per round: enough to move, fast enough for the suite
+
+
+@pytest.fixture(scope="module")
+def bed() -> dict:
+    """A backdoored digits model: client 0 of 5 poisoned, trained together with client 1."""
+    torch.set_num_threads(1)
+    ds = load_dataset("digits")
+    poisoned = poison_client(client_split(ds, 0, 5, seed=0), seed=0)
+    clean = client_split(ds, 1, 5, seed=0)
+    spec = ModelSpec("mlp", ds.input_shape, ds.num_classes, "digits")
+    model = build_model("mlp", ds.input_shape, ds.num_classes, seed=0)
+    x = np.concatenate([poisoned.data.x_train, clean.x_train])
+    y = np.concatenate([poisoned.data.y_train, clean.y_train])
+    train_local(model, x, y, TrainConfig(local_epochs=15), seed=0)
+    trig_x, _ = triggered_test_set(ds, poisoned.target, poisoned.trigger)
+    return {
+        "spec": spec,
+        "vector": flatten(model.state_dict()),
+        "data": poisoned.data,
+        "trig_x": trig_x,
+        "model": model,
+    }
+
+
+def _step(engine, bed: dict, round_number: int = 1, total: int | None = None):
+    d = bed["data"]
+    return engine.step(
+        bed["vector"],
+        d.x_train,
+        d.y_train,
+        d.x_held_out,
+        d.y_held_out,
+        d.x_train[:0],
+        d.y_train[:0],
+        round_number,
+        total_weight=total,
+    )
+
+
+def _asr(bed: dict, vector: np.ndarray) -> float:
+    load_vector(bed["model"], vector)
+    return M.attack_success_rate(M.model_outputs(bed["model"], bed["trig_x"]), 0)
+
+
+def test_generator_is_a_module_whose_parameters_change(bed: dict) -> None:
+    engine = ForsakenEngine(bed["spec"], ForsakenConfig(steps_per_round=STEPS))
+    assert isinstance(engine.generator, torch.nn.Module)
+    assert isinstance(engine.generator, DummyGradientGenerator)
+    before = [p.detach().clone() for p in engine.generator.parameters()]
+    _step(engine, bed)
+    changed = [
+        not torch.equal(a, b) for a, b in zip(before, engine.generator.parameters(), strict=True)
+    ]
+    assert sum(changed) >= len(changed) // 2
+
+
+def test_update_is_a_flat_float32_training_style_update(bed: dict) -> None:
+    engine = ForsakenEngine(bed["spec"], ForsakenConfig(steps_per_round=STEPS))
+    step = _step(engine, bed)
+    assert step.update.dtype == np.float32 and step.update.shape == bed["vector"].shape
+    assert np.isfinite(step.update).all() and np.abs(step.update).max() > 0
+    assert step.num_samples == len(bed["data"].y_train)
+    # per step: a forget batch plus the kept batch twice (plain and augmented)
+    n_keep = min(32, len(bed["data"].y_held_out))
+    assert step.gradient_evaluations == STEPS * (32 + 2 * n_keep)
+
+
+def test_one_unlearning_step_lowers_asr(bed: dict) -> None:
+    engine = ForsakenEngine(bed["spec"], ForsakenConfig(steps_per_round=30))
+    total = 5 * len(bed["data"].y_train)
+    step = _step(engine, bed, total=total)
+    # What the server's mean carries when the other clients' updates are zero: update * w / W.
+    after = bed["vector"] + step.update * (step.num_samples / total)
+    before_asr, after_asr = _asr(bed, bed["vector"]), _asr(bed, after)
+    assert before_asr > 0.8
+    assert after_asr < before_asr / 2
+
+
+def test_scaling_survives_averaging(bed: dict) -> None:
+    a = _step(ForsakenEngine(bed["spec"], ForsakenConfig(steps_per_round=3)), bed, total=1000)
+    b = _step(ForsakenEngine(bed["spec"], ForsakenConfig(steps_per_round=3)), bed, total=2000)
+    assert np.allclose(b.update, 2 * a.update, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ConfigError):
+        _step(ForsakenEngine(bed["spec"]), bed, total=10)  # below the client's own weight
+
+
+def test_state_dict_round_trip_resumes_identically(bed: dict) -> None:
+    cfg = ForsakenConfig(steps_per_round=STEPS, max_rounds=5)
+    first = ForsakenEngine(bed["spec"], cfg)
+    _step(first, bed, round_number=1)
+    state = first.state_dict()
+    assert all(isinstance(v, np.ndarray) for v in state.values())
+    buffer = io.BytesIO()
+    np.savez(buffer, **state)  # no pickle anywhere: plain named arrays
+    buffer.seek(0)
+    with np.load(buffer, allow_pickle=False) as archive:
+        restored = {k: archive[k] for k in archive.files}
+    second = ForsakenEngine(bed["spec"], cfg)
+    second.load_state_dict(restored)
+    a, b = _step(first, bed, round_number=2), _step(second, bed, round_number=2)
+    assert np.array_equal(a.update, b.update)
+    assert a.done == b.done and first.rounds_done == second.rounds_done == 2
+    fresh = _step(ForsakenEngine(bed["spec"], cfg), bed, round_number=2)
+    assert not np.array_equal(a.update, fresh.update)  # the resumed state mattered
+
+
+def test_pga_stays_inside_its_ball(bed: dict) -> None:
+    engine = PGAEngine(bed["spec"], PGAConfig(radius_fraction=0.02, loss_ceiling=1e9, epochs=2))
+    total = 5 * len(bed["data"].y_train)
+    step = _step(engine, bed, total=total)
+    moved = bed["vector"] + step.update * (step.num_samples / total)  # undo the scaling
+    distance = np.linalg.norm(moved - engine.reference(bed["vector"]))
+    assert step.done and step.gradient_evaluations > 0
+    assert distance <= engine.radius * (1 + 1e-4)
+    assert distance >= engine.radius * 0.9  # the ascent did push out to the boundary
+
+
+def test_registry_and_finetune(bed: dict) -> None:
+    assert make_engine(RETRAIN, bed["spec"]) is None
+    assert isinstance(make_engine("forsaken", bed["spec"]), ForsakenEngine)
+    assert isinstance(make_engine("pga", bed["spec"]), PGAEngine)
+    with pytest.raises(ConfigError):
+        make_engine("fedEraser", bed["spec"])
+    step = _step(FinetuneEngine(bed["spec"]), bed)
+    assert step.done and step.num_samples == 0 and not step.update.any()
+
+
+def test_distances_vanish_on_identical_inputs_only() -> None:
+    probs = torch.softmax(torch.randn(40, 10, generator=torch.Generator().manual_seed(0)), 1)
+    assert float(quantile_distance(probs, probs)) == pytest.approx(0.0, abs=1e-9)
+    profile = torch.cat([probs.mean(0), probs.sort(1, descending=True).values.mean(0)])
+    assert float(profile_distance(profile, profile)) == pytest.approx(0.0, abs=1e-9)
+    shifted = torch.softmax(torch.log(probs) + 3 * torch.eye(10)[0], 1)  # more mass on class 0
+    assert float(quantile_distance(shifted, probs)) > 1e-3
