@@ -121,6 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_certs_arguments(p)
     p.set_defaults(func=run_certs)
 
+    from forsaken.admin import add_admin_arguments, run_admin
+
+    p = sub.add_parser(
+        "admin",
+        help="operator actions (revoke a node)",
+        description="Operator actions that change the server's state, through its Admin API.",
+    )
+    add_admin_arguments(p)
+    p.set_defaults(func=run_admin)
+
     from forsaken.bench import add_bench_arguments
 
     p = sub.add_parser(

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from forsaken.client.transport import FleetConnection, SecAggTask
-from forsaken.common import errors
+from forsaken.common import errors, failpoints
 from forsaken.common.secagg.client_states import ClientIdentity, start_client
 from forsaken.common.secagg.messages import MaskedInput
 from forsaken.common.secagg.quantize import quantize
@@ -103,6 +103,7 @@ class SecureSessions:
 
     def _send(self, task: SecAggTask, message: object) -> None:
         self.conn.send_secagg(message, request_id=uuid.uuid4().hex, task=task)
+        failpoints.hit(f"secagg-after-{type(message).__name__}")
 
     def _push_masked(self, task: SecAggTask, vector: np.ndarray) -> None:
         spec = (TensorSpec("masked_input", (int(vector.size),), "uint32"),)
@@ -114,3 +115,4 @@ class SecureSessions:
             tensors=spec,
             payload=to_bytes(vector),
         )
+        failpoints.hit("secagg-after-MaskedInput")

@@ -27,6 +27,10 @@ class DuplicateRequest(ForsakenError):
     """The same idempotent request was already applied (not always an error to the caller)."""
 
 
+class RateLimited(PayloadTooLarge):
+    """A per-node or global limit was hit; the message says which and when to retry."""
+
+
 class NotAuthenticated(ForsakenError):
     """No valid credential accompanied the request."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from forsaken.server.coordinator import (
     RoundCompleted,
 )
 from forsaken.server.ledger import SqliteLedger
+from forsaken.server.limits import RateLimiter
 from forsaken.server.metrics import MetricsServer, ServerMetrics
 from forsaken.server.policy import RoundPolicy
 from forsaken.server.rpc import AdminServicer, FleetServicer
@@ -117,6 +119,18 @@ class ServerConfig:
         "", "Serve Prometheus metrics at http://HOST:PORT/metrics; empty turns it off."
     )
     max_payload_mb: int = option(512, "Largest model or update payload accepted, in MiB.")
+    max_clients: int = option(
+        1000, "Most live clients at once; a Join beyond it gets RESOURCE_EXHAUSTED."
+    )
+    join_rate_per_min: float = option(
+        30.0, "Joins allowed per node per minute (burst 10); more get RESOURCE_EXHAUSTED."
+    )
+    forget_rate_per_min: float = option(
+        6.0, "ForgetMe calls allowed per node per minute (burst 3)."
+    )
+    max_message_mb: int = option(
+        8, "Largest single gRPC message, in MiB (payloads stream in 1 MiB chunks)."
+    )
     max_workers: int = option(128, "RPC worker threads (each long-polling client holds one).")
     exit_when_done: bool = option(False, "Exit once the target number of rounds has completed.")
     log_level: str = option("info", "Log level.", choices=("debug", "info", "warning", "error"))
@@ -128,6 +142,10 @@ class ServerConfig:
         secure = self.secure_settings()
         if secure is not None:
             secure.validate()
+        if self.max_clients < 1 or self.max_message_mb < 2:
+            raise ConfigError("max_clients must be >= 1 and max_message_mb >= 2")
+        if self.join_rate_per_min <= 0 or self.forget_rate_per_min <= 0:
+            raise ConfigError("rate limits must be > 0 per minute")
         if self.max_payload_mb < 1:
             raise ConfigError("max_payload_mb must be >= 1")
         if self.poll_timeout_s <= 0:
@@ -227,7 +245,7 @@ class ServerDaemon:
 
     def _build_grpc_server(self) -> grpc.Server:
         cfg = self.config
-        chunk_limit = 8 << 20  # chunks are 1 MiB; headroom for headers
+        chunk_limit = cfg.max_message_mb << 20  # payloads stream in 1 MiB chunks
         files = tls.TlsFiles.from_options(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
         self.mtls = files is not None
         server = grpc.server(
@@ -245,6 +263,8 @@ class ServerDaemon:
                 max_payload_bytes=cfg.max_payload_mb << 20,
                 mtls=self.mtls,
                 metrics=self.metrics,
+                join_limit=RateLimiter("join", cfg.join_rate_per_min, 10, time.monotonic),
+                max_clients=cfg.max_clients,
             ),
             server,
         )

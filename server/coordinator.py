@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 import numpy as np
@@ -26,6 +26,7 @@ from forsaken.common.errors import (
     DuplicateRequest,
     InvalidPayload,
     PermissionDenied,
+    RateLimited,
     StaleRequest,
     UnknownEntity,
     WrongStage,
@@ -151,6 +152,7 @@ class StatusView:
     model_sha256: str
     last_abort_reason: str
     last_test_acc: float | None
+    secagg_stage: str = ""
 
 
 class Coordinator:
@@ -186,6 +188,7 @@ class Coordinator:
         self._last_seen: dict[str, int] = {}
         self._samples: dict[str, int] = {}
         self._keys: dict[str, bytes] = {}
+        self._revoked = {c.node_id for c in ledger.clients() if c.revoked}
         self._round: _Round | None = None
         self._attempt = 0
         self._last_abort = ""
@@ -263,6 +266,7 @@ class Coordinator:
         return sorted(n for n, seen in self._last_seen.items() if seen >= horizon)
 
     def status(self, now_ms: int) -> StatusView:
+        rnd = self._round
         phase = (
             Phase.FINISHED if self._finished else (Phase.TRAINING if self._round else Phase.WAITING)
         )
@@ -277,6 +281,7 @@ class Coordinator:
             model_sha256=self._model_sha,
             last_abort_reason=self._last_abort,
             last_test_acc=self._last_acc,
+            secagg_stage=str(rnd.secure.stage) if rnd is not None and rnd.secure else "",
         )
 
     def model_payload(self, sha256: str) -> bytes:
@@ -287,16 +292,43 @@ class Coordinator:
 
     # ---- inputs ---------------------------------------------------------------------------
 
-    def join(self, node_id: str, public_key: bytes, num_samples: int, now_ms: int) -> None:
+    def join(
+        self,
+        node_id: str,
+        public_key: bytes,
+        num_samples: int,
+        now_ms: int,
+        max_clients: int = 1_000_000,
+    ) -> None:
         existing = self.ledger.client(node_id)
         if existing is not None and existing.revoked:
             raise PermissionDenied(f"node {node_id} is revoked")
+        live = self.live_nodes(now_ms)
+        if node_id not in live and len(live) >= max_clients:
+            raise RateLimited(f"the server already serves its limit of {max_clients} clients")
         first_seen = existing.first_seen_ms if existing else now_ms
         self.ledger.upsert_client(
             ClientRecord(node_id, public_key, num_samples, first_seen, now_ms, False)
         )
         self._keys[node_id] = public_key
         self._seen(node_id, num_samples, now_ms)
+
+    def revoke(self, node_id: str, reason: str) -> bool:
+        """Mark a node revoked in the ledger; it is never sampled or served again."""
+        existing = self.ledger.client(node_id)
+        if existing is None:
+            raise UnknownEntity(f"no client {node_id} has ever joined")
+        self._last_seen.pop(node_id, None)
+        if existing.revoked:
+            return True
+        self.ledger.upsert_client(replace(existing, revoked=True))
+        self._revoked.add(node_id)
+        log.warning("node %s revoked: %s", node_id, reason or "no reason given")
+        return False
+
+    def check_not_revoked(self, node_id: str) -> None:
+        if node_id in self._revoked:
+            raise PermissionDenied(f"node {node_id} is revoked")
 
     def leave(self, node_id: str) -> None:
         """A node left cleanly: stop sampling it (an open round still waits for its deadline)."""

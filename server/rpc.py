@@ -22,6 +22,7 @@ from forsaken.common.rpc_errors import rpc_method, stream_method
 from forsaken.common.types import ModelSpec
 from forsaken.server.coordinator import Submission, Task, TaskKind
 from forsaken.server.ledger import ForgetRecord, Ledger, RoundRecord
+from forsaken.server.limits import RateLimiter
 from forsaken.server.metrics import ServerMetrics
 from forsaken.server.runtime import ServerRuntime
 from forsaken.v1 import admin_pb2, admin_pb2_grpc, fleet_pb2, fleet_pb2_grpc, secagg_pb2
@@ -49,6 +50,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         max_payload_bytes: int,
         mtls: bool = False,
         metrics: ServerMetrics | None = None,
+        join_limit: RateLimiter | None = None,
+        max_clients: int = 1_000_000,
     ) -> None:
         self.runtime = runtime
         self.model_spec = model_spec
@@ -56,9 +59,12 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         self.max_payload_bytes = max_payload_bytes
         self.mtls = mtls
         self.metrics = metrics
+        self.join_limit = join_limit
+        self.max_clients = max_clients
 
     def _node(self, context: grpc.ServicerContext) -> str:
         node = self.runtime.sessions.authenticate(session_token(context))
+        self.runtime.check_not_revoked(node)
         if self.mtls:
             # A session token is only good from the TLS identity that opened it.
             peer = tls.peer_common_name(context)
@@ -84,7 +90,11 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         if self.mtls and (peer := tls.peer_common_name(context)) != node_id:
             raise PermissionDenied(f"TLS certificate {peer!r} does not belong to node {node_id}")
         self._check_shape(request)
-        self.runtime.join(node_id, request.public_key, max(0, request.num_samples))
+        if self.join_limit is not None:
+            self.join_limit.check(node_id)
+        self.runtime.join(
+            node_id, request.public_key, max(0, request.num_samples), max_clients=self.max_clients
+        )
         session = self.runtime.sessions.open(node_id, request.request_id)
         return fleet_pb2.JoinReply(
             node_id=node_id,
@@ -304,6 +314,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             last_test_acc=view.last_test_acc if view.last_test_acc is not None else float("nan"),
             secure_aggregation=self.secure_aggregation,
             uptime_s=int(time.time() - self.runtime.started),
+            secagg_stage=view.secagg_stage,
         )
 
     @rpc_method
@@ -334,6 +345,14 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 )
             )
         return admin_pb2.ListClientsReply(clients=infos)
+
+    @rpc_method
+    def RevokeClient(
+        self, request: admin_pb2.RevokeClientRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.RevokeClientReply:
+        self._operator(context)
+        already = self.runtime.revoke(request.node_id, request.reason)
+        return admin_pb2.RevokeClientReply(already_revoked=already)
 
     @rpc_method
     def ListForgetRequests(

@@ -90,9 +90,11 @@ class ServerRuntime:
 
     # ---- calls from the RPC edge ------------------------------------------------------
 
-    def join(self, node_id: str, public_key: bytes, num_samples: int) -> None:
+    def join(
+        self, node_id: str, public_key: bytes, num_samples: int, max_clients: int = 1_000_000
+    ) -> None:
         with self._lock:
-            self.coordinator.join(node_id, public_key, num_samples, self.now_ms())
+            self.coordinator.join(node_id, public_key, num_samples, self.now_ms(), max_clients)
             self._lock.notify_all()
 
     def poll(self, node_id: str, num_samples: int, timeout_s: float) -> Task | None:
@@ -124,6 +126,18 @@ class ServerRuntime:
             )
         self.tick()  # close the stage at once when this was the last expected message
         return outcome
+
+    def revoke(self, node_id: str, reason: str) -> bool:
+        """Revoke a node; True if it was revoked already. Its session ends now."""
+        with self._lock:
+            already = self.coordinator.revoke(node_id, reason)
+            self._lock.notify_all()
+        self.sessions.close(node_id)
+        return already
+
+    def check_not_revoked(self, node_id: str) -> None:
+        with self._lock:
+            self.coordinator.check_not_revoked(node_id)
 
     def leave(self, node_id: str) -> None:
         with self._lock:

@@ -8,12 +8,26 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class RevokeClientRequest(_message.Message):
+    __slots__ = ("node_id", "reason")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    reason: str
+    def __init__(self, node_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RevokeClientReply(_message.Message):
+    __slots__ = ("already_revoked",)
+    ALREADY_REVOKED_FIELD_NUMBER: _ClassVar[int]
+    already_revoked: bool
+    def __init__(self, already_revoked: _Optional[bool] = ...) -> None: ...
+
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class ServerStatus(_message.Message):
-    __slots__ = ("phase", "current_round", "completed_rounds", "target_rounds", "connected_clients", "model_sha256", "model", "last_abort_reason", "last_test_acc", "secure_aggregation", "uptime_s")
+    __slots__ = ("phase", "current_round", "completed_rounds", "target_rounds", "connected_clients", "model_sha256", "model", "last_abort_reason", "last_test_acc", "secure_aggregation", "uptime_s", "secagg_stage")
     PHASE_FIELD_NUMBER: _ClassVar[int]
     CURRENT_ROUND_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_ROUNDS_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +39,7 @@ class ServerStatus(_message.Message):
     LAST_TEST_ACC_FIELD_NUMBER: _ClassVar[int]
     SECURE_AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    SECAGG_STAGE_FIELD_NUMBER: _ClassVar[int]
     phase: str
     current_round: int
     completed_rounds: int
@@ -36,7 +51,8 @@ class ServerStatus(_message.Message):
     last_test_acc: float
     secure_aggregation: bool
     uptime_s: int
-    def __init__(self, phase: _Optional[str] = ..., current_round: _Optional[int] = ..., completed_rounds: _Optional[int] = ..., target_rounds: _Optional[int] = ..., connected_clients: _Optional[int] = ..., model_sha256: _Optional[bytes] = ..., model: _Optional[_Union[_common_pb2.ModelSpec, _Mapping]] = ..., last_abort_reason: _Optional[str] = ..., last_test_acc: _Optional[float] = ..., secure_aggregation: _Optional[bool] = ..., uptime_s: _Optional[int] = ...) -> None: ...
+    secagg_stage: str
+    def __init__(self, phase: _Optional[str] = ..., current_round: _Optional[int] = ..., completed_rounds: _Optional[int] = ..., target_rounds: _Optional[int] = ..., connected_clients: _Optional[int] = ..., model_sha256: _Optional[bytes] = ..., model: _Optional[_Union[_common_pb2.ModelSpec, _Mapping]] = ..., last_abort_reason: _Optional[str] = ..., last_test_acc: _Optional[float] = ..., secure_aggregation: _Optional[bool] = ..., uptime_s: _Optional[int] = ..., secagg_stage: _Optional[str] = ...) -> None: ...
 
 class ListRoundsRequest(_message.Message):
     __slots__ = ("limit",)

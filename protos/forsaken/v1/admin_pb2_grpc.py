@@ -55,6 +55,11 @@ class AdminStub:
                 request_serializer=forsaken_dot_v1_dot_admin__pb2.ListForgetRequestsRequest.SerializeToString,
                 response_deserializer=forsaken_dot_v1_dot_admin__pb2.ListForgetRequestsReply.FromString,
                 _registered_method=True)
+        self.RevokeClient = channel.unary_unary(
+                '/forsaken.v1.Admin/RevokeClient',
+                request_serializer=forsaken_dot_v1_dot_admin__pb2.RevokeClientRequest.SerializeToString,
+                response_deserializer=forsaken_dot_v1_dot_admin__pb2.RevokeClientReply.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -85,6 +90,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevokeClient(self, request, context):
+        """Stop a node from joining later rounds; its open session ends at once. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -107,6 +119,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListForgetRequests,
                     request_deserializer=forsaken_dot_v1_dot_admin__pb2.ListForgetRequestsRequest.FromString,
                     response_serializer=forsaken_dot_v1_dot_admin__pb2.ListForgetRequestsReply.SerializeToString,
+            ),
+            'RevokeClient': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeClient,
+                    request_deserializer=forsaken_dot_v1_dot_admin__pb2.RevokeClientRequest.FromString,
+                    response_serializer=forsaken_dot_v1_dot_admin__pb2.RevokeClientReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +235,33 @@ class Admin:
             '/forsaken.v1.Admin/ListForgetRequests',
             forsaken_dot_v1_dot_admin__pb2.ListForgetRequestsRequest.SerializeToString,
             forsaken_dot_v1_dot_admin__pb2.ListForgetRequestsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeClient(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/forsaken.v1.Admin/RevokeClient',
+            forsaken_dot_v1_dot_admin__pb2.RevokeClientRequest.SerializeToString,
+            forsaken_dot_v1_dot_admin__pb2.RevokeClientReply.FromString,
             options,
             channel_credentials,
             insecure,
