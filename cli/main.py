@@ -121,6 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_certs_arguments(p)
     p.set_defaults(func=run_certs)
 
+    from forsaken.forget import add_forget_arguments, run_forget
+
+    p = sub.add_parser(
+        "forget",
+        help="ask a client daemon to make the federation forget its data",
+        description="A data owner's command: the client daemon stops using the data at once "
+        "and asks the federation to unlearn it (all of it, or the ids in --samples). With "
+        "--wait it shows progress and prints the receipt of measured evidence.",
+    )
+    add_forget_arguments(p)
+    p.set_defaults(func=run_forget)
+
     from forsaken.admin import add_admin_arguments, run_admin
 
     p = sub.add_parser(

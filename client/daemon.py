@@ -8,24 +8,35 @@ import random
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from forsaken.client.forgetting import ForgetExecutor
 from forsaken.client.secure import SecureSessions
-from forsaken.client.state import ClientState, StateFile
-from forsaken.client.transport import FleetConnection, SecAggTask, StopTask, TrainTask, WaitTask
+from forsaken.client.state import ClientState, LocalForget, StateFile
+from forsaken.client.transport import (
+    FleetConnection,
+    SecAggTask,
+    StopTask,
+    TrainTask,
+    VerifyTask,
+    WaitTask,
+)
 from forsaken.common import errors
 from forsaken.common.models import build_model
 from forsaken.common.partition import ClientData
 from forsaken.common.secagg.client_states import ClientDone
 from forsaken.common.secagg.setup import SetupInfo
 from forsaken.common.simulation import client_round_seed
-from forsaken.common.tensors import from_bytes, specs_of, to_bytes
+from forsaken.common.tensors import flatten, from_bytes, specs_of, to_bytes
 from forsaken.common.training import evaluate, load_vector, train_local
 
 log = logging.getLogger(__name__)
+
+UNLEARNING_STATES = ("submitting", "requested", "unlearning")
 
 
 @dataclass
@@ -79,6 +90,7 @@ class ClientDaemon:
         self._model_sha: str | None = None
         self._lock = threading.Lock()
         self.secure = SecureSessions(connection, connection.identity.signing_seed)
+        self.forgetter = ForgetExecutor(Path(state_file.path).parent, data)
 
     # ---- data in use ------------------------------------------------------------------
 
@@ -86,6 +98,9 @@ class ClientDaemon:
         """The samples this node may train on now: its partition minus anything forgotten."""
         with self._lock:
             excluded = set(self.state.excluded_ids)
+            forgot_all = self.state.forgot_all
+        if forgot_all:
+            return self.data.x_train[:0], self.data.y_train[:0]
         if not excluded:
             return self.data.x_train, self.data.y_train
         keep = np.array([i not in excluded for i in self.data.ids_train], dtype=bool)
@@ -94,6 +109,14 @@ class ClientDaemon:
     def num_samples(self) -> int:
         return int(self.training_arrays()[1].shape[0])
 
+    def declared_samples(self) -> int:
+        """The weight this node announces. While one of its forget requests is unlearning it
+        keeps announcing its count from before, the weight its forget steps report, so the
+        round's total weight W that scales those steps includes it."""
+        with self._lock:
+            unlearning = any(f.state in UNLEARNING_STATES for f in self.state.forgets)
+        return len(self.data.ids_train) if unlearning else self.num_samples()
+
     # ---- main loop --------------------------------------------------------------------
 
     def run(self) -> int:
@@ -101,7 +124,8 @@ class ClientDaemon:
             try:
                 if self.conn.token is None:
                     self._join()
-                task = self.conn.pull(self.num_samples())
+                self._submit_forgets()
+                task = self.conn.pull(self.declared_samples())
                 self.connected = True
                 self.backoff.reset()
                 if isinstance(task, StopTask):
@@ -111,7 +135,9 @@ class ClientDaemon:
                     if task.retry_after_s > 0:
                         self.stop_event.wait(task.retry_after_s)
                     continue
-                if isinstance(task, SecAggTask):
+                if isinstance(task, VerifyTask):
+                    self._verify(task)
+                elif isinstance(task, SecAggTask):
                     self._secure_stage(task)
                 else:
                     self._train_and_push(task)
@@ -146,7 +172,7 @@ class ClientDaemon:
 
     def _join(self) -> None:
         node_id = self.conn.join(
-            self.num_samples(), self.dataset_name, self.input_shape, self.num_classes
+            self.declared_samples(), self.dataset_name, self.input_shape, self.num_classes
         )
         spec = self.conn.model_spec
         assert spec is not None
@@ -172,8 +198,143 @@ class ClientDaemon:
             self._model_sha = sha
         return self._model
 
+    # ---- forgetting ---------------------------------------------------------------------
+
+    def request_forget(
+        self, request_id: str, sample_ids: tuple[int, ...], method: str
+    ) -> LocalForget:
+        """Owner API: stop using the data now (durably), then ask the server to unlearn it."""
+        ids = tuple(sorted(set(sample_ids)))
+        known = set(int(i) for i in self.data.ids_train)
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            shown = ", ".join(map(str, unknown[:5]))
+            raise errors.InvalidPayload(
+                f"{len(unknown)} sample ids are not in this node's training data (e.g. {shown})"
+            )
+        with self._lock:
+            for existing in self.state.forgets:
+                if existing.request_id == request_id:
+                    return existing  # an owner's retry: same request, same answer
+            record = LocalForget(request_id, ids, method)
+            self.state = replace(
+                self.state,
+                excluded_ids=tuple(sorted(set(self.state.excluded_ids) | set(ids))),
+                forgot_all=self.state.forgot_all or not ids,
+                forgets=(*self.state.forgets, record),
+            )
+            # Written before anything else happens: a crash now still never trains on it.
+            self.state_file.save(self.state)
+        log.info(
+            "forget request %s: %s samples excluded from training from now on",
+            request_id,
+            len(ids) or "all",
+        )
+        if self.conn.token is not None:
+            try:
+                self._submit_forgets()
+            except errors.ForsakenError as exc:
+                log.info("will retry submitting forget request %s: %s", request_id, exc)
+        return self.local_forget(request_id)
+
+    def local_forget(self, request_id: str) -> LocalForget:
+        with self._lock:
+            for f in self.state.forgets:
+                if f.request_id == request_id:
+                    return f
+        raise errors.UnknownEntity(f"no forget request {request_id}")
+
+    def _update_forget(self, request_id: str, **changes: str) -> None:
+        with self._lock:
+            forgets = tuple(
+                replace(f, **changes) if f.request_id == request_id else f
+                for f in self.state.forgets
+            )
+            self.state = replace(self.state, forgets=forgets)
+            self.state_file.save(self.state)
+
+    def _update_forget_by_id(self, forget_id: str, state: str) -> None:
+        with self._lock:
+            request_ids = [f.request_id for f in self.state.forgets if f.forget_id == forget_id]
+        for request_id in request_ids:
+            self._update_forget(request_id, state=state)
+
+    def _submit_forgets(self) -> None:
+        """Send forget requests the server has not acknowledged yet (idempotent by id), and
+        follow the state of those still open."""
+        with self._lock:
+            unsent = [f for f in self.state.forgets if not f.forget_id]
+            open_ = [f for f in self.state.forgets if f.forget_id and f.state in UNLEARNING_STATES]
+        for f in unsent:
+            forget_id, state = self.conn.forget_me(f.request_id, f.sample_ids, f.method)
+            self._update_forget(f.request_id, forget_id=forget_id, state=state)
+            log.info("forget request %s accepted by the server as %s", f.request_id, forget_id)
+        for f in open_:
+            info = self.conn.forget_status(f.forget_id)
+            if info.state != f.state:
+                self._update_forget(f.request_id, state=info.state)
+
+    def _forget_step(
+        self, task: TrainTask | SecAggTask
+    ) -> tuple[np.ndarray, int, dict[str, float]]:
+        order = task.forget
+        assert order is not None and self.conn.model_spec is not None
+        model = self._ensure_model(task.model_sha256)
+        vector = flatten(model.state_dict())
+        step = self.forgetter.step(
+            order.forget_id,
+            order.method,
+            self.conn.model_spec,
+            order.sample_ids,
+            vector,
+            task.round,
+            order.total_weight,
+        )
+        metrics = {**step.metrics, "gradient_evaluations": float(step.gradient_evaluations)}
+        # Report before uploading, so the server knows the verdict when this round closes.
+        info = self.conn.report_forget(
+            order.forget_id, "done" if step.done else "progress", metrics
+        )
+        self._update_forget_by_id(order.forget_id, info.state)
+        log.info(
+            "round %d: forget step for %s (%s, done=%s)",
+            task.round,
+            order.forget_id,
+            order.method,
+            step.done,
+        )
+        return step.update.astype(np.float32), int(step.num_samples), metrics
+
+    def _verify(self, task: VerifyTask) -> None:
+        model = self._ensure_model(task.model_sha256)
+        with self._lock:
+            mine = [f for f in self.state.forgets if f.forget_id == task.forget_id]
+        if not mine:
+            self.conn.report_forget(
+                task.forget_id, "failed", {}, reason="this node has no record of the request"
+            )
+            return
+        evidence = self.forgetter.evidence(model, mine[0].sample_ids)
+        info = self.conn.report_forget(
+            task.forget_id, "evidence", evidence, model_sha256=task.model_sha256
+        )
+        self._update_forget(mine[0].request_id, state=info.state)
+        if info.state == "completed":
+            self.forgetter.discard(task.forget_id)
+        log.info(
+            "forget %s verified on model %s: %s",
+            task.forget_id,
+            task.model_sha256[:12],
+            {k: round(v, 4) for k, v in evidence.items()},
+        )
+
+    # ---- training -----------------------------------------------------------------------
+
     def _train(self, task: TrainTask | SecAggTask) -> tuple[np.ndarray, int, dict[str, float]]:
-        """Local training on the task's model: (update, samples used, metrics)."""
+        """Local training on the task's model: (update, samples used, metrics); or, in an
+        unlearning round, the forget engine's update in its place."""
+        if task.forget is not None:
+            return self._forget_step(task)
         model = self._ensure_model(task.model_sha256)
         x, y = self.training_arrays()
         if len(y) == 0:
@@ -235,7 +396,5 @@ class ClientDaemon:
             ids[task_id] = request_id
             if len(ids) > 64:
                 ids = dict(list(ids.items())[-64:])
-            from dataclasses import replace
-
             self.state = replace(self.state, pushed_request_ids=ids)
             self.state_file.save(self.state)

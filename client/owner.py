@@ -5,8 +5,12 @@ from __future__ import annotations
 import grpc
 
 from forsaken.client.daemon import ClientDaemon
+from forsaken.client.state import LocalForget
+from forsaken.common.errors import ForsakenError, InvalidPayload
 from forsaken.common.rpc_errors import rpc_method
-from forsaken.v1 import owner_pb2, owner_pb2_grpc
+from forsaken.v1 import fleet_pb2, owner_pb2, owner_pb2_grpc
+
+METHODS = ("forsaken", "pga", "retrain", "finetune")
 
 
 class OwnerServicer(owner_pb2_grpc.OwnerServicer):
@@ -29,12 +33,33 @@ class OwnerServicer(owner_pb2_grpc.OwnerServicer):
             excluded_samples=len(state.excluded_ids),
             rounds_participated=state.rounds_participated,
             last_round=state.last_round,
+            forget_requests=[self._forget_info(f) for f in state.forgets],
+        )
+
+    def _forget_info(self, f: LocalForget) -> fleet_pb2.ForgetRequestInfo:
+        """The server's view of a request when reachable, else what this node knows."""
+        if f.forget_id and self.daemon.conn.token is not None:
+            try:
+                return self.daemon.conn.forget_status(f.forget_id)
+            except ForsakenError:
+                pass
+        return fleet_pb2.ForgetRequestInfo(
+            forget_id=f.forget_id,
+            node_id=self.daemon.conn.identity.node_id,
+            method=f.method,
+            state=f.state,
+            num_samples=len(f.sample_ids),
         )
 
     @rpc_method
     def Forget(
         self, request: owner_pb2.OwnerForgetRequest, context: grpc.ServicerContext
     ) -> owner_pb2.OwnerForgetReply:
-        context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "forgetting is not available in this release yet"
+        if not request.request_id:
+            raise InvalidPayload("request_id is required")
+        if request.method and request.method not in METHODS:
+            raise InvalidPayload(f"unknown method {request.method!r}; expected one of {METHODS}")
+        record = self.daemon.request_forget(
+            request.request_id, tuple(request.sample_ids), request.method
         )
+        return owner_pb2.OwnerForgetReply(forget_id=record.forget_id, state=record.state)

@@ -29,12 +29,25 @@ class DataSelection:
 
 
 @dataclass(frozen=True)
+class LocalForget:
+    """A forget request as this node knows it; `forget_id` is empty until the server acked."""
+
+    request_id: str
+    sample_ids: tuple[int, ...]
+    method: str
+    forget_id: str = ""
+    state: str = "submitting"
+
+
+@dataclass(frozen=True)
 class ClientState:
     selection: DataSelection
     excluded_ids: tuple[int, ...] = ()
     rounds_participated: int = 0
     last_round: int = 0
     pushed_request_ids: dict[str, str] = field(default_factory=dict)  # task_id -> request_id
+    forgets: tuple[LocalForget, ...] = ()
+    forgot_all: bool = False  # every training sample is excluded, present and future
 
     def with_round(self, round_: int) -> ClientState:
         return replace(self, rounds_participated=self.rounds_participated + 1, last_round=round_)
@@ -58,6 +71,17 @@ class StateFile:
                 rounds_participated=int(raw.get("rounds_participated", 0)),
                 last_round=int(raw.get("last_round", 0)),
                 pushed_request_ids=dict(raw.get("pushed_request_ids", {})),
+                forgets=tuple(
+                    LocalForget(
+                        f["request_id"],
+                        tuple(int(i) for i in f["sample_ids"]),
+                        f["method"],
+                        f.get("forget_id", ""),
+                        f.get("state", "submitting"),
+                    )
+                    for f in raw.get("forgets", [])
+                ),
+                forgot_all=bool(raw.get("forgot_all", False)),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptState(f"{self.path} is not a valid client state file: {exc}") from None

@@ -56,6 +56,16 @@ def _translate(exc: grpc.RpcError) -> errors.ForsakenError:
 
 
 @dataclass(frozen=True, slots=True)
+class ForgetOrder:
+    """The server asks this node to run its forget engine instead of training this round."""
+
+    forget_id: str
+    method: str
+    sample_ids: tuple[int, ...]
+    total_weight: float
+
+
+@dataclass(frozen=True, slots=True)
 class TrainTask:
     task_id: str
     round: int
@@ -63,6 +73,15 @@ class TrainTask:
     settings: TrainSettings
     deadline_ms: int
     seed: int
+    forget: ForgetOrder | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyTask:
+    """Measure forgetting evidence on a model and report it."""
+
+    forget_id: str
+    model_sha256: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +95,7 @@ class SecAggTask:
     deadline_ms: int
     seed: int
     message: object
+    forget: ForgetOrder | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +108,7 @@ class StopTask:
     pass
 
 
-AnyTask = TrainTask | SecAggTask | WaitTask | StopTask
+AnyTask = TrainTask | SecAggTask | VerifyTask | WaitTask | StopTask
 
 
 class FleetConnection:
@@ -164,8 +184,19 @@ class FleetConnection:
                 request, metadata=self._metadata(), timeout=self.poll_timeout_s + 15
             )
         )
+        forget = None
+        if task.HasField("forget"):
+            forget = ForgetOrder(
+                task.forget.forget_id,
+                task.forget.method,
+                tuple(task.forget.sample_ids),
+                task.forget.total_weight,
+            )
+        if task.kind == fleet_pb2.TASK_KIND_VERIFY:
+            return VerifyTask(task.forget_id, task.model_sha256.hex())
         if task.kind == fleet_pb2.TASK_KIND_TRAIN:
             return TrainTask(
+                forget=forget,
                 task_id=task.task_id,
                 round=task.round,
                 model_sha256=task.model_sha256.hex(),
@@ -175,6 +206,7 @@ class FleetConnection:
             )
         if task.kind == fleet_pb2.TASK_KIND_SECAGG:
             return SecAggTask(
+                forget=forget,
                 task_id=task.task_id,
                 round=task.round,
                 model_sha256=task.model_sha256.hex(),
@@ -239,6 +271,45 @@ class FleetConnection:
             lambda: self.stub.PushUpdate(
                 wire.upload_chunks(header, payload), metadata=self._metadata(), timeout=300
             )
+        )
+
+    def forget_me(
+        self, request_id: str, sample_ids: tuple[int, ...], method: str, node_id: str = ""
+    ) -> tuple[str, str]:
+        """Ask the server to unlearn; (forget_id, state). Idempotent by request_id."""
+        request = fleet_pb2.ForgetRequest(
+            request_id=request_id, sample_ids=list(sample_ids), method=method, node_id=node_id
+        )
+        reply = self._call(
+            lambda: self.stub.ForgetMe(request, metadata=self._metadata(), timeout=30)
+        )
+        return reply.forget_id, reply.state
+
+    def forget_status(self, forget_id: str) -> fleet_pb2.ForgetRequestInfo:
+        request = fleet_pb2.ForgetStatusRequest(forget_id=forget_id)
+        return self._call(
+            lambda: self.stub.GetForgetStatus(request, metadata=self._metadata(), timeout=30)
+        )
+
+    def report_forget(
+        self,
+        forget_id: str,
+        kind: str,
+        metrics: dict[str, float],
+        *,
+        reason: str = "",
+        model_sha256: str = "",
+    ) -> fleet_pb2.ForgetRequestInfo:
+        request = fleet_pb2.ForgetReport(
+            request_id=uuid.uuid4().hex,
+            forget_id=forget_id,
+            kind=kind,
+            metrics=wire.metrics_to_proto(metrics),
+            reason=reason,
+            model_sha256=bytes.fromhex(model_sha256) if model_sha256 else b"",
+        )
+        return self._call(
+            lambda: self.stub.ReportForget(request, metadata=self._metadata(), timeout=30)
         )
 
     def leave(self) -> None:

@@ -30,6 +30,7 @@ from forsaken.server.coordinator import (
     RoundAborted,
     RoundCompleted,
 )
+from forsaken.server.forgetting import ForgetPolicy
 from forsaken.server.ledger import SqliteLedger
 from forsaken.server.limits import RateLimiter
 from forsaken.server.metrics import MetricsServer, ServerMetrics
@@ -83,7 +84,7 @@ class ServerConfig:
         choices=("secure", "plaintext"),
     )
     secagg_clip: float = option(
-        4.0, "Secure aggregation: each weighted update entry is clipped to [-clip, clip]."
+        16.0, "Secure aggregation: each weighted update entry is clipped to [-clip, clip]."
     )
     secagg_dropout_rate: float = option(
         0.1,
@@ -130,6 +131,20 @@ class ServerConfig:
     )
     max_message_mb: int = option(
         8, "Largest single gRPC message, in MiB (payloads stream in 1 MiB chunks)."
+    )
+    forget_method: str = option(
+        "forsaken",
+        "Unlearning method when a ForgetMe request names none.",
+        choices=("forsaken", "pga", "retrain", "finetune"),
+    )
+    recovery_rounds: int = option(
+        2, "Normal rounds among the remaining clients after unlearning, before verifying."
+    )
+    max_unlearning_rounds: int = option(
+        10, "Most unlearning rounds for one request before recovery starts regardless."
+    )
+    forget_node_timeout_s: float = option(
+        600.0, "A forget request fails if its node is silent this long while it is needed."
     )
     max_workers: int = option(128, "RPC worker threads (each long-polling client holds one).")
     exit_when_done: bool = option(False, "Exit once the target number of rounds has completed.")
@@ -180,6 +195,14 @@ class ServerConfig:
             stage_timeout_s=self.stage_timeout_s,
         )
 
+    def forget_policy(self) -> ForgetPolicy:
+        return ForgetPolicy(
+            default_method=self.forget_method,
+            recovery_rounds=self.recovery_rounds,
+            max_unlearning_rounds=self.max_unlearning_rounds,
+            node_timeout_s=self.forget_node_timeout_s,
+        )
+
     def train_settings(self) -> TrainSettings:
         return TrainSettings(
             local_epochs=self.local_epochs,
@@ -226,6 +249,7 @@ class ServerDaemon:
             train=config.train_settings(),
             evaluator=self.bench.evaluate if config.evaluate and self.bench.can_evaluate else None,
             secure=config.secure_settings(),
+            forget_policy=config.forget_policy(),
             now_ms=_now_ms(),
         )
         self.runtime = ServerRuntime(self.coordinator, SessionTable(), on_event=self._on_event)
@@ -264,6 +288,7 @@ class ServerDaemon:
                 mtls=self.mtls,
                 metrics=self.metrics,
                 join_limit=RateLimiter("join", cfg.join_rate_per_min, 10, time.monotonic),
+                forget_limit=RateLimiter("forget", cfg.forget_rate_per_min, 3, time.monotonic),
                 max_clients=cfg.max_clients,
             ),
             server,

@@ -13,6 +13,7 @@ deadline passes with fewer than `min_completed` updates is recorded as aborted a
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -38,7 +39,8 @@ from forsaken.common.secagg.setup import SetupInfo
 from forsaken.common.tensors import TensorSpec, from_bytes, require_finite, to_bytes
 from forsaken.common.types import ModelSpec, TrainSettings
 from forsaken.server.checkpoints import CheckpointStore
-from forsaken.server.ledger import ClientRecord, Ledger, RoundRecord
+from forsaken.server.forgetting import ForgetInstruction, ForgetManager, ForgetPolicy
+from forsaken.server.ledger import ClientRecord, ForgetRecord, ForgetState, Ledger, RoundRecord
 from forsaken.server.policy import RoundPolicy
 from forsaken.server.secure_round import SecureRound, SecureSettings
 
@@ -54,6 +56,7 @@ class Phase(StrEnum):
 class TaskKind(StrEnum):
     TRAIN = "train"
     SECAGG = "secagg"
+    VERIFY = "verify"
     STOP = "stop"
 
 
@@ -67,6 +70,8 @@ class Task:
     seed: int = 0
     train: TrainSettings | None = None
     secagg: ServerMessage | SetupInfo | None = None
+    forget: ForgetInstruction | None = None
+    forget_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,12 +176,14 @@ class Coordinator:
         evaluator: Evaluator | None = None,
         max_update_norm: float = 1e6,
         secure: SecureSettings | None = None,
+        forget_policy: ForgetPolicy | None = None,
         now_ms: int = 0,
     ) -> None:
         policy.validate()
         if secure is not None:
             secure.validate()
         self.secure = secure
+        self.forgets = ForgetManager(ledger, forget_policy or ForgetPolicy())
         self.policy = policy
         self.model_spec = model_spec
         self.tensors = tensors
@@ -256,6 +263,7 @@ class Coordinator:
         return (
             self._completed,
             self._finished,
+            self.forgets.active().state if self.forgets.active() else None,
             rnd.number if rnd else None,
             rnd.attempt if rnd else None,
             stage,
@@ -268,13 +276,13 @@ class Coordinator:
     def status(self, now_ms: int) -> StatusView:
         rnd = self._round
         phase = (
-            Phase.FINISHED if self._finished else (Phase.TRAINING if self._round else Phase.WAITING)
+            Phase.FINISHED if self._idle() else (Phase.TRAINING if self._round else Phase.WAITING)
         )
         return StatusView(
             phase=phase,
             current_round=self._round.number
             if self._round
-            else self._completed + (0 if self._finished else 1),
+            else self._completed + (0 if self._idle() else 1),
             completed_rounds=self._completed,
             target_rounds=self.policy.rounds,
             connected=len(self.live_nodes(now_ms)),
@@ -337,11 +345,12 @@ class Coordinator:
     def poll(self, node_id: str, num_samples: int, now_ms: int) -> Task | None:
         """The node's next task, or None if it should wait."""
         self._seen(node_id, num_samples, now_ms)
-        if self._finished:
+        if self._idle():
             return Task(TaskKind.STOP)
         rnd = self._round
         if rnd is None or node_id not in rnd.selected or node_id in rnd.accepted:
-            return None
+            return self._verify_task(node_id)
+        forget = self._forget_instruction(node_id, rnd)
         if rnd.secure is not None:
             message = rnd.secure.message_for(node_id)
             if message is None:
@@ -355,6 +364,7 @@ class Coordinator:
                 seed=self.policy.seed,
                 train=self.train,
                 secagg=message,
+                forget=forget if isinstance(message, SetupInfo) else None,
             )
         return Task(
             kind=TaskKind.TRAIN,
@@ -364,6 +374,60 @@ class Coordinator:
             deadline_ms=rnd.deadline_ms,
             seed=self.policy.seed,
             train=self.train,
+            forget=forget,
+        )
+
+    def _forget_instruction(self, node_id: str, rnd: _Round) -> ForgetInstruction | None:
+        instruction = self.forgets.instruction_for(node_id)
+        if instruction is None:
+            return None
+        total = sum(self._samples.get(n, 1) for n in rnd.selected)
+        return replace(instruction, total_weight=float(max(1, total)))
+
+    def _verify_task(self, node_id: str) -> Task | None:
+        rec = self.forgets.verify_for(node_id)
+        if rec is None:
+            return None
+        return Task(
+            TaskKind.VERIFY,
+            task_id=f"verify.{rec.forget_id}",
+            round=self._completed,
+            model_sha256=self._model_sha,
+            forget_id=rec.forget_id,
+        )
+
+    # ---- forget requests ----------------------------------------------------------------
+
+    def forget_request(
+        self,
+        caller: str,
+        node_id: str,
+        request_id: str,
+        sample_ids: tuple[int, ...],
+        method: str,
+        now_ms: int,
+    ) -> tuple[ForgetRecord, bool]:
+        self._seen(caller, None, now_ms)
+        return self.forgets.request(caller, node_id, request_id, sample_ids, method, now_ms)
+
+    def forget_status(self, caller: str, forget_id: str) -> ForgetRecord:
+        return self.forgets.get(caller, forget_id)
+
+    def forget_report(
+        self,
+        caller: str,
+        forget_id: str,
+        kind: str,
+        metrics: Mapping[str, float],
+        reason: str,
+        model_sha256: str,
+        now_ms: int,
+    ) -> ForgetRecord:
+        self._seen(caller, None, now_ms)
+        if kind == "evidence" and model_sha256 != self._model_sha:
+            raise StaleRequest("evidence must be measured on the current global model")
+        return self.forgets.on_report(
+            caller, forget_id, kind, metrics, reason, model_sha256, now_ms
         )
 
     def _open_round(self, node_id: str, round_: int, task_id: str) -> _Round:
@@ -431,7 +495,8 @@ class Coordinator:
 
     def tick(self, now_ms: int) -> list[Event]:
         """Advance time: start, close or abort rounds as due."""
-        if self._finished:
+        self.forgets.fail_stale(self._last_seen, now_ms)
+        if self._idle():
             return []
         rnd = self._round
         if rnd is None:
@@ -464,8 +529,25 @@ class Coordinator:
         return self._finish(rnd, delta, total, survivors, {}, now_ms)
 
     def _maybe_start(self, now_ms: int) -> list[Event]:
-        live = self.live_nodes(now_ms)
-        if len(live) < self.policy.min_clients:
+        rollback = self.forgets.begin(self._model_sha, self._completed, now_ms)
+        if rollback is not None:
+            self._roll_back(rollback)
+        if self._finished and not self._forget_needs_rounds():
+            return []
+        excluded = self.forgets.excluded_nodes()
+        everyone = self.live_nodes(now_ms)
+        # A node that has no samples left (it forgot all of them) has nothing to train on,
+        # and it no longer counts towards the quorum either.
+        live = [
+            n
+            for n in everyone
+            if n not in excluded
+            and (self._samples.get(n, 1) > 0 or self.forgets.instruction_for(n) is not None)
+        ]
+        needed = max(
+            self.policy.min_completed, self.policy.min_clients - (len(everyone) - len(live))
+        )
+        if len(live) < needed:
             return []
         number = self._completed + 1
         selected = self.policy.sample(live, number, self._attempt)
@@ -494,6 +576,26 @@ class Coordinator:
             except ConfigError as exc:
                 return [self._abort(rnd, now_ms, f"cannot set up secure aggregation: {exc}")]
         return [RoundStarted(number, rnd.attempt, selected)]
+
+    def _idle(self) -> bool:
+        """The target rounds are done and no forget request needs anything more."""
+        return self._finished and self.forgets.active() is None
+
+    def _forget_needs_rounds(self) -> bool:
+        rec = self.forgets.active()
+        return rec is not None and rec.state in (ForgetState.UNLEARNING, ForgetState.RECOVERING)
+
+    def _roll_back(self, rec: ForgetRecord) -> None:
+        """`retrain`: restart from the last model before the node's first contribution."""
+        sha = json.loads(rec.progress_json)["rollback_model"]
+        self._model = from_bytes(self.checkpoints.get(sha), self.tensors)
+        self._model_sha = sha
+        log.warning(
+            "forget %s: rolled the model back to %s to retrain without node %s",
+            rec.forget_id,
+            sha[:12],
+            rec.node_id,
+        )
 
     def _complete(self, rnd: _Round, now_ms: int) -> list[Event]:
         delta = weighted_average([(a.update, a.num_samples) for a in rnd.accepted.values()])
@@ -527,10 +629,11 @@ class Coordinator:
         # Ledger after checkpoint: a crash in between leaves an orphan blob, never a dangling row.
         self.ledger.record_round(record)
         self._model, self._model_sha, self._completed = model, sha, rnd.number
+        self.forgets.on_round_completed(participants, now_ms)
         self._last_acc = evaluation.accuracy if evaluation else None
         self._round, self._attempt, self._last_abort = None, 0, ""
         events: list[Event] = [RoundCompleted(record)]
-        if self._is_done():
+        if self._is_done() and not self._finished:
             self._finished = True
             events.append(Finished(self._completed))
         acc = f"{evaluation.accuracy:.4f}" if evaluation else "n/a"
@@ -557,8 +660,8 @@ class Coordinator:
     def _validate_update(self, sub: Submission) -> np.ndarray:
         if tuple(sub.tensors) != self.tensors:
             raise InvalidPayload("update tensors do not match the model's names, shapes or dtype")
-        if sub.num_samples < 1:
-            raise InvalidPayload(f"num_samples must be >= 1, got {sub.num_samples}")
+        if sub.num_samples < 0:
+            raise InvalidPayload(f"num_samples must be >= 0, got {sub.num_samples}")
         bad = [k for k, v in sub.metrics.items() if not math.isfinite(v)]
         if bad:
             raise InvalidPayload(f"metrics {sorted(bad)} are NaN or Inf")

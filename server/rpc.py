@@ -51,6 +51,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         mtls: bool = False,
         metrics: ServerMetrics | None = None,
         join_limit: RateLimiter | None = None,
+        forget_limit: RateLimiter | None = None,
         max_clients: int = 1_000_000,
     ) -> None:
         self.runtime = runtime
@@ -60,6 +61,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         self.mtls = mtls
         self.metrics = metrics
         self.join_limit = join_limit
+        self.forget_limit = forget_limit
         self.max_clients = max_clients
 
     def _node(self, context: grpc.ServicerContext) -> str:
@@ -186,19 +188,35 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     def ForgetMe(
         self, request: fleet_pb2.ForgetRequest, context: grpc.ServicerContext
     ) -> fleet_pb2.ForgetReply:
-        self._node(context)
-        context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "ForgetMe is not available in this release yet"
+        node = self._node(context)
+        if self.forget_limit is not None:
+            self.forget_limit.check(node)
+        record, _ = self.runtime.forget_request(
+            node, request.node_id, request.request_id, tuple(request.sample_ids), request.method
         )
+        return fleet_pb2.ForgetReply(forget_id=record.forget_id, state=str(record.state))
 
     @rpc_method
     def GetForgetStatus(
         self, request: fleet_pb2.ForgetStatusRequest, context: grpc.ServicerContext
     ) -> fleet_pb2.ForgetRequestInfo:
-        self._node(context)
-        context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "forget requests are not available in this release yet"
+        node = self._node(context)
+        return forget_to_proto(self.runtime.forget_status(node, request.forget_id))
+
+    @rpc_method
+    def ReportForget(
+        self, request: fleet_pb2.ForgetReport, context: grpc.ServicerContext
+    ) -> fleet_pb2.ForgetRequestInfo:
+        node = self._node(context)
+        record = self.runtime.forget_report(
+            node,
+            request.forget_id,
+            request.kind,
+            wire.metrics_from_proto(request.metrics),
+            request.reason,
+            request.model_sha256.hex(),
         )
+        return forget_to_proto(record)
 
     @rpc_method
     def SendSecAgg(
@@ -227,6 +245,23 @@ def task_to_proto(task: Task | None, model_spec: ModelSpec) -> fleet_pb2.Task:
         return fleet_pb2.Task(kind=fleet_pb2.TASK_KIND_WAIT, retry_after_s=0.0)
     if task.kind is TaskKind.STOP:
         return fleet_pb2.Task(kind=fleet_pb2.TASK_KIND_STOP)
+    if task.kind is TaskKind.VERIFY:
+        return fleet_pb2.Task(
+            kind=fleet_pb2.TASK_KIND_VERIFY,
+            task_id=task.task_id,
+            round=task.round,
+            model_sha256=bytes.fromhex(task.model_sha256),
+            forget_id=task.forget_id,
+            model=wire.model_spec_to_proto(model_spec),
+        )
+    forget = None
+    if task.forget is not None:
+        forget = fleet_pb2.ForgetInstruction(
+            forget_id=task.forget.forget_id,
+            method=task.forget.method,
+            sample_ids=list(task.forget.sample_ids),
+            total_weight=task.forget.total_weight,
+        )
     assert task.train is not None
     secure = task.kind is TaskKind.SECAGG
     return fleet_pb2.Task(
@@ -239,6 +274,7 @@ def task_to_proto(task: Task | None, model_spec: ModelSpec) -> fleet_pb2.Task:
         deadline_unix_ms=task.deadline_ms,
         seed=task.seed,
         model=wire.model_spec_to_proto(model_spec),
+        forget=forget,
     )
 
 

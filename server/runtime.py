@@ -20,6 +20,7 @@ from forsaken.server.coordinator import (
     SubmitOutcome,
     Task,
 )
+from forsaken.server.ledger import ForgetRecord
 from forsaken.server.sessions import SessionTable
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,36 @@ class ServerRuntime:
             )
         self.tick()  # close the stage at once when this was the last expected message
         return outcome
+
+    def forget_request(
+        self, caller: str, node_id: str, request_id: str, sample_ids: tuple[int, ...], method: str
+    ) -> tuple[ForgetRecord, bool]:
+        with self._lock:
+            out = self.coordinator.forget_request(
+                caller, node_id, request_id, sample_ids, method, self.now_ms()
+            )
+            self._lock.notify_all()
+        return out
+
+    def forget_status(self, caller: str, forget_id: str) -> ForgetRecord:
+        with self._lock:
+            return self.coordinator.forget_status(caller, forget_id)
+
+    def forget_report(
+        self,
+        caller: str,
+        forget_id: str,
+        kind: str,
+        metrics: dict[str, float],
+        reason: str,
+        model_sha256: str,
+    ) -> ForgetRecord:
+        with self._lock:
+            record = self.coordinator.forget_report(
+                caller, forget_id, kind, metrics, reason, model_sha256, self.now_ms()
+            )
+            self._lock.notify_all()
+        return record
 
     def revoke(self, node_id: str, reason: str) -> bool:
         """Revoke a node; True if it was revoked already. Its session ends now."""

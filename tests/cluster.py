@@ -42,7 +42,9 @@ class Cluster:
         wait_healthy(self.address, timeout_s=60, proc=self.server)
         return self.server
 
-    def start_client(self, index: int, count: int, **opts: Any) -> subprocess.Popen[bytes]:
+    def start_client(
+        self, index: int, count: int, env: dict[str, str] | None = None, **opts: Any
+    ) -> subprocess.Popen[bytes]:
         args = [
             "client",
             "--server",
@@ -60,7 +62,7 @@ class Cluster:
         ]
         for key, value in opts.items():
             args += [f"--{key}", str(value)]
-        proc = spawn(forsaken_command(*args), self.root / "logs" / f"client-{index}.log")
+        proc = spawn(forsaken_command(*args), self.root / "logs" / f"client-{index}.log", env=env)
         self.clients[index] = proc
         return proc
 

@@ -220,8 +220,9 @@ class TestBadUpdates:
     def test_wrong_base_model(self, coord: Coordinator) -> None:
         self.check(coord, StaleRequest, "different model", base_model_sha256="0" * 64)
 
-    def test_zero_samples(self, coord: Coordinator) -> None:
-        self.check(coord, InvalidPayload, "num_samples", num_samples=0)
+    def test_negative_samples(self, coord: Coordinator) -> None:
+        # Zero is legal (a forget step may contribute nothing); negative never is.
+        self.check(coord, InvalidPayload, "num_samples must be >= 0", num_samples=-1)
 
     def test_huge_norm(self, coord: Coordinator) -> None:
         self.check(coord, InvalidPayload, "norm", payload=to_bytes(np.full(D, 1e6, np.float32)))

@@ -28,7 +28,11 @@ from forsaken.common.unlearning import (
     make_engine,
 )
 from forsaken.common.unlearning.generator import DummyGradientGenerator
-from forsaken.common.unlearning.objectives import profile_distance, quantile_distance
+from forsaken.common.unlearning.objectives import (
+    profile_distance,
+    quantile_distance,
+    sharpen_distance,
+)
 
 STEPS = 10  # generator steps per round: enough to move, fast enough for the suite
 
@@ -94,8 +98,10 @@ def test_update_is_a_flat_float32_training_style_update(bed: dict) -> None:
     assert np.isfinite(step.update).all() and np.abs(step.update).max() > 0
     assert step.num_samples == len(bed["data"].y_train)
     # per step: a forget batch plus the kept batch twice (plain and augmented)
-    n_keep = min(32, len(bed["data"].y_held_out))
-    assert step.gradient_evaluations == STEPS * (32 + 2 * n_keep)
+    cfg = engine.config
+    n_forget = min(cfg.forget_batch, len(bed["data"].y_train))
+    n_keep = min(cfg.keep_batch, len(bed["data"].y_held_out))
+    assert step.gradient_evaluations == STEPS * (n_forget + 2 * n_keep)
 
 
 def test_one_unlearning_step_lowers_asr(bed: dict) -> None:
@@ -165,3 +171,29 @@ def test_distances_vanish_on_identical_inputs_only() -> None:
     assert float(profile_distance(profile, profile)) == pytest.approx(0.0, abs=1e-9)
     shifted = torch.softmax(torch.log(probs) + 3 * torch.eye(10)[0], 1)  # more mass on class 0
     assert float(quantile_distance(shifted, probs)) > 1e-3
+
+
+def test_sharpen_distance_is_zero_at_the_reference_confidence_only() -> None:
+    c, top = 10, 0.9
+    target = torch.full((4, c), (1 - top) / (c - 1))
+    target[torch.arange(4), torch.tensor([3, 1, 4, 1])] = top
+    reference = target.clone()  # unseen data whose mean top-1 probability is `top`
+    assert float(sharpen_distance(target.log(), reference)) == pytest.approx(0.0, abs=1e-6)
+    unsure = torch.softmax(target.log() / 3, dim=1)  # same top classes, less confident
+    assert float(sharpen_distance(unsure.log(), reference)) > 0.1
+
+
+def test_min_rounds_keeps_the_engine_going(bed: dict) -> None:
+    """The oracle may not end the process before `min_rounds` uploads; at the cap it must."""
+    engine = ForsakenEngine(bed["spec"], ForsakenConfig(steps_per_round=3, min_rounds=2))
+    first = _step(engine, bed, round_number=1)
+    assert not first.done and first.num_samples > 0
+    second = _step(engine, bed, round_number=2)  # at most max_rounds (5): the oracle decides
+    assert second.num_samples > 0 and "member_rate_after" in second.metrics
+    capped = ForsakenEngine(
+        bed["spec"], ForsakenConfig(steps_per_round=3, min_rounds=2, max_rounds=2)
+    )
+    _step(capped, bed, round_number=1)
+    assert _step(capped, bed, round_number=2).done
+    with pytest.raises(ConfigError):
+        ForsakenConfig(min_rounds=3, max_rounds=2)

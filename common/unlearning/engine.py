@@ -100,13 +100,14 @@ class ForsakenConfig:
 
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     weights: ObjectiveWeights = field(default_factory=ObjectiveWeights)
-    steps_per_round: int = 60
+    steps_per_round: int = 30
     optimizer: str = "nsgd"  # "nsgd" (normalised SGD), "sgd" or "adam"; momentum 0.9
     learning_rate: float = 0.5
     output_scale: float = 0.5  # G's raw output times this times each tensor's init RMS
-    forget_batch: int = 32
+    forget_batch: int = 96
     keep_batch: int = 32
     max_rounds: int = 5
+    min_rounds: int = 2  # unlearning rounds to run before the oracle may stop the process
     oracle_quantile: float = 0.5  # "member" = loss below this quantile of held-out losses
     oracle_tolerance: float = 0.05  # done when the member rate is at most quantile + this
     shift: int = 1  # max pixel shift of the augmented kept inputs for the drift term
@@ -114,7 +115,9 @@ class ForsakenConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps_per_round < 1 or self.max_rounds < 1 or self.forget_batch < 1:
+        if self.steps_per_round < 1 or self.forget_batch < 1:
+            raise ConfigError(f"invalid forsaken config {self}")
+        if not 1 <= self.min_rounds <= self.max_rounds:
             raise ConfigError(f"invalid forsaken config {self}")
         if not 0.0 < self.oracle_quantile < 1.0:
             raise ConfigError(f"oracle_quantile must be in (0, 1), got {self.oracle_quantile}")
@@ -203,7 +206,9 @@ class ForsakenEngine:
             "member_rate_before": rate_before,
         }
         self.rounds_done += 1
-        if rate_before <= cfg.oracle_quantile + cfg.oracle_tolerance:
+        if rate_before <= cfg.oracle_quantile + cfg.oracle_tolerance and (
+            self.rounds_done > cfg.min_rounds
+        ):
             # Already indistinguishable from unseen data: nothing to upload, nothing to learn.
             zero = np.zeros(sum(p.numel() for p in params.values()), dtype=np.float32)
             return ForgetStep(zero, 0, True, metrics, 0)
@@ -226,8 +231,8 @@ class ForsakenEngine:
         } | terms
         done = (
             rate_after <= cfg.oracle_quantile + cfg.oracle_tolerance
-            or self.rounds_done >= cfg.max_rounds
-        )
+            and self.rounds_done >= cfg.min_rounds
+        ) or self.rounds_done >= cfg.max_rounds
         return ForgetStep(update, weight, done, metrics, evals)
 
     def _train_generator(

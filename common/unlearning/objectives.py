@@ -73,6 +73,25 @@ def quantile_distance(probs: Tensor, reference_probs: Tensor) -> Tensor:
     return (probs.sort(dim=0).values - ref_q).pow(2).mean(dim=0).sum()
 
 
+def sharpen_distance(logits: Tensor, reference_probs: Tensor) -> Tensor:
+    """Per-sample confidence matching: mean_i KL(t_i ‖ softmax(logits_i)), where t_i puts the
+    reference's mean top-1 probability on sample i's own current top class (detached) and spreads
+    the rest evenly.
+
+    The profile and quantile terms match the forget batch to unseen data *as a population*; a
+    model can meet them while being unsure on every single forget sample (the trigger still
+    pulls, the removal pushes back), which is exactly where KL(R ‖ U) on forget-side inputs
+    comes from: R ignores the trigger and is as sure of the image's class as on any unseen
+    image. The target uses no label: the class is whatever the moved model now says.
+    """
+    probs = F.softmax(logits, dim=1)  # (B, C)
+    c = probs.shape[1]
+    top = reference_probs.max(dim=1).values.mean().clamp(max=1.0 - _EPS)  # unseen data's top-1
+    target = torch.full_like(probs, float((1.0 - top) / (c - 1)))
+    target.scatter_(1, probs.detach().argmax(dim=1, keepdim=True), float(top))
+    return (target * (target.log() - F.log_softmax(logits, dim=1))).sum(dim=1).mean()
+
+
 def relative_l1(g: Mapping[str, Tensor], params: Mapping[str, Tensor]) -> Tensor:
     """Sparsity of a dummy gradient: ‖g‖₁ / ‖θ‖₁ over the generated tensors (dimensionless)."""
     num = sum(t.abs().sum() for t in g.values())
@@ -94,8 +113,9 @@ class ObjectiveWeights:
     profile: float = 1.0  # KL between mean confidence profiles
     quantile: float = 10.0  # per-class quantile matching of confidences
     utility: float = 1.0  # plain cross-entropy on the kept data after applying g
-    drift: float = 1.0  # squared logit drift on (augmented) kept inputs
+    drift: float = 5.0  # squared logit drift on (augmented) kept inputs
     sparsity: float = 1.0  # relative L1 of g, multiplied by that cross-entropy
+    sharpen: float = 3.0  # per-sample confidence matching on the forget batch (see below)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +170,8 @@ def forget_objective(
         distance = distance + weights.quantile * quantile_distance(
             F.softmax(logits, dim=1), reference_probs
         )
+    if weights.sharpen:
+        distance = distance + weights.sharpen * sharpen_distance(logits, reference_probs)
     utility = F.cross_entropy(functional_call(model, moved, (keep_x,)), keep_y)
     drift = logit_drift(model, params, moved, keep_x if drift_x is None else drift_x)
     sparsity = relative_l1(g, params)

@@ -171,6 +171,9 @@ def _round(
         if step.num_samples > 0:
             updates.append((step.update, step.num_samples))
             cost.uploads += 1
+        else:
+            # The forgetting client sat the round out: for the others it is a recovery round.
+            engine = None
     clients = bed.others() + ([f] if with_forgetter else [])
     for i in sorted(clients):
         load_vector(bed.model, vec)

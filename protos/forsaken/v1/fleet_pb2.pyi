@@ -16,11 +16,13 @@ class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_KIND_TRAIN: _ClassVar[TaskKind]
     TASK_KIND_STOP: _ClassVar[TaskKind]
     TASK_KIND_SECAGG: _ClassVar[TaskKind]
+    TASK_KIND_VERIFY: _ClassVar[TaskKind]
 TASK_KIND_UNSPECIFIED: TaskKind
 TASK_KIND_WAIT: TaskKind
 TASK_KIND_TRAIN: TaskKind
 TASK_KIND_STOP: TaskKind
 TASK_KIND_SECAGG: TaskKind
+TASK_KIND_VERIFY: TaskKind
 
 class JoinRequest(_message.Message):
     __slots__ = ("request_id", "public_key", "timestamp_ms", "signature", "num_samples", "dataset", "input_shape", "num_classes")
@@ -60,8 +62,20 @@ class PullTaskRequest(_message.Message):
     num_samples: int
     def __init__(self, num_samples: _Optional[int] = ...) -> None: ...
 
+class ForgetInstruction(_message.Message):
+    __slots__ = ("forget_id", "method", "sample_ids", "total_weight")
+    FORGET_ID_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_IDS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    forget_id: str
+    method: str
+    sample_ids: _containers.RepeatedScalarFieldContainer[int]
+    total_weight: float
+    def __init__(self, forget_id: _Optional[str] = ..., method: _Optional[str] = ..., sample_ids: _Optional[_Iterable[int]] = ..., total_weight: _Optional[float] = ...) -> None: ...
+
 class Task(_message.Message):
-    __slots__ = ("kind", "task_id", "round", "model_sha256", "train", "deadline_unix_ms", "seed", "retry_after_s", "model", "secagg")
+    __slots__ = ("kind", "task_id", "round", "model_sha256", "train", "deadline_unix_ms", "seed", "retry_after_s", "model", "secagg", "forget", "forget_id")
     KIND_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +86,8 @@ class Task(_message.Message):
     RETRY_AFTER_S_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SECAGG_FIELD_NUMBER: _ClassVar[int]
+    FORGET_FIELD_NUMBER: _ClassVar[int]
+    FORGET_ID_FIELD_NUMBER: _ClassVar[int]
     kind: TaskKind
     task_id: str
     round: int
@@ -82,7 +98,9 @@ class Task(_message.Message):
     retry_after_s: float
     model: _common_pb2.ModelSpec
     secagg: _secagg_pb2.SecAggServerMessage
-    def __init__(self, kind: _Optional[_Union[TaskKind, str]] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., model_sha256: _Optional[bytes] = ..., train: _Optional[_Union[_common_pb2.TrainConfig, _Mapping]] = ..., deadline_unix_ms: _Optional[int] = ..., seed: _Optional[int] = ..., retry_after_s: _Optional[float] = ..., model: _Optional[_Union[_common_pb2.ModelSpec, _Mapping]] = ..., secagg: _Optional[_Union[_secagg_pb2.SecAggServerMessage, _Mapping]] = ...) -> None: ...
+    forget: ForgetInstruction
+    forget_id: str
+    def __init__(self, kind: _Optional[_Union[TaskKind, str]] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., model_sha256: _Optional[bytes] = ..., train: _Optional[_Union[_common_pb2.TrainConfig, _Mapping]] = ..., deadline_unix_ms: _Optional[int] = ..., seed: _Optional[int] = ..., retry_after_s: _Optional[float] = ..., model: _Optional[_Union[_common_pb2.ModelSpec, _Mapping]] = ..., secagg: _Optional[_Union[_secagg_pb2.SecAggServerMessage, _Mapping]] = ..., forget: _Optional[_Union[ForgetInstruction, _Mapping]] = ..., forget_id: _Optional[str] = ...) -> None: ...
 
 class FetchModelRequest(_message.Message):
     __slots__ = ("model_sha256",)
@@ -127,14 +145,32 @@ class PushReply(_message.Message):
     def __init__(self, accepted: _Optional[bool] = ..., duplicate: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class ForgetRequest(_message.Message):
-    __slots__ = ("request_id", "sample_ids", "method")
+    __slots__ = ("request_id", "sample_ids", "method", "node_id")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_IDS_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     sample_ids: _containers.RepeatedScalarFieldContainer[int]
     method: str
-    def __init__(self, request_id: _Optional[str] = ..., sample_ids: _Optional[_Iterable[int]] = ..., method: _Optional[str] = ...) -> None: ...
+    node_id: str
+    def __init__(self, request_id: _Optional[str] = ..., sample_ids: _Optional[_Iterable[int]] = ..., method: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
+
+class ForgetReport(_message.Message):
+    __slots__ = ("request_id", "forget_id", "kind", "metrics", "reason", "model_sha256")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    FORGET_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    forget_id: str
+    kind: str
+    metrics: _containers.RepeatedCompositeFieldContainer[_common_pb2.Metric]
+    reason: str
+    model_sha256: bytes
+    def __init__(self, request_id: _Optional[str] = ..., forget_id: _Optional[str] = ..., kind: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[_common_pb2.Metric, _Mapping]]] = ..., reason: _Optional[str] = ..., model_sha256: _Optional[bytes] = ...) -> None: ...
 
 class ForgetReply(_message.Message):
     __slots__ = ("forget_id", "state")

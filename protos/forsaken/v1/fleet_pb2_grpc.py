@@ -69,6 +69,11 @@ class FleetStub:
                 request_serializer=forsaken_dot_v1_dot_fleet__pb2.ForgetStatusRequest.SerializeToString,
                 response_deserializer=forsaken_dot_v1_dot_fleet__pb2.ForgetRequestInfo.FromString,
                 _registered_method=True)
+        self.ReportForget = channel.unary_unary(
+                '/forsaken.v1.Fleet/ReportForget',
+                request_serializer=forsaken_dot_v1_dot_fleet__pb2.ForgetReport.SerializeToString,
+                response_deserializer=forsaken_dot_v1_dot_fleet__pb2.ForgetRequestInfo.FromString,
+                _registered_method=True)
         self.SendSecAgg = channel.unary_unary(
                 '/forsaken.v1.Fleet/SendSecAgg',
                 request_serializer=forsaken_dot_v1_dot_secagg__pb2.SecAggClientMessage.SerializeToString,
@@ -128,6 +133,14 @@ class FleetServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportForget(self, request, context):
+        """The forgetting node reports unlearning progress, its oracle's verdict, or the evidence
+        measured on the final model. Idempotent by request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SendSecAgg(self, request, context):
         """A secure-aggregation stage message (keys, encrypted shares, unmask shares).
         Idempotent by request_id. The masked input itself travels through PushUpdate.
@@ -174,6 +187,11 @@ def add_FleetServicer_to_server(servicer, server):
             'GetForgetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetForgetStatus,
                     request_deserializer=forsaken_dot_v1_dot_fleet__pb2.ForgetStatusRequest.FromString,
+                    response_serializer=forsaken_dot_v1_dot_fleet__pb2.ForgetRequestInfo.SerializeToString,
+            ),
+            'ReportForget': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportForget,
+                    request_deserializer=forsaken_dot_v1_dot_fleet__pb2.ForgetReport.FromString,
                     response_serializer=forsaken_dot_v1_dot_fleet__pb2.ForgetRequestInfo.SerializeToString,
             ),
             'SendSecAgg': grpc.unary_unary_rpc_method_handler(
@@ -351,6 +369,33 @@ class Fleet:
             target,
             '/forsaken.v1.Fleet/GetForgetStatus',
             forsaken_dot_v1_dot_fleet__pb2.ForgetStatusRequest.SerializeToString,
+            forsaken_dot_v1_dot_fleet__pb2.ForgetRequestInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportForget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/forsaken.v1.Fleet/ReportForget',
+            forsaken_dot_v1_dot_fleet__pb2.ForgetReport.SerializeToString,
             forsaken_dot_v1_dot_fleet__pb2.ForgetRequestInfo.FromString,
             options,
             channel_credentials,

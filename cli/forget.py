@@ -1,0 +1,176 @@
+"""`forsaken forget`: a data owner asks its client daemon to take its data back."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+from rich.console import Console
+from rich.table import Table
+
+from forsaken.v1 import owner_pb2, owner_pb2_grpc
+
+TERMINAL = ("completed", "failed")
+STATES = ("submitting", "requested", "unlearning", "recovering", "verifying", "completed")
+
+
+def add_forget_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--client",
+        required=True,
+        help="the client daemon's Owner API address (host:port), or its --state-dir (the "
+        "address is read from STATE_DIR/owner_address)",
+    )
+    p.add_argument(
+        "--samples",
+        type=Path,
+        default=None,
+        help="file of sample ids to forget: a JSON list or one id per line (default: all of "
+        "this node's data)",
+    )
+    p.add_argument(
+        "--method",
+        default="",
+        choices=("", "forsaken", "pga", "retrain", "finetune"),
+        help="unlearning method (default: the server's default)",
+    )
+    p.add_argument("--request-id", default="", help="idempotency key (default: a fresh one)")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="show progress until the request completes or fails, then the receipt",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        help="with --wait, give up after this many seconds (default: %(default)s)",
+    )
+    p.add_argument("--json", action="store_true", help="print the final request as JSON")
+
+
+def owner_address(client: str) -> str:
+    path = Path(client)
+    if path.is_dir():
+        file = path / "owner_address"
+        if not file.exists():
+            raise SystemExit(f"forsaken forget: {file} does not exist; is the client running?")
+        return file.read_text().strip()
+    return client
+
+
+def read_sample_ids(path: Path) -> tuple[int, ...]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SystemExit(f"forsaken forget: cannot read {path}: {exc}") from None
+    try:
+        values = json.loads(text) if text.lstrip().startswith("[") else text.split()
+        ids = tuple(int(v) for v in values)
+    except (ValueError, TypeError):
+        raise SystemExit(f"forsaken forget: {path} must hold integer sample ids") from None
+    if not ids or any(i < 0 for i in ids):
+        raise SystemExit(f"forsaken forget: {path} holds no ids, or a negative one")
+    return ids
+
+
+def run_forget(args: argparse.Namespace) -> int:
+    console = Console()
+    ids = read_sample_ids(args.samples) if args.samples else ()
+    request_id = args.request_id or uuid.uuid4().hex
+    address = owner_address(args.client)
+    with grpc.insecure_channel(address) as channel:
+        stub = owner_pb2_grpc.OwnerStub(channel)
+        try:
+            reply = stub.Forget(
+                owner_pb2.OwnerForgetRequest(
+                    request_id=request_id, sample_ids=list(ids), method=args.method
+                ),
+                timeout=60,
+            )
+        except grpc.RpcError as exc:
+            console.print(f"[red]forget refused: {exc.code().name}: {exc.details()}[/red]")
+            return 1
+        console.print(
+            f"request {request_id}: {len(ids) or 'all'} samples excluded from training now; "
+            f"server id {reply.forget_id or '(pending)'}, state {reply.state}"
+        )
+        if not args.wait:
+            return 0
+        info = _wait(stub, request_id, reply.forget_id, args.timeout, console)
+    if info is None:
+        console.print("[red]timed out waiting for the request[/red]")
+        return 1
+    _show(info, console, args.json)
+    return 0 if info["state"] == "completed" else 1
+
+
+def _find(stub: owner_pb2_grpc.OwnerStub, forget_id: str) -> dict | None:
+    status = stub.Status(owner_pb2.OwnerStatusRequest(), timeout=30)
+    for f in status.forget_requests:
+        if forget_id and f.forget_id == forget_id:
+            return {field.name: getattr(f, field.name) for field in f.DESCRIPTOR.fields}
+    return None
+
+
+def _wait(
+    stub: owner_pb2_grpc.OwnerStub,
+    request_id: str,
+    forget_id: str,
+    timeout: float,
+    console: Console,
+) -> dict | None:
+    deadline = time.monotonic() + timeout
+    shown = ""
+    with console.status("waiting for the federation to forget") as spinner:
+        while time.monotonic() < deadline:
+            if not forget_id:
+                status = stub.Status(owner_pb2.OwnerStatusRequest(), timeout=30)
+                forget_id = next(
+                    (f.forget_id for f in status.forget_requests if f.forget_id and f.state), ""
+                )
+            info = _find(stub, forget_id) if forget_id else None
+            if info is not None:
+                state = info["state"]
+                if state != shown:
+                    step = STATES.index(state) + 1 if state in STATES else 0
+                    console.print(
+                        f"  [{step}/{len(STATES)}] {state}"
+                        + (f": {info['reason']}" if info.get("reason") else "")
+                    )
+                    shown = state
+                    spinner.update(f"{state}…")
+                if state in TERMINAL:
+                    return info
+            time.sleep(1.0)
+    return None
+
+
+def _show(info: dict, console: Console, as_json: bool) -> None:
+    receipt = json.loads(info.get("receipt_json") or "{}")
+    if as_json:
+        print(json.dumps({**info, "receipt": receipt}, indent=2, default=str))
+        return
+    if info["state"] != "completed":
+        console.print(f"[red]request {info['forget_id']} failed: {info['reason']}[/red]")
+        return
+    table = Table(title=f"receipt {info['forget_id']}")
+    table.add_column("field")
+    table.add_column("value")
+    for key in (
+        "method",
+        "samples",
+        "unlearning_rounds",
+        "recovery_rounds",
+        "stopped_by",
+        "model_sha256_before",
+        "model_sha256_after",
+    ):
+        table.add_row(key, str(receipt.get(key)))
+    for key, value in sorted(receipt.get("evidence", {}).items()):
+        table.add_row(f"evidence.{key}", f"{value:.4f}")
+    console.print(table)

@@ -1,0 +1,131 @@
+"""The client's unlearning executor: forget engines per request, their durable state, and the
+evidence measured on the final model.
+
+The engine returns the same kind of result as local training (a flat update and a weight), so
+the daemon masks and uploads it through the ordinary path; the server cannot tell them apart.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from forsaken.common.errors import CorruptState
+from forsaken.common.fsutil import atomic_write
+from forsaken.common.metrics import (
+    accuracy,
+    mia_auc,
+    model_outputs,
+    oracle_member_rate,
+    per_sample_losses,
+)
+from forsaken.common.partition import ClientData
+from forsaken.common.types import ModelSpec
+from forsaken.common.unlearning import make_engine
+from forsaken.common.unlearning.engine import ForgetEngine, ForgetStep
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ForgetData:
+    forget_x: np.ndarray
+    forget_y: np.ndarray
+    retained_x: np.ndarray
+    retained_y: np.ndarray
+
+
+def split_forget(data: ClientData, sample_ids: tuple[int, ...]) -> ForgetData:
+    """The samples to forget (all training samples when `sample_ids` is empty) and the rest."""
+    if sample_ids:
+        mask = np.isin(data.ids_train, np.asarray(sample_ids, dtype=np.int64))
+    else:
+        mask = np.ones(len(data.ids_train), dtype=bool)
+    return ForgetData(
+        data.x_train[mask], data.y_train[mask], data.x_train[~mask], data.y_train[~mask]
+    )
+
+
+class ForgetExecutor:
+    def __init__(self, state_dir: Path, data: ClientData) -> None:
+        self.state_dir = Path(state_dir)
+        self.data = data
+        self._engines: dict[str, ForgetEngine] = {}
+
+    def _state_path(self, forget_id: str) -> Path:
+        return self.state_dir / f"forget-{forget_id}.npz"
+
+    def _engine(self, forget_id: str, method: str, spec: ModelSpec) -> ForgetEngine:
+        engine = self._engines.get(forget_id)
+        if engine is not None:
+            return engine
+        engine = make_engine(method, spec)
+        if engine is None:
+            raise ValueError(f"method {method!r} has no client-side engine")
+        path = self._state_path(forget_id)
+        if path.exists():
+            # Resume after a restart: plain arrays, never pickled.
+            try:
+                with np.load(path, allow_pickle=False) as saved:
+                    engine.load_state_dict({k: saved[k] for k in saved.files})
+            except (OSError, ValueError, KeyError) as exc:
+                raise CorruptState(f"{path} is not a valid engine state: {exc}") from None
+        self._engines[forget_id] = engine
+        return engine
+
+    def step(
+        self,
+        forget_id: str,
+        method: str,
+        spec: ModelSpec,
+        sample_ids: tuple[int, ...],
+        global_vector: np.ndarray,
+        round_number: int,
+        total_weight: float,
+    ) -> ForgetStep:
+        """One unlearning round: the engine's update, with its state saved before it is sent."""
+        engine = self._engine(forget_id, method, spec)
+        parts = split_forget(self.data, sample_ids)
+        step = engine.step(
+            global_vector,
+            parts.forget_x,
+            parts.forget_y,
+            self.data.x_held_out,
+            self.data.y_held_out,
+            parts.retained_x,
+            parts.retained_y,
+            round_number,
+            total_weight=int(total_weight) if total_weight else None,
+        )
+        buffer = io.BytesIO()
+        np.savez(buffer, **engine.state_dict())
+        atomic_write(self._state_path(forget_id), buffer.getvalue(), mode=0o600)
+        return step
+
+    def evidence(self, model: torch.nn.Module, sample_ids: tuple[int, ...]) -> dict[str, float]:
+        """What the receipt records: does the model treat the forgotten samples like samples
+        it never saw (this node's held-out slice)?"""
+        parts = split_forget(self.data, sample_ids)
+        forget_logits = model_outputs(model, parts.forget_x)
+        held_logits = model_outputs(model, self.data.x_held_out)
+        forget_losses = per_sample_losses(forget_logits, parts.forget_y)
+        held_losses = per_sample_losses(held_logits, self.data.y_held_out)
+        return {
+            "mia_auc": mia_auc(forget_losses, held_losses),
+            "forget_acc": accuracy(forget_logits, parts.forget_y),
+            "held_out_acc": accuracy(held_logits, self.data.y_held_out),
+            "forget_mean_loss": float(forget_losses.mean()),
+            "held_out_mean_loss": float(held_losses.mean()),
+            "oracle_member_rate": oracle_member_rate(forget_losses, held_losses),
+            "forget_samples": float(len(parts.forget_y)),
+            "held_out_samples": float(len(self.data.y_held_out)),
+        }
+
+    def discard(self, forget_id: str) -> None:
+        self._engines.pop(forget_id, None)
+        self._state_path(forget_id).unlink(missing_ok=True)

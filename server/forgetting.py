@@ -1,0 +1,326 @@
+"""The forget-request lifecycle on the server, transport-free (DESIGN §5 "Lifecycle").
+
+requested -> unlearning -> recovering -> verifying -> completed (or failed, with a reason).
+Requests are served one at a time, oldest first, and every transition is written to the
+ledger before anyone is told, so a restarted server resumes exactly where it was.
+
+- unlearning: for `forsaken` and `pga` the forgetting node's tasks carry a forget instruction
+  and it uploads dummy gradients through the ordinary (secure) update path while the others
+  train; it reports when its local membership oracle says the data looks unseen. `retrain`
+  rolls the model back to before the node's first contribution and retrains for as many rounds
+  as were lost. `finetune` does nothing here (the negative control).
+- recovering: normal rounds among the remaining clients restore utility.
+- verifying: the node measures the evidence on the final model and reports it; the receipt
+  records it with both model digests. Nothing completes without that evidence.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from forsaken.common.errors import InvalidPayload, PermissionDenied, StaleRequest
+from forsaken.server.ledger import ForgetRecord, ForgetState, Ledger
+
+log = logging.getLogger(__name__)
+
+METHODS = ("forsaken", "pga", "retrain", "finetune")
+# Quantities the node must report before a request may complete.
+REQUIRED_EVIDENCE = ("mia_auc", "forget_acc", "held_out_acc")
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetPolicy:
+    default_method: str = "forsaken"
+    recovery_rounds: int = 2
+    max_unlearning_rounds: int = 10
+    node_timeout_s: float = 600.0  # a needed node silent this long fails the request
+
+    def validate(self) -> None:
+        if self.default_method not in METHODS:
+            raise InvalidPayload(f"default forget method must be one of {METHODS}")
+        if self.recovery_rounds < 0 or self.max_unlearning_rounds < 1:
+            raise InvalidPayload("recovery_rounds must be >= 0, max_unlearning_rounds >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetInstruction:
+    """What the forgetting node's task carries in an unlearning round."""
+
+    forget_id: str
+    method: str
+    sample_ids: tuple[int, ...]
+    total_weight: float = 0.0
+
+
+def _progress(rec: ForgetRecord) -> dict[str, object]:
+    return json.loads(rec.progress_json or "{}")
+
+
+class ForgetManager:
+    def __init__(self, ledger: Ledger, policy: ForgetPolicy) -> None:
+        policy.validate()
+        self.ledger = ledger
+        self.policy = policy
+        self._active: ForgetRecord | None = None
+        self._refresh()
+
+    def _refresh(self) -> None:
+        # Every write goes through this manager, so a cached view of the oldest open request
+        # stays exact and polls need no database read.
+        pending = self.ledger.pending_forgets()
+        self._active = min(pending, key=lambda r: (r.created_ms, r.forget_id)) if pending else None
+
+    # ---- requests ---------------------------------------------------------------------
+
+    def request(
+        self,
+        caller: str,
+        node_id: str,
+        request_id: str,
+        sample_ids: tuple[int, ...],
+        method: str,
+        now_ms: int,
+    ) -> tuple[ForgetRecord, bool]:
+        """Record a request durably; (record, created). Only a node may forget its own data."""
+        owner = node_id or caller
+        if owner != caller:
+            raise PermissionDenied(f"node {caller} may not ask to forget node {owner}'s data")
+        if not request_id:
+            raise InvalidPayload("request_id is required")
+        method = method or self.policy.default_method
+        if method not in METHODS:
+            raise InvalidPayload(f"unknown method {method!r}; expected one of {list(METHODS)}")
+        if len(set(sample_ids)) != len(sample_ids):
+            raise InvalidPayload("sample_ids repeat an id")
+        record = ForgetRecord(
+            forget_id=uuid.uuid4().hex,
+            node_id=owner,
+            request_id=request_id,
+            method=method,
+            sample_ids=tuple(sorted(sample_ids)),
+            created_ms=now_ms,
+            updated_ms=now_ms,
+        )
+        stored, created = self.ledger.create_forget(record)
+        self._refresh()
+        if created:
+            log.info(
+                "forget request %s from node %s (%s, %s samples)",
+                stored.forget_id,
+                owner,
+                method,
+                len(sample_ids) or "all",
+            )
+        return stored, created
+
+    def get(self, caller: str, forget_id: str) -> ForgetRecord:
+        rec = self.ledger.forget(forget_id)
+        if rec.node_id != caller:
+            raise PermissionDenied(f"forget request {forget_id} belongs to another node")
+        return rec
+
+    def active(self) -> ForgetRecord | None:
+        return self._active
+
+    # ---- what rounds look like while a request is active -------------------------------
+
+    def excluded_nodes(self) -> frozenset[str]:
+        """Nodes not to sample: a node forgetting all its data has nothing left to train on,
+        so from recovery on it only verifies."""
+        rec = self.active()
+        if rec is None or rec.sample_ids:
+            return frozenset()
+        if rec.state in (ForgetState.RECOVERING, ForgetState.VERIFYING) or rec.method in (
+            "retrain",
+            "finetune",
+        ):
+            return frozenset({rec.node_id})
+        return frozenset()
+
+    def instruction_for(self, node_id: str) -> ForgetInstruction | None:
+        rec = self.active()
+        if rec is None or rec.node_id != node_id or rec.state is not ForgetState.UNLEARNING:
+            return None
+        if rec.method not in ("forsaken", "pga"):
+            return None
+        return ForgetInstruction(rec.forget_id, rec.method, rec.sample_ids)
+
+    def verify_for(self, node_id: str) -> ForgetRecord | None:
+        rec = self.active()
+        if rec is not None and rec.node_id == node_id and rec.state is ForgetState.VERIFYING:
+            return rec
+        return None
+
+    # ---- transitions --------------------------------------------------------------------
+
+    def begin(self, model_sha256: str, completed_round: int, now_ms: int) -> ForgetRecord | None:
+        """Start the oldest requested forget; returns it if its method needs a rollback."""
+        rec = self.active()
+        if rec is None or rec.state is not ForgetState.REQUESTED:
+            return None
+        progress = {
+            "model_before": model_sha256,
+            "started_round": completed_round,
+            "unlearning_rounds": 0,
+            "recovery_rounds": 0,
+            "client": {},
+        }
+        if rec.method == "finetune":
+            self._set(rec, ForgetState.UNLEARNING, progress, now_ms)
+            self._set(self.ledger.forget(rec.forget_id), ForgetState.RECOVERING, progress, now_ms)
+            return None
+        if rec.method == "retrain":
+            first = self.ledger.first_contribution(rec.node_id)
+            base = self.ledger.last_checkpoint_before(first) if first is not None else None
+            progress["rollback_to_round"] = base.round if base is not None else completed_round
+            progress["retrain_rounds_left"] = (
+                completed_round - base.round if base is not None else 0
+            )
+            progress["rollback_model"] = base.model_sha256 if base is not None else model_sha256
+            self._set(rec, ForgetState.UNLEARNING, progress, now_ms)
+            return self.ledger.forget(rec.forget_id)
+        self._set(rec, ForgetState.UNLEARNING, progress, now_ms)
+        return None
+
+    def on_round_completed(self, participants: tuple[str, ...], now_ms: int) -> None:
+        rec = self.active()
+        if rec is None:
+            return
+        progress = _progress(rec)
+        if rec.state is ForgetState.UNLEARNING:
+            if rec.method == "retrain":
+                left = int(progress.get("retrain_rounds_left", 0)) - 1
+                progress["retrain_rounds_left"] = max(0, left)
+                progress["unlearning_rounds"] = int(progress["unlearning_rounds"]) + 1
+                nxt = ForgetState.VERIFYING if left <= 0 else ForgetState.UNLEARNING
+                self._set(rec, nxt, progress, now_ms)
+                return
+            if rec.node_id in participants:
+                progress["unlearning_rounds"] = int(progress["unlearning_rounds"]) + 1
+            capped = int(progress["unlearning_rounds"]) >= self.policy.max_unlearning_rounds
+            if not (progress.get("client_done") or capped):
+                self._set(rec, rec.state, progress, now_ms)
+                return
+            progress["stopped_by"] = "round cap" if not progress.get("client_done") else "oracle"
+            self._set(rec, ForgetState.RECOVERING, progress, now_ms)
+            if self.policy.recovery_rounds == 0:
+                self._set(
+                    self.ledger.forget(rec.forget_id), ForgetState.VERIFYING, progress, now_ms
+                )
+            return
+        if rec.state is ForgetState.RECOVERING:
+            progress["recovery_rounds"] = int(progress["recovery_rounds"]) + 1
+            done = int(progress["recovery_rounds"]) >= self.policy.recovery_rounds
+            self._set(rec, ForgetState.VERIFYING if done else rec.state, progress, now_ms)
+
+    def on_report(
+        self,
+        node_id: str,
+        forget_id: str,
+        kind: str,
+        metrics: Mapping[str, float],
+        reason: str,
+        model_sha256: str,
+        now_ms: int,
+    ) -> ForgetRecord:
+        """The forgetting node reports progress ("progress", "done"), evidence, or failure."""
+        rec = self.get(node_id, forget_id)
+        if rec.state.terminal:
+            return rec
+        progress = _progress(rec)
+        if kind == "failed":
+            self._set(rec, ForgetState.FAILED, progress, now_ms, reason=reason or "client failed")
+            return self.ledger.forget(forget_id)
+        if kind in ("progress", "done"):
+            if rec.state is not ForgetState.UNLEARNING:
+                raise StaleRequest(f"forget {forget_id} is {rec.state}, not unlearning")
+            progress["client"] = dict(metrics)
+            progress["client_done"] = progress.get("client_done") or kind == "done"
+            self._set(rec, rec.state, progress, now_ms)
+            return self.ledger.forget(forget_id)
+        if kind == "evidence":
+            if rec.state is not ForgetState.VERIFYING:
+                raise StaleRequest(f"forget {forget_id} is {rec.state}, not verifying")
+            missing = [k for k in REQUIRED_EVIDENCE if k not in metrics]
+            if missing:
+                raise InvalidPayload(f"evidence lacks {missing}")
+            receipt = self._receipt(rec, progress, dict(metrics), model_sha256, now_ms)
+            self.ledger.update_forget(
+                forget_id,
+                now_ms=now_ms,
+                state=ForgetState.COMPLETED,
+                receipt_json=json.dumps(receipt, sort_keys=True),
+            )
+            self._refresh()
+            log.info("forget %s completed: %s", forget_id, receipt["evidence"])
+            return self.ledger.forget(forget_id)
+        raise InvalidPayload(f"unknown report kind {kind!r}")
+
+    def fail_stale(self, last_seen_ms: Mapping[str, int], now_ms: int) -> None:
+        """Fail the active request if its node has been silent too long while needed."""
+        rec = self.active()
+        if rec is None or rec.state not in (ForgetState.UNLEARNING, ForgetState.VERIFYING):
+            return
+        if rec.method in ("retrain", "finetune") and rec.state is ForgetState.UNLEARNING:
+            return  # the node is not needed until verification
+        seen = last_seen_ms.get(rec.node_id, rec.updated_ms)
+        silent_s = (now_ms - max(seen, rec.updated_ms)) / 1000
+        if silent_s > self.policy.node_timeout_s:
+            self._set(
+                rec,
+                ForgetState.FAILED,
+                _progress(rec),
+                now_ms,
+                reason=f"node {rec.node_id} silent for {silent_s:.0f}s during {rec.state}",
+            )
+
+    # ---- helpers ------------------------------------------------------------------------
+
+    def _set(
+        self,
+        rec: ForgetRecord,
+        state: ForgetState,
+        progress: Mapping[str, object],
+        now_ms: int,
+        reason: str = "",
+    ) -> None:
+        changes: dict[str, object] = {"state": state, "progress_json": json.dumps(progress)}
+        if reason:
+            changes["reason"] = reason
+        self.ledger.update_forget(rec.forget_id, now_ms=now_ms, **changes)  # type: ignore[arg-type]
+        self._refresh()
+        if state != rec.state:
+            log.info("forget %s: %s -> %s", rec.forget_id, rec.state, state)
+
+    def _receipt(
+        self,
+        rec: ForgetRecord,
+        progress: Mapping[str, object],
+        evidence: dict[str, float],
+        model_after: str,
+        now_ms: int,
+    ) -> dict[str, object]:
+        return {
+            "forget_id": rec.forget_id,
+            "node_id": rec.node_id,
+            "method": rec.method,
+            "samples": len(rec.sample_ids) if rec.sample_ids else "all",
+            "requested_ms": rec.created_ms,
+            "completed_ms": now_ms,
+            "model_sha256_before": progress.get("model_before"),
+            "model_sha256_after": model_after,
+            "unlearning_rounds": progress.get("unlearning_rounds"),
+            "recovery_rounds": progress.get("recovery_rounds"),
+            "stopped_by": progress.get("stopped_by", rec.method),
+            "client_progress": progress.get("client", {}),
+            "evidence": evidence,
+            "reference": (
+                "mia_auc is a loss-threshold membership attack on the forgotten samples against "
+                "the node's held-out samples, which were never trained on: a model retrained "
+                "from scratch without the data scores about 0.5"
+            ),
+        }

@@ -1,0 +1,321 @@
+"""Hostile secure-aggregation traffic over real gRPC against a real server process.
+
+Two test-driven nodes join properly and play SecAgg+ by hand with the pure client states, one
+of them sending, at each stage, messages that do not belong. Each gets a specific status and
+reason and leaves the round as it was: the round still completes, with a real client process
+taking part, and so does the next, normal round.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+
+from forsaken.client.transport import SESSION_KEY, FleetConnection, SecAggTask, WaitTask
+from forsaken.common import tls, wire, wire_secagg
+from forsaken.common.chunking import header_for
+from forsaken.common.identity import NodeIdentity
+from forsaken.common.secagg.client_states import ClientDone, ClientIdentity, start_client
+from forsaken.common.secagg.messages import (
+    AdvertiseKeys,
+    EncryptedShare,
+    KeysBroadcast,
+    MaskedInput,
+    RelayedShares,
+    ShareKeys,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from forsaken.common.secagg.quantize import quantize
+from forsaken.common.secagg.setup import SetupInfo
+from forsaken.common.tensors import TensorSpec, to_bytes
+from forsaken.v1 import fleet_pb2, fleet_pb2_grpc, secagg_pb2
+from tests.cluster import Cluster
+
+pytestmark = pytest.mark.slow
+
+SEED = 5
+SAMPLES = 100
+DIGITS = ("digits", (1, 8, 8), 10)
+
+
+class HandNode:
+    """A node whose SecAgg+ messages the test writes itself (honest unless told otherwise)."""
+
+    def __init__(self, address: str) -> None:
+        self.conn = FleetConnection(address, NodeIdentity.generate())
+        self.node_id = self.conn.join(SAMPLES, *DIGITS)
+        self.stub = fleet_pb2_grpc.FleetStub(self.conn.channel)
+        self.state: object = None
+        self.setup: SetupInfo | None = None
+
+    @property
+    def md(self) -> tuple[tuple[str, bytes], ...]:
+        assert self.conn.token is not None
+        return ((SESSION_KEY, self.conn.token),)
+
+    def next_task(self, round_: int, timeout_s: float = 60) -> SecAggTask:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            task = self.conn.pull(SAMPLES)
+            if isinstance(task, SecAggTask) and task.round == round_:
+                return task
+            assert isinstance(task, WaitTask), task
+        raise AssertionError(f"no round-{round_} task for {self.node_id} in {timeout_s}s")
+
+    def send(
+        self,
+        message: object,
+        task: SecAggTask,
+        *,
+        request_id: str | None = None,
+        task_id: str | None = None,
+        round_: int | None = None,
+    ) -> secagg_pb2.SecAggAck:
+        request = wire_secagg.client_message_to_proto(
+            message,
+            request_id=uuid.uuid4().hex if request_id is None else request_id,
+            task_id=task.task_id if task_id is None else task_id,
+            round_=task.round if round_ is None else round_,
+        )
+        return self.send_raw(request)
+
+    def send_raw(self, request: secagg_pb2.SecAggClientMessage) -> secagg_pb2.SecAggAck:
+        return self.stub.SendSecAgg(request, metadata=self.md, timeout=10)
+
+    def push(
+        self, vector: np.ndarray, task: SecAggTask, *, request_id: str | None = None
+    ) -> fleet_pb2.PushReply:
+        data = to_bytes(vector)
+        header = fleet_pb2.UploadHeader(
+            request_id=request_id or uuid.uuid4().hex,
+            task_id=task.task_id,
+            round=task.round,
+            base_model_sha256=bytes.fromhex(task.model_sha256),
+            num_samples=0,
+            payload=wire.payload_header_to_proto(
+                header_for((TensorSpec("masked_input", (vector.size,), "uint32"),), data)
+            ),
+        )
+        return self.stub.PushUpdate(wire.upload_chunks(header, data), metadata=self.md, timeout=30)
+
+    def begin(self, task: SecAggTask) -> AdvertiseKeys:
+        """Round 0 with a zero update: quantize, make keys, return the advertisement."""
+        setup = task.message
+        assert isinstance(setup, SetupInfo)
+        self.setup = setup
+        params = setup.config.params
+        zeros = np.zeros(setup.config.vector_len - 1)
+        vector = quantize(
+            zeros, SAMPLES, setup.clip, params.bits, secrets.token_bytes(32), params.num_clients
+        )
+        identity = ClientIdentity(setup.config, setup.index, secrets.token_bytes(32))
+        self.state, advert = start_client(identity, vector)
+        return advert
+
+    def step(self, task: SecAggTask) -> object:
+        """Feed a stage message to the client state; return what it answers."""
+        self.state, out = self.state.handle(task.message)  # type: ignore[attr-defined]
+        assert out is not None, self.state
+        return out
+
+    def answer(self, task: SecAggTask, message: object) -> None:
+        if isinstance(message, MaskedInput):
+            assert self.push(message.vector, task).accepted
+        else:
+            assert not self.send(message, task).duplicate
+
+    def play(self, round_: int) -> None:
+        """An honest node for a whole round."""
+        task = self.next_task(round_)
+        self.answer(task, self.begin(task))
+        while not isinstance(self.state, ClientDone):
+            task = self.next_task(round_)
+            self.answer(task, self.step(task))
+
+
+def expect(code: grpc.StatusCode, match: str, call: Callable[[], object]) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    assert info.value.code() == code, info.value.details()
+    assert match in info.value.details(), info.value.details()
+
+
+@pytest.fixture
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = Cluster(
+        tmp_path_factory.mktemp("hostile"),
+        rounds=2,
+        seed=SEED,
+        **{
+            "min-clients": 3,
+            "min-completed": 3,
+            "liveness-s": 60,
+            "round-timeout-s": 60,
+            "stage-timeout-s": 30,
+        },
+    )
+    c.start_server()
+    yield c
+    c.stop()
+
+
+def test_hostile_stage_messages_are_refused_and_rounds_still_complete(cluster: Cluster) -> None:
+    a, b = HandNode(cluster.address), HandNode(cluster.address)
+    real = NodeIdentity.load_or_create(cluster.root / "client-0").node_id
+    cluster.start_client(0, 1, seed=SEED)  # the third live node starts round 1
+    everyone = sorted([a.node_id, b.node_id, real])
+
+    # ---- Round 0 (AdvertiseKeys). b holds back, so the stage stays open throughout.
+    task = a.next_task(1)
+    b_task = b.next_task(1)
+    advert = a.begin(task)
+    assert a.setup is not None
+    d1 = a.setup.config.vector_len
+    assert cluster.status()["secagg_stage"] == "advertise_keys"
+
+    expect(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "advertise_keys expects AdvertiseKeys, got UnmaskResponse",
+        lambda: a.send(UnmaskResponse(()), task),
+    )
+    expect(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "expects AdvertiseKeys, got MaskedInput",
+        lambda: a.push(np.zeros(d1, np.uint32), task),
+    )
+    short_key = AdvertiseKeys(advert.index, advert.cipher_public_key[:31], advert.mask_public_key)
+    expect(grpc.StatusCode.INVALID_ARGUMENT, "32-byte", lambda: a.send(short_key, task))
+    long_key = AdvertiseKeys(advert.index, advert.cipher_public_key, advert.mask_public_key + b"x")
+    expect(grpc.StatusCode.INVALID_ARGUMENT, "32-byte", lambda: a.send(long_key, task))
+    same_keys = AdvertiseKeys(advert.index, advert.cipher_public_key, advert.cipher_public_key)
+    expect(grpc.StatusCode.INVALID_ARGUMENT, "distinct", lambda: a.send(same_keys, task))
+    someone_else = AdvertiseKeys(
+        advert.index % 3 + 1, advert.cipher_public_key, advert.mask_public_key
+    )
+    expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "does not match the sender",
+        lambda: a.send(someone_else, task),
+    )
+    expect(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "is not this node's open task",
+        lambda: a.send(advert, task, task_id="r1.a0.not-mine"),
+    )
+    expect(
+        grpc.StatusCode.NOT_FOUND,
+        "round 9 does not exist",
+        lambda: a.send(advert, task, round_=9),
+    )
+    expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"one uint32 masked vector of {d1} entries",
+        lambda: a.push(np.zeros(d1 - 1, np.uint32), task),
+    )
+    expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "request_id is required",
+        lambda: a.send(advert, task, request_id=""),
+    )
+    no_stage = secagg_pb2.SecAggClientMessage(request_id="x", task_id=task.task_id, round=1)
+    expect(grpc.StatusCode.INVALID_ARGUMENT, "carries no stage", lambda: a.send_raw(no_stage))
+    late = HandNode(cluster.address)  # joined after the round started: not selected
+    expect(
+        grpc.StatusCode.PERMISSION_DENIED,
+        "was not selected for round 1",
+        lambda: late.send(advert, task),
+    )
+    late.conn.leave()  # or it would be sampled for round 2
+
+    # A retried advertisement is acknowledged once; a second, new one is refused.
+    assert not a.send(advert, task, request_id="adv-1").duplicate
+    assert a.send(advert, task, request_id="adv-1").duplicate
+    expect(
+        grpc.StatusCode.ALREADY_EXISTS,
+        "already answered stage advertise_keys",
+        lambda: a.send(advert, task, request_id="adv-2"),
+    )
+    status = cluster.status()
+    assert (status["secagg_stage"], status["completed_rounds"]) == ("advertise_keys", 0)
+    b.answer(b_task, b.begin(b_task))
+
+    # ---- Round 1 (ShareKeys).
+    task = a.next_task(1)
+    assert isinstance(task.message, KeysBroadcast)
+    shares = a.step(task)
+    assert isinstance(shares, ShareKeys)
+    first = shares.shares[0]
+    cut = ShareKeys(
+        (EncryptedShare(first.sender, first.recipient, first.ciphertext[:-1]), *shares.shares[1:])
+    )
+    expect(grpc.StatusCode.INVALID_ARGUMENT, "156 bytes", lambda: a.send(cut, task))
+    forged = ShareKeys(
+        tuple(EncryptedShare(s.recipient, s.recipient, s.ciphertext) for s in shares.shares)
+    )
+    expect(grpc.StatusCode.INVALID_ARGUMENT, "sender other than", lambda: a.send(forged, task))
+    expect(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "share_keys expects ShareKeys, got AdvertiseKeys",
+        lambda: a.send(advert, task),
+    )
+    a.answer(task, shares)
+    b_task = b.next_task(1)
+    b.answer(b_task, b.step(b_task))
+
+    # ---- Round 2 (MaskedInput).
+    task = a.next_task(1)
+    assert isinstance(task.message, RelayedShares)
+    masked = a.step(task)
+    assert isinstance(masked, MaskedInput)
+    expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"one uint32 masked vector of {d1} entries",
+        lambda: a.push(masked.vector[:-1], task),
+    )
+    expect(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "masked_input expects MaskedInput, got AdvertiseKeys",
+        lambda: a.send(advert, task),
+    )
+    assert not a.push(masked.vector, task, request_id="masked-1").duplicate
+    assert a.push(masked.vector, task, request_id="masked-1").duplicate
+    expect(
+        grpc.StatusCode.ALREADY_EXISTS,
+        "already answered stage masked_input",
+        lambda: a.push(masked.vector + np.uint32(1), task, request_id="masked-2"),
+    )
+    b_task = b.next_task(1)
+    b.answer(b_task, b.step(b_task))
+
+    # ---- Round 4 (Unmasking).
+    task = a.next_task(1)
+    assert isinstance(task.message, UnmaskRequest)
+    assert task.message.survivors == (1, 2, 3) and task.message.dropped == ()
+    a.answer(task, a.step(task))
+    b_task = b.next_task(1)
+    b.answer(b_task, b.step(b_task))
+
+    status = cluster.wait_for(lambda s: s["completed_rounds"] >= 1, 60, "round 1")
+    (one,) = [r for r in status["rounds"] if r["round"] == 1]
+    assert one["status"] == "completed" and one["attempt"] == 0
+    assert sorted(one["participants"]) == everyone
+
+    # After all that the server is healthy, and a normal round completes.
+    assert tls.health_check(cluster.address, None, timeout_s=5)
+    with ThreadPoolExecutor(2) as pool:
+        plays = [pool.submit(node.play, 2) for node in (a, b)]
+        for play in plays:
+            play.result(timeout=120)
+    status = cluster.wait_for(lambda s: s["phase"] == "finished", 60, "round 2")
+    (two,) = [r for r in status["rounds"] if r["round"] == 2]
+    assert two["status"] == "completed" and sorted(two["participants"]) == everyone
+    assert two["model_sha256"] != one["model_sha256"]
+    assert cluster.clients[0].wait(timeout=30) == 0  # the real client finished normally
