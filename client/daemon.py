@@ -25,7 +25,7 @@ from forsaken.client.transport import (
     VerifyTask,
     WaitTask,
 )
-from forsaken.common import errors
+from forsaken.common import errors, failpoints
 from forsaken.common.models import build_model
 from forsaken.common.partition import ClientData
 from forsaken.common.secagg.client_states import ClientDone
@@ -296,6 +296,7 @@ class ClientDaemon:
             order.forget_id, "done" if step.done else "progress", metrics
         )
         self._update_forget_by_id(order.forget_id, info.state)
+        failpoints.hit("client-after-forget-step")
         log.info(
             "round %d: forget step for %s (%s, done=%s)",
             task.round,

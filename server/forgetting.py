@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from forsaken.common import failpoints
 from forsaken.common.errors import InvalidPayload, PermissionDenied, StaleRequest
 from forsaken.server.ledger import ForgetRecord, ForgetState, Ledger
 
@@ -184,6 +185,7 @@ class ForgetManager:
             self._set(rec, ForgetState.UNLEARNING, progress, now_ms)
             return self.ledger.forget(rec.forget_id)
         self._set(rec, ForgetState.UNLEARNING, progress, now_ms)
+        failpoints.hit("server-after-forget-unlearning")
         return None
 
     def on_round_completed(self, participants: tuple[str, ...], now_ms: int) -> None:
@@ -196,8 +198,14 @@ class ForgetManager:
                 left = int(progress.get("retrain_rounds_left", 0)) - 1
                 progress["retrain_rounds_left"] = max(0, left)
                 progress["unlearning_rounds"] = int(progress["unlearning_rounds"]) + 1
-                nxt = ForgetState.VERIFYING if left <= 0 else ForgetState.UNLEARNING
-                self._set(rec, nxt, progress, now_ms)
+                if left > 0:
+                    self._set(rec, rec.state, progress, now_ms)
+                    return
+                # Retraining is exact: nothing to recover from, straight on to verification.
+                self._set(rec, ForgetState.RECOVERING, progress, now_ms)
+                self._set(
+                    self.ledger.forget(rec.forget_id), ForgetState.VERIFYING, progress, now_ms
+                )
                 return
             if rec.node_id in participants:
                 progress["unlearning_rounds"] = int(progress["unlearning_rounds"]) + 1

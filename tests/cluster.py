@@ -26,7 +26,7 @@ class Cluster:
         self.clients: dict[int, subprocess.Popen[bytes]] = {}
         self.client_count = 0
 
-    def start_server(self) -> subprocess.Popen[bytes]:
+    def start_server(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         args = [
             "server",
             "--listen",
@@ -38,7 +38,7 @@ class Cluster:
         ]
         for key, value in self.server_opts.items():
             args += [f"--{key}", str(value)]
-        self.server = spawn(forsaken_command(*args), self.root / "logs" / "server.log")
+        self.server = spawn(forsaken_command(*args), self.root / "logs" / "server.log", env=env)
         wait_healthy(self.address, timeout_s=60, proc=self.server)
         return self.server
 
