@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
 import grpc
+from rich.console import Console
+from rich.table import Table
 
 from forsaken.common import tls
 from forsaken.v1 import admin_pb2, admin_pb2_grpc
@@ -102,3 +106,65 @@ def _round_dict(msg: admin_pb2.RoundInfo) -> dict[str, Any]:
     out = _fields(msg)
     out["metrics"] = {m.name: m.value for m in msg.metrics}
     return out
+
+
+def run_status(args: argparse.Namespace) -> int:
+    try:
+        data = fetch_status(
+            args.server, args.rounds, args.timeout, args.tls_dir, args.tls_server_name
+        )
+    except grpc.RpcError as exc:
+        print(f"forsaken status: cannot reach {args.server}: {exc.code().name}: {exc.details()}")
+        return 1
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    render(data, Console())
+    return 0
+
+
+def render(data: dict[str, Any], console: Console) -> None:
+    acc = data["last_test_acc"]
+    stage = f" secagg_stage={data['secagg_stage']}" if data.get("secagg_stage") else ""
+    console.print(
+        f"[bold]server[/bold] phase={data['phase']} round={data['current_round']} "
+        f"completed={data['completed_rounds']}/{data['target_rounds'] or '∞'} "
+        f"clients={data['connected_clients']} secure_aggregation={data['secure_aggregation']}"
+        f"{stage} acc={'n/a' if acc is None else f'{acc:.4f}'} model={data['model_sha256'][:12]}"
+    )
+    if data.get("last_abort_reason"):
+        console.print(f"[yellow]last abort:[/yellow] {data['last_abort_reason']}")
+    rounds = Table(title="rounds")
+    for col in ("round", "attempt", "status", "participants", "test_acc", "duration_s", "reason"):
+        rounds.add_column(col)
+    for r in data["rounds"]:
+        rounds.add_row(
+            str(r["round"]),
+            str(r["attempt"]),
+            r["status"],
+            str(len(r["participants"])),
+            "" if r["test_acc"] is None else f"{r['test_acc']:.4f}",
+            f"{r['duration_s']:.2f}",
+            r["reason"],
+        )
+    console.print(rounds)
+    clients = Table(title="clients")
+    for col in ("node_id", "connected", "samples", "rounds", "first_round", "last_seen"):
+        clients.add_column(col)
+    for c in data["clients"]:
+        seen = int(c["last_seen_unix_ms"]) / 1000
+        clients.add_row(
+            c["node_id"],
+            str(c["connected"]),
+            str(c["num_samples"]),
+            str(c["rounds_contributed"]),
+            str(c["first_round"]),
+            time.strftime("%H:%M:%S", time.localtime(seen)),
+        )
+    console.print(clients)
+    forgets = Table(title="forget requests")
+    for col in ("forget_id", "node_id", "method", "state", "reason"):
+        forgets.add_column(col)
+    for f in data["forget_requests"]:
+        forgets.add_row(f["forget_id"], f["node_id"], f["method"], f["state"], f["reason"])
+    console.print(forgets)

@@ -6,17 +6,20 @@ rounding seed), sum the survivors' inputs mod 2^32 and decode them as `SecureRou
 The new model's SHA-256 must then equal the one in the server's ledger: that holds only if the
 server's unmasked sum equals the sum of exactly the survivors' quantized inputs, bit for bit.
 Failpoints (`FORSAKEN_FAILPOINTS`) make a client SIGKILL itself at an exact protocol step.
+The abort scenario runs its server in this process (still real gRPC, client processes) so that
+a gate on the coordinator's clock can fix who takes part and hold the retry while the test looks.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +42,9 @@ from forsaken.common.simulation import client_round_seed
 from forsaken.common.tensors import flatten, to_bytes
 from forsaken.common.training import load_vector, train_local
 from forsaken.common.types import TrainSettings
+from forsaken.server.app import ServerConfig, ServerDaemon
 from forsaken.server.checkpoints import FileCheckpointStore
+from forsaken.server.coordinator import Coordinator, Event, RoundAborted
 from forsaken.server.secure_round import SecureSettings, round_parameters
 from tests.cluster import Cluster
 
@@ -172,21 +177,6 @@ def rounds_numbered(status: Mapping[str, Any], number: int) -> list[dict[str, An
     return sorted((r for r in status["rounds"] if r["round"] == number), key=lambda r: r["attempt"])
 
 
-def wait_for_exit(proc: subprocess.Popen[bytes], timeout_s: float) -> int:
-    return proc.wait(timeout=timeout_s)
-
-
-def wait_for_text(path: Path, text: str, timeout_s: float) -> str:
-    deadline = time.monotonic() + timeout_s
-    content = ""
-    while time.monotonic() < deadline:
-        content = path.read_text() if path.exists() else ""
-        if text in content:
-            return content
-        time.sleep(0.1)
-    raise AssertionError(f"{text!r} not in {path} after {timeout_s}s:\n{content[-3000:]}")
-
-
 def squash(text: str) -> str:
     return " ".join(text.split())
 
@@ -227,7 +217,7 @@ def test_ten_processes_aggregate_is_the_survivors_quantized_sum_bit_for_bit(
 
     # Both failpoints fired: the processes died by SIGKILL, not by some error of their own.
     for i in armed:
-        assert wait_for_exit(c.clients[i], 30) == -signal.SIGKILL, c.logs()
+        assert c.clients[i].wait(timeout=30) == -signal.SIGKILL, c.logs()
     (record,) = rounds_numbered(status, 1)  # one attempt, and it completed
     assert record["status"] == "completed", record
     assert sorted(record["selected"]) == sorted(ids.values())
@@ -246,7 +236,8 @@ def test_ten_processes_aggregate_is_the_survivors_quantized_sum_bit_for_bit(
     work = {i: replay_client(data, start, i, N, SEED, 1) for i in range(N)}
     weight_scale = float(sum(w.num_samples for w in work.values()))  # declared by all selected
     setup = secure_setup(N, start.size + 1, weight_scale)
-    assert setup.config.params.threshold <= len(survivors) - 1  # the round could finish
+    params = setup.config.params
+    assert (params.neighbors, params.threshold) == (9, 5)  # complete graph: two losses are fine
     inputs = {i: quantized_input(w, setup) for i, w in work.items()}
 
     summed = uint32_sum(inputs[i] for i in survivors)
@@ -267,7 +258,7 @@ def test_ten_processes_aggregate_is_the_survivors_quantized_sum_bit_for_bit(
     # The survivors that lived were told the federation is over and exited cleanly.
     for i in survivors:
         if i != KILL_AFTER_MASKED:
-            assert wait_for_exit(c.clients[i], 30) == 0
+            assert c.clients[i].wait(timeout=30) == 0
 
 
 # ---- too few survivors: abort, reason visible, next attempt completes --------------------------
@@ -275,47 +266,89 @@ def test_ten_processes_aggregate_is_the_survivors_quantized_sum_bit_for_bit(
 DROPPER = 2  # the client of three that dies right after sending its shares
 
 
+class TickGate:
+    """Holds an in-process coordinator's clock: while closed, no round starts or closes.
+
+    It lets the test start the first attempt only once all three clients are live (so that
+    n = 3 for certain), and hold the retry after an abort until the test has looked at it.
+    """
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.open = threading.Event()
+        self.aborted = threading.Event()
+        self._tick = coordinator.tick
+        setattr(coordinator, "tick", self.tick)  # noqa: B010 - shadow the bound method
+
+    def tick(self, now_ms: int) -> list[Event]:
+        if not self.open.is_set():
+            return []
+        events = self._tick(now_ms)
+        if any(isinstance(e, RoundAborted) for e in events):
+            self.open.clear()
+            self.aborted.set()
+        return events
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.name}: {record.getMessage()}")
+
+
 @dataclass
 class Aborted:
-    cluster: Cluster
+    cluster: Cluster  # the clients (the server runs in this process)
+    gate: TickGate
     ids: dict[int, str]
     reason: str
     status: dict[str, Any]  # the Admin status right after the abort
+    log: Records
 
 
 @pytest.fixture(scope="module")
 def aborted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Aborted]:
     """Three clients; one dies after ShareKeys, so round 1's first attempt must abort.
 
-    n = 3 runs classic SecAgg with k = 2 and t = 2 (no dropout tolerance). `--min-clients 3`
-    makes all three take part in the first attempt, and the short liveness window
-    (2 s < the 4 s stage deadline) means the dead client is no longer live when the attempt
-    aborts, so the server then waits, with the abort on display, until a third client is back.
+    n = 3 runs classic SecAgg with k = 2 and t = 2, which tolerates no dropout. The server
+    (in process, real gRPC) is gated: attempt 0 starts once all three are live, and after the
+    abort the retry waits until the test opens the gate again.
     """
-    c = Cluster(
-        tmp_path_factory.mktemp("abort"),
+    root = tmp_path_factory.mktemp("abort")
+    cluster = Cluster(root)
+    config = ServerConfig(
+        listen=cluster.address,
+        state_dir=root / "server",
+        dataset="digits",
         rounds=1,
+        min_clients=2,
+        min_completed=2,
         seed=SEED,
-        **{
-            "min-clients": 3,
-            "min-completed": 2,
-            "stage-timeout-s": 4,
-            "liveness-s": 2,
-            "round-timeout-s": 60,
-        },
+        poll_timeout_s=2.0,
+        liveness_s=3.0,
+        round_timeout_s=60.0,
+        stage_timeout_s=4.0,
     )
+    config.validate()
+    threads = torch.get_num_threads()
+    daemon = ServerDaemon(config)
+    gate = TickGate(daemon.coordinator)
+    log = Records()
+    logging.getLogger("forsaken").addHandler(log)
+    daemon.start()
     try:
-        c.start_server()
-        ids = node_ids(c, 3)
+        ids = node_ids(cluster, 3)
         for i in range(3):
             env = {failpoints.ENV: "secagg-after-ShareKeys"} if i == DROPPER else None
-            c.start_client(i, 3, env=env, seed=SEED)
-        status = c.wait_for(
-            lambda s: s["phase"] == "waiting" and s["last_abort_reason"] != "",
-            90,
-            "the first attempt to abort",
-        )
-        assert c.clients[DROPPER].wait(timeout=30) == -signal.SIGKILL, c.logs()
+            cluster.start_client(i, 3, env=env, seed=SEED)
+        cluster.wait_for(lambda s: s["connected_clients"] == 3, 90, "three live clients")
+        gate.open.set()
+        assert gate.aborted.wait(90), cluster.logs()
+        assert cluster.clients[DROPPER].wait(timeout=30) == -signal.SIGKILL, cluster.logs()
+        # The dead client falls out of the live set; the two others keep polling.
+        status = cluster.wait_for(lambda s: s["connected_clients"] == 2, 30, "two live clients")
 
         # Which client the protocol names: in the complete graph of three, each survivor has
         # one surviving neighbour, fewer than t = 2; the dead client has two. The server checks
@@ -328,13 +361,18 @@ def aborted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Aborted]:
             f"secure aggregation aborted: cannot unmask client {first}: only 1 of its "
             f"neighbours sent masked input; threshold is {params.threshold}"
         )
-        yield Aborted(c, ids, reason, status)
+        yield Aborted(cluster, gate, ids, reason, status, log)
     finally:
-        c.stop()
+        gate.open.set()
+        cluster.stop()
+        daemon.stop()
+        logging.getLogger("forsaken").removeHandler(log)
+        torch.set_num_threads(threads)  # the in-process server pinned it to one
 
 
 def test_abort_reason_is_in_status_ledger_and_log(aborted: Aborted) -> None:
     status = aborted.status
+    assert status["phase"] == "waiting"
     assert status["last_abort_reason"] == aborted.reason
     assert status["completed_rounds"] == 0
     assert status["secagg_stage"] == ""  # no secure round open while waiting
@@ -344,19 +382,9 @@ def test_abort_reason_is_in_status_ledger_and_log(aborted: Aborted) -> None:
     assert sorted(attempt["selected"]) == sorted(aborted.ids.values())
     assert attempt["reason"] == aborted.reason
     assert attempt["model_sha256"] == ""  # nothing was applied
-    log = wait_for_text(aborted.cluster.root / "logs" / "server.log", aborted.reason, 10)
-    assert f"round 1 aborted: {aborted.reason}" in log
+    assert f"forsaken.server.app: round 1 aborted: {aborted.reason}" in aborted.log.lines
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "`forsaken status` cannot run: cli/main.py's _status imports run_status from "
-        "forsaken.status (cli/status.py), which no longer defines it (dropped with its rich "
-        "renderer in commit cd4535b), so the command dies with ImportError"
-    ),
-)
 def test_forsaken_status_command_shows_abort_reason(aborted: Aborted) -> None:
     command = [sys.executable, "-m", "forsaken", "status", "--server", aborted.cluster.address]
     env = {**os.environ, "COLUMNS": "400"}  # rich must not wrap the reason
@@ -369,16 +397,15 @@ def test_forsaken_status_command_shows_abort_reason(aborted: Aborted) -> None:
     assert aborted.reason in [r["reason"] for r in data["rounds"] if r["status"] == "aborted"]
 
 
-def test_next_attempt_completes_once_a_third_client_is_back(aborted: Aborted) -> None:
+def test_next_attempt_with_the_two_remaining_clients_completes(aborted: Aborted) -> None:
     c = aborted.cluster
-    # The crashed node restarts (same key, no failpoint); with three live nodes again,
-    # attempt 1 of round 1 runs and completes.
-    c.start_client(DROPPER, 3, seed=SEED)
+    aborted.gate.open.set()
     status = c.wait_for(lambda s: s["phase"] == "finished", 90, "round 1 after the abort")
     first, second = rounds_numbered(status, 1)
     assert (first["status"], first["attempt"]) == ("aborted", 0)
     assert (second["status"], second["attempt"]) == ("completed", 1)
-    assert sorted(second["participants"]) == sorted(aborted.ids.values())
+    remaining = sorted(aborted.ids[i] for i in range(3) if i != DROPPER)
+    assert sorted(second["selected"]) == sorted(second["participants"]) == remaining
     assert status["last_abort_reason"] == ""  # a completed round clears it
 
 
@@ -438,9 +465,10 @@ def test_fedavg_with_and_without_secure_aggregation_agree_within_quantization(
     assert np.any(gap > 0)  # secure aggregation did run: quantization left a trace
     assert float(np.max(gap)) < 1e-6
 
-    # Round 2 trains from models that differ by that much, and SGD amplifies the gap; it stays
-    # orders of magnitude below what one round changes.
-    gap2 = float(np.max(np.abs(secure[2].astype(np.float64) - plain[2].astype(np.float64))))
-    moved = float(np.max(np.abs(plain[2].astype(np.float64) - plain[1].astype(np.float64))))
-    print(f"round-1 gap {np.max(gap):.3g}, round-2 gap {gap2:.3g}, round-2 step {moved:.3g}")
-    assert gap2 <= 1e-4 * moved + 1e3 * CLIENTS * step
+    # Round 2 trains from models that differ by that much, and local SGD amplifies the gap
+    # (about 3x with these seeds); 100x the round-1 bound still keeps it far below what one
+    # round of training moves the model.
+    gap2 = np.abs(secure[2].astype(np.float64) - plain[2].astype(np.float64))
+    assert float(np.max(gap2)) <= 100 * float(np.max(bound))
+    moved = np.abs(plain[2].astype(np.float64) - plain[1].astype(np.float64))
+    assert float(np.max(gap2)) < 1e-4 * float(np.max(moved))

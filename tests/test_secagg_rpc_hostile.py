@@ -3,7 +3,7 @@
 Two test-driven nodes join properly and play SecAgg+ by hand with the pure client states, one
 of them sending, at each stage, messages that do not belong. Each gets a specific status and
 reason and leaves the round as it was: the round still completes, with a real client process
-taking part, and so does the next, normal round.
+taking part, on exactly the aggregate of the honest inputs; and so does the next, normal round.
 """
 
 from __future__ import annotations
@@ -13,23 +13,33 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
+import torch
 
 from forsaken.client.transport import SESSION_KEY, FleetConnection, SecAggTask, WaitTask
 from forsaken.common import tls, wire, wire_secagg
 from forsaken.common.chunking import header_for
+from forsaken.common.datasets import load_dataset
 from forsaken.common.identity import NodeIdentity
-from forsaken.common.secagg.client_states import ClientDone, ClientIdentity, start_client
+from forsaken.common.secagg.client_states import (
+    ClientDone,
+    ClientIdentity,
+    ClientState,
+    start_client,
+)
 from forsaken.common.secagg.messages import (
     AdvertiseKeys,
     EncryptedShare,
     KeysBroadcast,
     MaskedInput,
     RelayedShares,
+    RevealedShare,
     ShareKeys,
+    ShareKind,
     UnmaskRequest,
     UnmaskResponse,
 )
@@ -38,6 +48,14 @@ from forsaken.common.secagg.setup import SetupInfo
 from forsaken.common.tensors import TensorSpec, to_bytes
 from forsaken.v1 import fleet_pb2, fleet_pb2_grpc, secagg_pb2
 from tests.cluster import Cluster
+from tests.test_secagg_processes import (
+    aggregate_model,
+    initial_model,
+    quantized_input,
+    replay_client,
+    sha256_of,
+    uint32_sum,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -53,8 +71,9 @@ class HandNode:
         self.conn = FleetConnection(address, NodeIdentity.generate())
         self.node_id = self.conn.join(SAMPLES, *DIGITS)
         self.stub = fleet_pb2_grpc.FleetStub(self.conn.channel)
-        self.state: object = None
+        self.state: ClientState | None = None
         self.setup: SetupInfo | None = None
+        self.quantized = np.zeros(0, np.uint32)
 
     @property
     def md(self) -> tuple[tuple[str, bytes], ...]:
@@ -117,12 +136,14 @@ class HandNode:
             zeros, SAMPLES, setup.clip, params.bits, secrets.token_bytes(32), params.num_clients
         )
         identity = ClientIdentity(setup.config, setup.index, secrets.token_bytes(32))
+        self.quantized = vector
         self.state, advert = start_client(identity, vector)
         return advert
 
     def step(self, task: SecAggTask) -> object:
         """Feed a stage message to the client state; return what it answers."""
-        self.state, out = self.state.handle(task.message)  # type: ignore[attr-defined]
+        assert self.state is not None
+        self.state, out = self.state.handle(task.message)
         assert out is not None, self.state
         return out
 
@@ -150,24 +171,33 @@ def expect(code: grpc.StatusCode, match: str, call: Callable[[], object]) -> Non
 
 @pytest.fixture
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(
-        tmp_path_factory.mktemp("hostile"),
-        rounds=2,
-        seed=SEED,
-        **{
-            "min-clients": 3,
-            "min-completed": 3,
-            "liveness-s": 60,
-            "round-timeout-s": 60,
-            "stage-timeout-s": 30,
-        },
-    )
+    opts: dict[str, Any] = {
+        "rounds": 2,
+        "seed": SEED,
+        "min-clients": 3,
+        "min-completed": 3,
+        "liveness-s": 60,
+        "round-timeout-s": 60,
+        "stage-timeout-s": 30,
+    }
+    c = Cluster(tmp_path_factory.mktemp("hostile"), **opts)
     c.start_server()
     yield c
     c.stop()
 
 
-def test_hostile_stage_messages_are_refused_and_rounds_still_complete(cluster: Cluster) -> None:
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """The real client trains with one thread; replaying it here must too."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_hostile_stage_messages_are_refused_and_rounds_still_complete(
+    cluster: Cluster, one_torch_thread: None
+) -> None:
     a, b = HandNode(cluster.address), HandNode(cluster.address)
     real = NodeIdentity.load_or_create(cluster.root / "client-0").node_id
     cluster.start_client(0, 1, seed=SEED)  # the third live node starts round 1
@@ -227,6 +257,22 @@ def test_hostile_stage_messages_are_refused_and_rounds_still_complete(cluster: C
     )
     no_stage = secagg_pb2.SecAggClientMessage(request_id="x", task_id=task.task_id, round=1)
     expect(grpc.StatusCode.INVALID_ARGUMENT, "carries no stage", lambda: a.send_raw(no_stage))
+    specs, _ = a.conn.fetch_model(task.model_sha256, 1 << 24)
+    plaintext = fleet_pb2.UploadHeader(
+        request_id="plain",
+        task_id=task.task_id,
+        round=1,
+        base_model_sha256=bytes.fromhex(task.model_sha256),
+        num_samples=SAMPLES,
+        payload=wire.payload_header_to_proto(header_for(specs, bytes(4 * (d1 - 1)))),
+    )
+    expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "a secure round takes one uint32 masked vector",
+        lambda: a.stub.PushUpdate(
+            wire.upload_chunks(plaintext, bytes(4 * (d1 - 1))), metadata=a.md, timeout=30
+        ),
+    )
     late = HandNode(cluster.address)  # joined after the round started: not selected
     expect(
         grpc.StatusCode.PERMISSION_DENIED,
@@ -299,7 +345,17 @@ def test_hostile_stage_messages_are_refused_and_rounds_still_complete(cluster: C
     task = a.next_task(1)
     assert isinstance(task.message, UnmaskRequest)
     assert task.message.survivors == (1, 2, 3) and task.message.dropped == ()
-    a.answer(task, a.step(task))
+    response = a.step(task)
+    assert isinstance(response, UnmaskResponse)
+    flipped = UnmaskResponse(
+        tuple(RevealedShare(r.owner, ShareKind.MASK_KEY, r.share) for r in response.shares)
+    )
+    expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "must reveal one share per neighbour",
+        lambda: a.send(flipped, task),
+    )
+    a.answer(task, response)
     b_task = b.next_task(1)
     b.answer(b_task, b.step(b_task))
 
@@ -307,6 +363,22 @@ def test_hostile_stage_messages_are_refused_and_rounds_still_complete(cluster: C
     (one,) = [r for r in status["rounds"] if r["round"] == 1]
     assert one["status"] == "completed" and one["attempt"] == 0
     assert sorted(one["participants"]) == everyone
+    # None of the refused messages reached the sum: the new model is exactly the aggregate of
+    # the three honest inputs (the real client's replayed in this process).
+    data = load_dataset("digits")
+    start = initial_model(data, SEED)
+    real_work = replay_client(data, start, 0, 1, SEED, 1)
+    setup = a.setup
+    assert setup.weight_scale == 2 * SAMPLES + real_work.num_samples
+    inputs = [a.quantized, b.quantized, quantized_input(real_work, setup)]
+    expected = aggregate_model(start, uint32_sum(inputs), 3, setup)
+    assert one["model_sha256"] == sha256_of(expected)
+
+    expect(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "round 1 is not open",
+        lambda: a.send(advert, task),
+    )
 
     # After all that the server is healthy, and a normal round completes.
     assert tls.health_check(cluster.address, None, timeout_s=5)

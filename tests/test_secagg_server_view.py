@@ -37,7 +37,13 @@ from forsaken.common.secagg.unmask import collect_unmask_shares, unmask_sum
 from forsaken.common.tensors import from_bytes
 from forsaken.server.app import ServerConfig, ServerDaemon
 from forsaken.server.checkpoints import FileCheckpointStore
-from forsaken.server.coordinator import Coordinator, Submission, masked_input_spec
+from forsaken.server.coordinator import (
+    Coordinator,
+    Submission,
+    SubmitOutcome,
+    Task,
+    masked_input_spec,
+)
 from tests.cluster import Cluster
 from tests.test_secagg_processes import (
     aggregate_model,
@@ -73,17 +79,17 @@ def record(coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch) -> Transcr
         coordinator.poll,
     )
 
-    def on_submit(node_id: str, sub: Submission, now_ms: int):  # type: ignore[no-untyped-def]
+    def on_submit(node_id: str, sub: Submission, now_ms: int) -> SubmitOutcome:
         seen.uploads.append((node_id, sub))
         return submit(node_id, sub, now_ms)
 
-    def on_message(  # type: ignore[no-untyped-def]
+    def on_message(
         node_id: str, round_: int, task_id: str, request_id: str, message: object, now_ms: int
-    ):
+    ) -> SubmitOutcome:
         seen.messages.append((node_id, message))
         return secagg_message(node_id, round_, task_id, request_id, message, now_ms)
 
-    def on_poll(node_id: str, num_samples: int, now_ms: int):  # type: ignore[no-untyped-def]
+    def on_poll(node_id: str, num_samples: int, now_ms: int) -> Task | None:
         task = poll(node_id, num_samples, now_ms)
         if task is not None and isinstance(task.secagg, SetupInfo):
             seen.setups[node_id] = task.secagg
