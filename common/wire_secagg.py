@@ -38,6 +38,7 @@ def setup_to_proto(s: SetupInfo) -> pb.SecAggSetup:
         active=s.config.active,
         context=s.config.context,
         weight_scale=s.weight_scale,
+        verifying_keys=list(s.verifying_keys),
     )
 
 

@@ -100,3 +100,15 @@ def test_same_seeds_give_the_same_model(make_cluster) -> None:  # type: ignore[n
         shas.append([r["model_sha256"] for r in c.completed(status)])
         c.stop()
     assert shas[0] == shas[1]
+
+
+def test_active_secure_aggregation_with_signed_keys(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    c = make_cluster(rounds=1, **{"min-clients": 3, "min-completed": 2})
+    c.start_server(env={"FORSAKEN_SERVER_SECAGG_ACTIVE": "true"})
+    for i in range(3):
+        c.start_client(i, 3)
+    status = c.wait_for(lambda s: s["phase"] == "finished", 90, "one active round")
+    (round1,) = c.completed(status)
+    assert len(round1["participants"]) == 3
+    log = (c.root / "logs" / "server.log").read_text()
+    assert "masked_input closed -> consistency_check" in log
