@@ -17,8 +17,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
+from dataclasses import replace
 
 import numpy as np
 
@@ -33,131 +32,57 @@ from forsaken.common.errors import (
     WrongStage,
 )
 from forsaken.common.fedavg import weighted_average
-from forsaken.common.secagg.messages import MaskedInput, ServerMessage
+from forsaken.common.secagg.messages import MaskedInput
 from forsaken.common.secagg.messages import Stage as SecAggStage
 from forsaken.common.secagg.setup import SetupInfo
 from forsaken.common.tensors import TensorSpec, from_bytes, require_finite, to_bytes
 from forsaken.common.types import ModelSpec, TrainSettings
 from forsaken.server.checkpoints import CheckpointStore
 from forsaken.server.forgetting import ForgetInstruction, ForgetManager, ForgetPolicy
-from forsaken.server.ledger import ClientRecord, ForgetRecord, ForgetState, Ledger, RoundRecord
+from forsaken.server.ledger import ClientRecord, ForgetRecord, ForgetState, Ledger
 from forsaken.server.policy import RoundPolicy
+from forsaken.server.rounds import (
+    Accepted,
+    EvalResult,
+    Evaluator,
+    Event,
+    Finished,
+    OpenRound,
+    Phase,
+    RoundAborted,
+    RoundCompleted,
+    RoundStarted,
+    StatusView,
+    Submission,
+    SubmitOutcome,
+    Task,
+    TaskKind,
+    masked_input_spec,
+    mean_metrics,
+    round_record,
+    spec_fingerprint,
+)
 from forsaken.server.secure_round import SecureRound, SecureSettings
 
 log = logging.getLogger(__name__)
 
 
-class Phase(StrEnum):
-    WAITING = "waiting"
-    TRAINING = "training"
-    FINISHED = "finished"
-
-
-class TaskKind(StrEnum):
-    TRAIN = "train"
-    SECAGG = "secagg"
-    VERIFY = "verify"
-    STOP = "stop"
-
-
-@dataclass(frozen=True, slots=True)
-class Task:
-    kind: TaskKind
-    task_id: str = ""
-    round: int = 0
-    model_sha256: str = ""
-    deadline_ms: int = 0
-    seed: int = 0
-    train: TrainSettings | None = None
-    secagg: ServerMessage | SetupInfo | None = None
-    forget: ForgetInstruction | None = None
-    forget_id: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Submission:
-    request_id: str
-    task_id: str
-    round: int
-    base_model_sha256: str
-    num_samples: int
-    metrics: Mapping[str, float]
-    tensors: tuple[TensorSpec, ...]
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class SubmitOutcome:
-    accepted: bool
-    duplicate: bool
-
-
-@dataclass(frozen=True, slots=True)
-class EvalResult:
-    accuracy: float
-    loss: float
-
-
-@dataclass(frozen=True, slots=True)
-class RoundStarted:
-    round: int
-    attempt: int
-    selected: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class RoundCompleted:
-    record: RoundRecord
-
-
-@dataclass(frozen=True, slots=True)
-class RoundAborted:
-    record: RoundRecord
-
-
-@dataclass(frozen=True, slots=True)
-class Finished:
-    completed_rounds: int
-
-
-Event = RoundStarted | RoundCompleted | RoundAborted | Finished
-Evaluator = Callable[[np.ndarray], EvalResult | None]
-
-
-@dataclass
-class _Accepted:
-    request_id: str
-    num_samples: int
-    metrics: Mapping[str, float]
-    update: np.ndarray
-
-
-@dataclass
-class _Round:
-    number: int
-    attempt: int
-    selected: tuple[str, ...]
-    base_sha: str
-    started_ms: int
-    deadline_ms: int
-    accepted: dict[str, _Accepted] = field(default_factory=dict)
-    secure: SecureRound | None = None
-
-    def task_id(self, node_id: str) -> str:
-        return f"r{self.number}.a{self.attempt}.{node_id[:12]}"
-
-
-@dataclass(frozen=True, slots=True)
-class StatusView:
-    phase: Phase
-    current_round: int
-    completed_rounds: int
-    target_rounds: int
-    connected: int
-    model_sha256: str
-    last_abort_reason: str
-    last_test_acc: float | None
-    secagg_stage: str = ""
+__all__ = [
+    "Coordinator",
+    "EvalResult",
+    "Event",
+    "Finished",
+    "Phase",
+    "RoundAborted",
+    "RoundCompleted",
+    "RoundStarted",
+    "StatusView",
+    "Submission",
+    "SubmitOutcome",
+    "Task",
+    "TaskKind",
+    "masked_input_spec",
+]
 
 
 class Coordinator:
@@ -196,7 +121,7 @@ class Coordinator:
         self._samples: dict[str, int] = {}
         self._keys: dict[str, bytes] = {}
         self._revoked = {c.node_id for c in ledger.clients() if c.revoked}
-        self._round: _Round | None = None
+        self._round: OpenRound | None = None
         self._attempt = 0
         self._last_abort = ""
         self._model, self._model_sha, self._completed, self._last_acc = self._restore(
@@ -210,7 +135,7 @@ class Coordinator:
         self, initial_model: Callable[[], np.ndarray], now_ms: int
     ) -> tuple[np.ndarray, str, int, float | None]:
         """Resume from the last completed round in the ledger, or checkpoint a fresh model."""
-        spec_key = _spec_fingerprint(self.model_spec, self.tensors)
+        spec_key = spec_fingerprint(self.model_spec, self.tensors)
         stored = self.ledger.get_meta("model_spec")
         if stored is not None and stored != spec_key:
             raise InvalidPayload(
@@ -229,9 +154,9 @@ class Coordinator:
         sha = self.checkpoints.put(to_bytes(vector), {"round": 0})
         evaluation = self._evaluate(vector)
         self.ledger.set_meta("model_spec", spec_key)
-        initial = _Round(0, 0, (), "", now_ms, now_ms)
+        initial = OpenRound(0, 0, (), "", now_ms, now_ms)
         self.ledger.record_round(
-            _record(
+            round_record(
                 initial,
                 now_ms,
                 status="completed",
@@ -377,7 +302,7 @@ class Coordinator:
             forget=forget,
         )
 
-    def _forget_instruction(self, node_id: str, rnd: _Round) -> ForgetInstruction | None:
+    def _forget_instruction(self, node_id: str, rnd: OpenRound) -> ForgetInstruction | None:
         instruction = self.forgets.instruction_for(node_id)
         if instruction is None:
             return None
@@ -430,7 +355,7 @@ class Coordinator:
             caller, forget_id, kind, metrics, reason, model_sha256, now_ms
         )
 
-    def _open_round(self, node_id: str, round_: int, task_id: str) -> _Round:
+    def _open_round(self, node_id: str, round_: int, task_id: str) -> OpenRound:
         rnd = self._round
         if rnd is None or round_ != rnd.number:
             if round_ > self._completed + 1 or round_ < 1:
@@ -458,9 +383,7 @@ class Coordinator:
         if sub.base_model_sha256 != rnd.base_sha:
             raise StaleRequest("update was computed from a different model than this round's")
         update = self._validate_update(sub)
-        rnd.accepted[node_id] = _Accepted(
-            sub.request_id, sub.num_samples, dict(sub.metrics), update
-        )
+        rnd.accepted[node_id] = Accepted(sub.request_id, sub.num_samples, dict(sub.metrics), update)
         return SubmitOutcome(accepted=True, duplicate=False)
 
     def secagg_message(
@@ -480,7 +403,7 @@ class Coordinator:
         duplicate = rnd.secure.receive(node_id, request_id, message)  # type: ignore[arg-type]
         return SubmitOutcome(accepted=True, duplicate=duplicate)
 
-    def _submit_masked(self, node_id: str, rnd: _Round, sub: Submission) -> SubmitOutcome:
+    def _submit_masked(self, node_id: str, rnd: OpenRound, sub: Submission) -> SubmitOutcome:
         assert rnd.secure is not None
         if sub.base_model_sha256 != rnd.base_sha:
             raise StaleRequest("update was computed from a different model than this round's")
@@ -512,7 +435,7 @@ class Coordinator:
 
     # ---- transitions ----------------------------------------------------------------------
 
-    def _tick_secure(self, rnd: _Round, now_ms: int) -> list[Event]:
+    def _tick_secure(self, rnd: OpenRound, now_ms: int) -> list[Event]:
         secure = rnd.secure
         assert secure is not None
         if not secure.due(now_ms):
@@ -552,7 +475,7 @@ class Coordinator:
         number = self._completed + 1
         selected = self.policy.sample(live, number, self._attempt)
         deadline = now_ms + int(self.policy.round_timeout_s * 1000)
-        rnd = _Round(number, self._attempt, selected, self._model_sha, now_ms, deadline)
+        rnd = OpenRound(number, self._attempt, selected, self._model_sha, now_ms, deadline)
         self._round = rnd
         log.info(
             "round %d (attempt %d) started with %d of %d live nodes",
@@ -597,15 +520,15 @@ class Coordinator:
             rec.node_id,
         )
 
-    def _complete(self, rnd: _Round, now_ms: int) -> list[Event]:
+    def _complete(self, rnd: OpenRound, now_ms: int) -> list[Event]:
         delta = weighted_average([(a.update, a.num_samples) for a in rnd.accepted.values()])
         total = sum(a.num_samples for a in rnd.accepted.values())
-        metrics = _mean_metrics(rnd.accepted.values())
+        metrics = mean_metrics(rnd.accepted.values())
         return self._finish(rnd, delta, total, tuple(sorted(rnd.accepted)), metrics, now_ms)
 
     def _finish(
         self,
-        rnd: _Round,
+        rnd: OpenRound,
         delta: np.ndarray,
         total: int,
         participants: tuple[str, ...],
@@ -616,7 +539,7 @@ class Coordinator:
         model = (self._model + delta).astype(np.float32)
         sha = self.checkpoints.put(to_bytes(model), {"round": rnd.number})
         evaluation = self._evaluate(model)
-        record = _record(
+        record = round_record(
             rnd,
             now_ms,
             status="completed",
@@ -640,8 +563,8 @@ class Coordinator:
         log.info("round %d completed with %d updates (acc=%s)", rnd.number, len(participants), acc)
         return events
 
-    def _abort(self, rnd: _Round, now_ms: int, reason: str) -> RoundAborted:
-        record = _record(
+    def _abort(self, rnd: OpenRound, now_ms: int, reason: str) -> RoundAborted:
+        record = round_record(
             rnd, now_ms, status="aborted", participants=tuple(sorted(rnd.accepted)), reason=reason
         )
         self.ledger.record_round(record)
@@ -651,7 +574,7 @@ class Coordinator:
 
     # ---- helpers --------------------------------------------------------------------------
 
-    def _shortfall(self, rnd: _Round) -> str:
+    def _shortfall(self, rnd: OpenRound) -> str:
         return (
             f"deadline passed with {len(rnd.accepted)} of {len(rnd.selected)} updates; "
             f"{self.policy.min_completed} needed"
@@ -685,54 +608,3 @@ class Coordinator:
 
     def _is_done(self) -> bool:
         return self.policy.rounds > 0 and self._completed >= self.policy.rounds
-
-
-def masked_input_spec(tensors: tuple[TensorSpec, ...]) -> TensorSpec:
-    """The one tensor of a secure upload: the masked, quantized update plus its sample count."""
-    return TensorSpec("masked_input", (sum(t.numel for t in tensors) + 1,), "uint32")
-
-
-def _spec_fingerprint(spec: ModelSpec, tensors: tuple[TensorSpec, ...]) -> str:
-    shape = "x".join(str(d) for d in spec.input_shape)
-    return f"{spec.architecture}/{shape}/{spec.num_classes}/{sum(t.numel for t in tensors)}"
-
-
-def _mean_metrics(accepted: object) -> dict[str, float]:
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    for a in accepted:  # type: ignore[attr-defined]
-        for k, v in a.metrics.items():
-            sums[k] = sums.get(k, 0.0) + v
-            counts[k] = counts.get(k, 0) + 1
-    return {k: sums[k] / counts[k] for k in sums}
-
-
-def _record(
-    rnd: _Round,
-    now_ms: int,
-    *,
-    status: str,
-    participants: tuple[str, ...],
-    model_sha256: str | None = None,
-    total_samples: int = 0,
-    evaluation: EvalResult | None = None,
-    reason: str = "",
-    metrics: Mapping[str, float] | None = None,
-) -> RoundRecord:
-    return RoundRecord(
-        round=rnd.number,
-        attempt=rnd.attempt,
-        status=status,
-        selected=rnd.selected,
-        participants=participants,
-        model_sha256=model_sha256,
-        base_model_sha256=rnd.base_sha or None,
-        total_samples=total_samples,
-        test_acc=evaluation.accuracy if evaluation else None,
-        test_loss=evaluation.loss if evaluation else None,
-        duration_s=(now_ms - rnd.started_ms) / 1000.0,
-        reason=reason,
-        started_ms=rnd.started_ms,
-        finished_ms=now_ms,
-        metrics=dict(metrics or {}),
-    )

@@ -21,6 +21,9 @@ GRPC_EDGES = {
 # The server core: no grpc, no torch, no generated code.
 SERVER_CORE = {
     "server/coordinator.py",
+    "server/rounds.py",
+    "server/forgetting.py",
+    "server/limits.py",
     "server/policy.py",
     "server/runtime.py",
     "server/sessions.py",
