@@ -17,12 +17,14 @@ from forsaken.client.owner import OwnerServicer
 from forsaken.client.state import DataSelection, StateFile
 from forsaken.client.transport import FleetConnection
 from forsaken.common import tls
+from forsaken.common.backdoor import dataset_trigger, poison_client
 from forsaken.common.config import option
 from forsaken.common.datasets import load_dataset
 from forsaken.common.errors import ConfigError
 from forsaken.common.fsutil import atomic_write
 from forsaken.common.identity import NodeIdentity
 from forsaken.common.partition import client_split, parse_client_spec
+from forsaken.common.rpc_errors import DecodeGuard
 from forsaken.v1 import owner_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,11 @@ class ClientConfig:
     )
     max_backoff_s: float = option(30.0, "Longest wait between reconnection attempts, in seconds.")
     threads: int = option(1, "CPU threads for local training.")
+    backdoor: bool = option(
+        False,
+        "Evaluation test bed: stamp the trigger on this node's samples of other classes and "
+        "relabel them to the target class, as in DESIGN §5.",
+    )
     log_level: str = option("info", "Log level.", choices=("debug", "info", "warning", "error"))
     log_format: str = option("text", "Log format.", choices=("text", "json"))
 
@@ -124,6 +131,18 @@ class ClientApp:
             config.seed,
             held_out_fraction=config.held_out_fraction,
         )
+        if config.backdoor:
+            # The test bed of DESIGN §5, seeded exactly as the in-process protocol runner
+            # (`forsaken.common.unlearning.reference`) seeds its forgetting client, so both
+            # hold identical data; sample ids and the held-out slice are unchanged.
+            planted = poison_client(data, seed=config.seed, trigger=dataset_trigger(dataset))
+            data = planted.data
+            log.warning(
+                "--backdoor: %d of %d training samples carry the trigger and target label %d",
+                int(planted.poisoned.sum()),
+                len(data.y_train),
+                planted.target,
+            )
         selection = DataSelection(
             dataset=dataset.name,
             partition_index=index,
@@ -154,7 +173,9 @@ class ClientApp:
             seed=config.seed,
             max_backoff_s=config.max_backoff_s,
         )
-        self.owner_server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        self.owner_server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=4), interceptors=[DecodeGuard()]
+        )
         owner_pb2_grpc.add_OwnerServicer_to_server(
             OwnerServicer(self.daemon, config.server), self.owner_server
         )

@@ -26,10 +26,36 @@ JOIN_CONTEXT = b"forsaken/join/v1"
 KEY_FILE = "node_key.ed25519"
 
 
-def node_id_for(public_key: bytes) -> str:
-    """The stable node id: the first 16 bytes of SHA-256 of the public key, in hex."""
+# The eight Ed25519 points of small order. With such a key, signatures can verify without any
+# private key (cofactorless verification accepts some (R, S=0) pairs), so they name no node.
+_SMALL_ORDER_KEYS = frozenset(
+    bytes.fromhex(h)
+    for h in (
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "0000000000000000000000000000000000000000000000000000000000000080",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+    )
+)
+_FIELD_P = 2**255 - 19
+
+
+def check_public_key(public_key: bytes) -> None:
+    """Refuse keys that are not 32 bytes, not canonical, or of small order."""
     if len(public_key) != 32:
         raise NotAuthenticated(f"public key must be 32 bytes, got {len(public_key)}")
+    y = int.from_bytes(public_key, "little") & ((1 << 255) - 1)
+    if y >= _FIELD_P or public_key in _SMALL_ORDER_KEYS:
+        raise NotAuthenticated("public key is a non-canonical or small-order point")
+
+
+def node_id_for(public_key: bytes) -> str:
+    """The stable node id: the first 16 bytes of SHA-256 of the public key, in hex."""
+    check_public_key(public_key)
     return hashlib.sha256(b"forsaken/node-id/v1" + public_key).hexdigest()[:32]
 
 

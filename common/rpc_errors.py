@@ -40,6 +40,23 @@ def status_for(exc: errors.ForsakenError) -> grpc.StatusCode:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _aborted_already(context: grpc.ServicerContext) -> bool:
+    """`context.abort` works by raising; its exception must pass through untouched."""
+    code = getattr(context, "code", None)
+    return callable(code) and code() not in (None, grpc.StatusCode.OK)
+
+
+def _abort_for(exc: BaseException, name: str, context: grpc.ServicerContext) -> None:
+    if isinstance(exc, errors.ForsakenError):
+        code = status_for(exc)
+        log.info("%s -> %s: %s", name, code.name, exc)
+        context.abort(code, str(exc) or type(exc).__name__)
+    if _aborted_already(context):
+        raise exc
+    log.exception("unexpected error in %s", name, exc_info=exc)
+    context.abort(grpc.StatusCode.INTERNAL, f"internal error in {name}; see server log")
+
+
 def rpc_method(fn: F) -> F:
     """Turn domain errors into a gRPC status with the error's message; log anything else."""
 
@@ -47,15 +64,8 @@ def rpc_method(fn: F) -> F:
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return fn(self, request, context)
-        except errors.ForsakenError as exc:
-            code = status_for(exc)
-            log.info("%s -> %s: %s", fn.__name__, code.name, exc)
-            context.abort(code, str(exc) or type(exc).__name__)
-        except Exception:
-            log.exception("unexpected error in %s", fn.__name__)
-            context.abort(
-                grpc.StatusCode.INTERNAL, f"internal error in {fn.__name__}; see server log"
-            )
+        except Exception as exc:
+            _abort_for(exc, fn.__name__, context)
 
     return wrapper  # type: ignore[return-value]
 
@@ -67,12 +77,76 @@ def stream_method(fn: F) -> F:
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             yield from fn(self, request, context)
-        except errors.ForsakenError as exc:
-            context.abort(status_for(exc), str(exc) or type(exc).__name__)
-        except Exception:
-            log.exception("unexpected error in %s", fn.__name__)
-            context.abort(
-                grpc.StatusCode.INTERNAL, f"internal error in {fn.__name__}; see server log"
-            )
+        except Exception as exc:
+            _abort_for(exc, fn.__name__, context)
 
     return wrapper  # type: ignore[return-value]
+
+
+class _Undecodable:
+    """Stands in for a request that is not a valid protobuf message."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # protobuf's DecodeError and friends
+            return _Undecodable(exc)
+
+    return decode
+
+
+def _reject(context: grpc.ServicerContext, bad: _Undecodable) -> None:
+    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid message: {bad.error}")
+
+
+class DecodeGuard(grpc.ServerInterceptor):
+    """Answers an undecodable request with INVALID_ARGUMENT and a reason.
+
+    gRPC's own handling of a failed deserialization is INTERNAL "Exception deserializing
+    request!" with a traceback in the log; a malformed message is the caller's fault.
+    """
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        decode = _tolerant(handler.request_deserializer)
+        if handler.unary_unary is not None or handler.unary_stream is not None:
+            unary = handler.unary_unary or handler.unary_stream
+            streaming = handler.unary_stream is not None
+
+            def guarded_unary(request: Any, context: grpc.ServicerContext) -> Any:
+                if isinstance(request, _Undecodable):
+                    _reject(context, request)
+                return unary(request, context)
+
+            def guarded_stream(request: Any, context: grpc.ServicerContext) -> Any:
+                if isinstance(request, _Undecodable):
+                    _reject(context, request)
+                yield from unary(request, context)
+
+            if streaming:
+                return handler._replace(request_deserializer=decode, unary_stream=guarded_stream)
+            return handler._replace(request_deserializer=decode, unary_unary=guarded_unary)
+        inner = handler.stream_unary or handler.stream_stream
+
+        def checked(requests: Any) -> Any:
+            for request in requests:
+                if isinstance(request, _Undecodable):
+                    raise errors.InvalidPayload(f"stream message is not valid: {request.error}")
+                yield request
+
+        def guarded_client_stream(requests: Any, context: grpc.ServicerContext) -> Any:
+            return inner(checked(requests), context)
+
+        if handler.stream_unary is not None:
+            return handler._replace(request_deserializer=decode, stream_unary=guarded_client_stream)
+        return handler._replace(request_deserializer=decode, stream_stream=guarded_client_stream)

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from forsaken.common import tls
 from forsaken.common.config import option
 from forsaken.common.errors import ConfigError
+from forsaken.common.rpc_errors import DecodeGuard
 from forsaken.common.tensors import TensorSpec
 from forsaken.common.types import ModelSpec, TrainSettings
 from forsaken.server.checkpoints import FileCheckpointStore
@@ -157,6 +158,11 @@ class ServerConfig:
         secure = self.secure_settings()
         if secure is not None:
             secure.validate()
+            if self.min_completed < 2:
+                raise ConfigError(
+                    "secure aggregation needs at least 2 clients in a round: set "
+                    "--min-completed (and --min-clients) to 2 or more, or --aggregation plaintext"
+                )
         if self.max_clients < 1 or self.max_message_mb < 2:
             raise ConfigError("max_clients must be >= 1 and max_message_mb >= 2")
         if self.join_rate_per_min <= 0 or self.forget_rate_per_min <= 0:
@@ -274,6 +280,7 @@ class ServerDaemon:
         self.mtls = files is not None
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="rpc"),
+            interceptors=[DecodeGuard()],
             options=[
                 ("grpc.max_receive_message_length", chunk_limit),
                 ("grpc.max_send_message_length", chunk_limit),

@@ -159,11 +159,11 @@ class ServerRuntime:
         return record
 
     def revoke(self, node_id: str, reason: str) -> bool:
-        """Revoke a node; True if it was revoked already. Its session ends now."""
+        """Revoke a node; True if it was revoked already. Its session stays so that its next
+        call is told PERMISSION_DENIED (revoked) rather than asked to join again."""
         with self._lock:
             already = self.coordinator.revoke(node_id, reason)
             self._lock.notify_all()
-        self.sessions.close(node_id)
         return already
 
     def check_not_revoked(self, node_id: str) -> None:
