@@ -325,8 +325,15 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self.require_operator = require_operator
 
     def _operator(self, context: grpc.ServicerContext) -> None:
-        """With mutual TLS on, only holders of an operator certificate may use the Admin API."""
+        """Only operators use the Admin API: holders of an operator certificate under mutual
+        TLS; without TLS, only callers on the server's own machine (loopback), so a server
+        started with --insecure never exposes it to the network."""
         if not self.require_operator:
+            if not tls.is_loopback(context.peer()):
+                raise PermissionDenied(
+                    "without TLS the Admin API answers only on loopback; start the server "
+                    "with --tls-* and use an operator certificate"
+                )
             return
         peer = tls.peer_common_name(context)
         if role_of(peer) is not Role.OPERATOR:

@@ -362,3 +362,44 @@ def test_three_hosts_complete_three_rounds_over_mtls(net: Net, tmp_path: Path) -
     for name in ("nocert", "foreign"):
         text = (logs / f"{name}.log").read_text()
         assert "UNAVAILABLE" in text and "joined as node" not in text, text[-2000:]
+
+
+def test_insecure_server_keeps_its_admin_api_off_the_network(net: Net, tmp_path: Path) -> None:
+    """--insecure exposes the Fleet API in plaintext, but the Admin API answers only on the
+    server's own loopback: an operator elsewhere needs mutual TLS and an operator cert."""
+    server_ip = net.add_host("srv", 1)
+    net.add_host("op", 2)
+    ip("netns", "exec", net.hosts["srv"], "ip", "link", "set", "lo", "up")
+    server = net.spawn(
+        "srv",
+        [
+            "server",
+            "--listen",
+            f"0.0.0.0:{PORT}",
+            "--insecure",
+            "--state-dir",
+            str(tmp_path / "server"),
+            "--dataset",
+            "digits",
+            "--rounds",
+            "0",
+            "--min-clients",
+            "5",
+        ],
+        tmp_path / "logs" / "server.log",
+    )
+    deadline = time.monotonic() + 90
+    local = remote = None
+    while time.monotonic() < deadline and server.poll() is None:
+        local = net.run("srv", ["status", "--server", f"127.0.0.1:{PORT}", "--json"])
+        if local.returncode == 0:
+            break
+        time.sleep(1)
+    assert local is not None and local.returncode == 0, local
+    assert json.loads(local.stdout)["phase"] == "waiting"
+    remote = net.run("op", ["status", "--server", f"{server_ip}:{PORT}", "--json"])
+    assert remote.returncode == 1
+    said = " ".join(remote.stdout.split())
+    assert "PERMISSION_DENIED" in said and "only on loopback" in said
+    log = (tmp_path / "logs" / "server.log").read_text()
+    assert "PLAINTEXT gRPC" in log

@@ -1,0 +1,5 @@
+import sys
+
+from forsaken.compare.run import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Flower ServerApp/ClientApp doing the same work as forsaken's benchmark scenarios."""
