@@ -1,29 +1,42 @@
 """`forsaken demo`: one server and N clients as separate OS processes on loopback.
 
-Shows progress per round, prints a table of per-round accuracy, and writes report.json and
-accuracy.png to --out. Every child is torn down on exit, on Ctrl-C too.
+Client 0 holds the backdoor test bed of DESIGN §5 (`forsaken client --backdoor`). After the
+training rounds its owner asks the federation to forget all its data (ForgetMe); the demo
+follows the request to its receipt and then stops. The federation restarts between the two
+phases (from its ledger and checkpoints), so that the request is on record before round T + 1
+can start; see `forsaken.evaluate.train_then_forget`.
+
+Shows progress per round, prints a table of per-round accuracy and a before/after table of O
+(after training), U (after forgetting) and R (retrained without client 0's data, in process,
+same seed), and writes report.json and accuracy.png to --out. Every child is torn down on exit,
+on Ctrl-C too.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import shutil
-import subprocess
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import grpc
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from forsaken.common.certs import init_federation
-from forsaken.common.tls import channel_credentials
-from forsaken.procs import forsaken_command, free_port, spawn, terminate, wait_healthy
-from forsaken.status import fetch_status
+from forsaken.evaluate import (
+    FORGETTER,
+    Federation,
+    FederationConfig,
+    FederationError,
+    ForgetRun,
+    Scorer,
+    train_then_forget,
+)
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
@@ -79,119 +92,72 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
         default=600.0,
         help="give up after this many seconds (default: %(default)s)",
     )
+    p.add_argument(
+        "--forget-method",
+        default="forsaken",
+        choices=("forsaken", "pga", "finetune", "retrain"),
+        help="how the federation forgets client 0's data after training (default: %(default)s)",
+    )
 
 
 def run_demo(args: argparse.Namespace) -> int:
     console = Console()
-    if args.clients < 1:
-        console.print("[red]--clients must be >= 1[/red]")
+    if args.clients < 2:
+        console.print("[red]--clients must be >= 2: client 0 forgets, the others remain[/red]")
+        return 2
+    if args.rounds < 1:
+        console.print("[red]--rounds must be >= 1[/red]")
         return 2
     out: Path = args.out
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    port = args.port or free_port()
-    address = f"127.0.0.1:{port}"
     pki = init_federation(out / "pki", ["localhost"], args.clients, operators=("admin",))
-    server_tls = pki.server_dir
-    server_args = [
-        "server",
-        "--tls-cert",
-        str(server_tls / "cert.pem"),
-        "--tls-key",
-        str(server_tls / "key.pem"),
-        "--tls-ca",
-        str(pki.ca_cert),
-        "--listen",
-        address,
-        "--state-dir",
-        str(out / "server"),
-        "--dataset",
-        args.dataset,
-        "--rounds",
-        str(args.rounds),
-        "--min-clients",
-        str(args.clients),
-        "--min-completed",
-        str(max(1, (args.clients + 1) // 2)),
-        "--round-timeout-s",
-        str(args.round_timeout),
-        "--seed",
-        str(args.seed),
-        "--poll-timeout-s",
-        "5",
-    ]
-    if args.architecture:
-        server_args += ["--architecture", args.architecture]
-    if args.local_epochs:
-        server_args += ["--local-epochs", str(args.local_epochs)]
-    procs: list[subprocess.Popen[bytes]] = []
+    fed = Federation(
+        out,
+        pki,
+        FederationConfig(
+            dataset=args.dataset,
+            clients=args.clients,
+            seed=args.seed,
+            local_epochs=args.local_epochs,
+            round_timeout_s=args.round_timeout,
+            architecture=args.architecture,
+            scheme=args.scheme,
+            alpha=args.alpha,
+            port=args.port,
+            method=args.forget_method,
+        ),
+    )
     started = time.monotonic()
     try:
-        server = spawn(forsaken_command(*server_args), out / "logs" / "server.log")
-        procs.append(server)
-        operator = pki.operator_dir("admin")
-        wait_healthy(address, timeout_s=120, proc=server, credentials=channel_credentials(operator))
-        for i in range(args.clients):
-            state = out / f"client-{i}"
-            shutil.copytree(pki.client_dir(i), state)  # node key and its certificate
-            client_args = [
-                "client",
-                "--tls-cert",
-                str(state / "cert.pem"),
-                "--tls-key",
-                str(state / "key.pem"),
-                "--tls-ca",
-                str(state / "ca.pem"),
-                "--server",
-                address,
-                "--state-dir",
-                str(state),
-                "--dataset",
-                args.dataset,
-                "--partition",
-                f"{i}/{args.clients}",
-                "--scheme",
-                args.scheme,
-                "--alpha",
-                str(args.alpha),
-                "--seed",
-                str(args.seed),
-                "--owner-listen",
-                "127.0.0.1:0",
-                "--max-backoff-s",
-                "5",
-            ]
-            procs.append(spawn(forsaken_command(*client_args), out / "logs" / f"client-{i}.log"))
         console.print(
-            f"server on {address}, {args.clients} clients, dataset {args.dataset}; "
-            f"logs in {out / 'logs'}"
+            f"server on {fed.address}, {args.clients} clients (client 0 with the backdoor), "
+            f"dataset {args.dataset}; logs in {out / 'logs'}"
         )
-        status = _follow(address, args, procs, console, started, operator)
-        _wait_clients_exit(procs[1:], timeout_s=30)
-        report = _report(status, args, time.monotonic() - started)
-        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        _plot(report, out / "accuracy.png")
-        _table(report, console)
-        console.print(f"report: {out / 'report.json'}, plot: {out / 'accuracy.png'}")
-        return 0 if status["completed_rounds"] >= args.rounds else 1
+        run = _follow(fed, args, console)
+        vectors = {
+            "O": fed.model(run.sha(run.forget_round)),
+            "U": fed.model(run.sha(run.unlearned_round)),
+        }
     except KeyboardInterrupt:
         console.print("[yellow]interrupted; stopping all processes[/yellow]")
         return 130
+    except FederationError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 1
     finally:
-        terminate(procs)
+        fed.stop()
+    models, note = _compare(vectors, args, console)
+    report = _report(run, models, note, args, time.monotonic() - started)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    _plot(report, out / "accuracy.png")
+    _table(report, console)
+    console.print(f"report: {out / 'report.json'}, plot: {out / 'accuracy.png'}")
+    return 0
 
 
-def _follow(
-    address: str,
-    args: argparse.Namespace,
-    procs: list[subprocess.Popen[bytes]],
-    console: Console,
-    started: float,
-    operator: Path,
-) -> dict[str, Any]:
-    shown = 0
-    status: dict[str, Any] = {}
+def _follow(fed: Federation, args: argparse.Namespace, console: Console) -> ForgetRun:
     with Progress(
         TextColumn("[bold]rounds"),
         BarColumn(),
@@ -201,46 +167,58 @@ def _follow(
         console=console,
     ) as progress:
         bar = progress.add_task("waiting for clients", total=args.rounds)
-        while True:
-            if time.monotonic() - started > args.timeout:
-                raise TimeoutError(f"demo did not finish within {args.timeout:.0f}s")
-            if procs[0].poll() is not None and procs[0].returncode != 0:
-                raise RuntimeError(f"server exited with code {procs[0].returncode}; see its log")
-            try:
-                status = fetch_status(address, 0, timeout=5, tls_dir=operator)
-            except grpc.RpcError:
-                time.sleep(0.5)
-                continue
-            completed = [
-                r for r in status["rounds"] if r["status"] == "completed" and r["round"] > 0
-            ]
-            for r in completed[shown:]:
-                acc = r["test_acc"]
-                progress.console.print(
-                    f"round {r['round']:3d}: acc {acc:.4f}  participants {len(r['participants'])}"
-                    f"  {r['duration_s']:.2f}s"
-                )
-            shown = len(completed)
-            progress.update(
-                bar,
-                completed=shown,
-                description=f"{status['connected_clients']} clients, {status['phase']}",
+
+        def on_round(r: dict[str, Any]) -> None:
+            progress.console.print(
+                f"round {r['round']:3d}: acc {r['test_acc']:.4f}  participants "
+                f"{len(r['participants'])}  {r['duration_s']:.2f}s"
             )
-            if status["phase"] == "finished":
-                break
-            time.sleep(0.5)
-    return status
+            done = int(r["round"])
+            progress.update(bar, completed=done, total=max(args.rounds, done))
+
+        def on_event(text: str) -> None:
+            progress.console.print(f"[bold]{text}[/bold]")
+            progress.update(bar, description=text.split(";")[0])
+
+        return train_then_forget(fed, args.rounds, 0, args.timeout, on_round, on_event)
 
 
-def _wait_clients_exit(clients: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
-    """Clients exit on their own once they poll the server's STOP; give them a moment."""
-    deadline = time.monotonic() + timeout_s
-    for p in clients:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+def _compare(
+    vectors: dict[str, np.ndarray], args: argparse.Namespace, console: Console
+) -> tuple[dict[str, dict[str, float]], str]:
+    """O, U and (where the in-process runner can reproduce this federation's data) R."""
+    from forsaken.common.training import TrainConfig
+    from forsaken.common.unlearning.reference import ProtocolConfig
+
+    cfg = ProtocolConfig(
+        dataset=args.dataset,
+        rounds=args.rounds,
+        clients=args.clients,
+        local_epochs=args.local_epochs or TrainConfig().local_epochs,
+        seeds=(args.seed,),
+        forget_client=FORGETTER,
+    )
+    scorer = Scorer(cfg, args.seed)
+    note = ""
+    if args.scheme != "iid" or args.architecture:
+        # The in-process runner partitions IID with the dataset's default architecture.
+        note = "R skipped: the in-process runner covers only --scheme iid and the default model"
+        scorer.anchor(vectors["O"], vectors["O"])
+    else:
+        with console.status("retraining without client 0's data in process (R)"):
+            r_vec = scorer.retrain()
+        scorer.anchor(r_vec, vectors["O"])
+        vectors = {**vectors, "R": r_vec}
+    return {name: asdict(scorer.score(vec)) for name, vec in vectors.items()}, note
 
 
-def _report(status: dict[str, Any], args: argparse.Namespace, wall_s: float) -> dict[str, Any]:
+def _report(
+    run: ForgetRun,
+    models: dict[str, dict[str, float]],
+    note: str,
+    args: argparse.Namespace,
+    wall_s: float,
+) -> dict[str, Any]:
     rounds = [
         {
             "round": r["round"],
@@ -248,19 +226,37 @@ def _report(status: dict[str, Any], args: argparse.Namespace, wall_s: float) -> 
             "participants": len(r["participants"]),
             "duration_s": round(r["duration_s"], 4),
         }
-        for r in status["rounds"]
-        if r["status"] == "completed" and r["round"] > 0
+        for r in run.rounds
+        if r["round"] > 0
     ]
-    aborted = [r for r in status["rounds"] if r["status"] == "aborted"]
+    receipt = run.receipt
     return {
         "dataset": args.dataset,
         "clients": args.clients,
         "rounds": rounds,
-        "aborted_attempts": [{"round": r["round"], "reason": r["reason"]} for r in aborted],
-        "final": {"test_acc": rounds[-1]["test_acc"] if rounds else None},
-        "secure_aggregation": status.get("secure_aggregation", False),
-        "model_sha256": status.get("model_sha256"),
+        "aborted_attempts": [{"round": r["round"], "reason": r["reason"]} for r in run.aborted],
+        # The last round that closed before the demo stopped (U's, or one after it).
+        "final": {
+            "test_acc": rounds[-1]["test_acc"] if rounds else None,
+            "round": rounds[-1]["round"] if rounds else None,
+        },
+        "secure_aggregation": run.secure_aggregation,
+        "model_sha256": run.sha(run.unlearned_round),
         "wall_s": round(wall_s, 2),
+        "forget": {
+            "client": FORGETTER,
+            "method": receipt["method"],
+            "requested_after_round": run.forget_round,
+            "unlearning_rounds": receipt["unlearning_rounds"],
+            "recovery_rounds": receipt["recovery_rounds"],
+            "unlearned_round": run.unlearned_round,
+            "model_sha256_before": receipt["model_sha256_before"],
+            "model_sha256_after": receipt["model_sha256_after"],
+            "evidence": receipt["evidence"],
+            "models": models,  # O, U and R: test_acc, asr, mia_auc, mia_tpr_at_1fpr, kl_forget, fr
+            "note": note,
+            "phase_wall_s": {k: round(v, 2) for k, v in run.seconds.items()},
+        },
     }
 
 
@@ -274,6 +270,10 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     ys = [r["test_acc"] for r in report["rounds"]]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(xs, ys, marker="o")
+    forget = report["forget"]
+    ax.axvline(forget["requested_after_round"] + 0.5, color="red", linestyle="--", label="ForgetMe")
+    ax.axvline(forget["unlearned_round"], color="green", linestyle=":", label="U (receipt)")
+    ax.legend()
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy")
     ax.set_title(f"forsaken demo: {report['dataset']}, {report['clients']} clients")
@@ -295,5 +295,28 @@ def _table(report: dict[str, Any], console: Console) -> None:
             f"{r['duration_s']:.2f}",
         )
     console.print(table)
-    final = report["final"]["test_acc"]
-    console.print(f"[bold]final test accuracy: {final:.4f}[/bold]  (wall {report['wall_s']:.1f}s)")
+    forget = report["forget"]
+    compare = Table(
+        title=f"forgetting client 0 ({forget['method']}): O after round "
+        f"{forget['requested_after_round']}, U after round {forget['unlearned_round']}, "
+        "R retrained without its data"
+    )
+    for col in ("model", "test acc", "backdoor ASR", "MIA AUC", "KL(R‖·) forget", "FR"):
+        compare.add_column(col, justify="right")
+    for name, m in forget["models"].items():
+        compare.add_row(
+            name,
+            f"{m['test_acc']:.4f}",
+            f"{m['asr']:.4f}",
+            f"{m['mia_auc']:.4f}",
+            f"{m['kl_forget']:.4f}" if "R" in forget["models"] else "-",
+            f"{m['fr']:.3f}",
+        )
+    console.print(compare)
+    if forget["note"]:
+        console.print(f"[yellow]{forget['note']}[/yellow]")
+    final = report["final"]
+    console.print(
+        f"[bold]final test accuracy: {final['test_acc']:.4f}[/bold] (round {final['round']}; "
+        f"wall {report['wall_s']:.1f}s)"
+    )

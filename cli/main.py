@@ -41,6 +41,12 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from forsaken.evaluate import run_evaluate
+
+    return run_evaluate(args)
+
+
 def _status(args: argparse.Namespace) -> int:
     from forsaken.status import run_status
 
@@ -97,6 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_demo_arguments(p)
     p.set_defaults(func=_demo)
+
+    from forsaken.evaluate import add_evaluate_arguments
+
+    p = sub.add_parser(
+        "evaluate",
+        help="run the unlearning evaluation of DESIGN §5 with U from real daemons",
+        description="Per seed, train a federation of real daemons with a backdoor in client 0, "
+        "make client 0 forget its data with ForgetMe, and compare the unlearned model with "
+        "in-process references (retrain, retrain with another seed, finetune, pga). Writes "
+        "evaluation.json, evaluation.png and a per-seed detail file to --out.",
+    )
+    add_evaluate_arguments(p)
+    p.set_defaults(func=_evaluate)
 
     from forsaken.status import add_status_arguments
 

@@ -90,7 +90,7 @@ class ClientDaemon:
         self._model_sha: str | None = None
         self._lock = threading.Lock()
         self.secure = SecureSessions(connection, connection.identity.signing_seed)
-        self.forgetter = ForgetExecutor(Path(state_file.path).parent, data)
+        self.forgetter = ForgetExecutor(Path(state_file.path).parent, data, seed)
 
     # ---- data in use ------------------------------------------------------------------
 
@@ -339,7 +339,10 @@ class ClientDaemon:
         model = self._ensure_model(task.model_sha256)
         x, y = self.training_arrays()
         if len(y) == 0:
-            raise errors.StaleRequest(f"no training data left for round {task.round}")
+            # Everything is excluded (forgotten) but the server has not stopped sampling this
+            # node yet: take part with an empty update of weight 0 rather than stall the round.
+            log.info("round %d: no training data left; sending an empty update", task.round)
+            return flatten(model.state_dict()) * 0.0, 0, {}
         started = time.perf_counter()
         seed = client_round_seed(self.seed, self.partition_index, task.round)
         result = train_local(model, x, y, task.settings, seed)

@@ -27,7 +27,7 @@ from forsaken.common.metrics import (
 from forsaken.common.partition import ClientData
 from forsaken.common.types import ModelSpec
 from forsaken.common.unlearning import make_engine
-from forsaken.common.unlearning.engine import ForgetEngine, ForgetStep
+from forsaken.common.unlearning.engine import ForgetEngine, ForgetStep, ForsakenConfig
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,10 @@ def split_forget(data: ClientData, sample_ids: tuple[int, ...]) -> ForgetData:
 
 
 class ForgetExecutor:
-    def __init__(self, state_dir: Path, data: ClientData) -> None:
+    def __init__(self, state_dir: Path, data: ClientData, seed: int = 0) -> None:
         self.state_dir = Path(state_dir)
         self.data = data
+        self.seed = seed
         self._engines: dict[str, ForgetEngine] = {}
 
     def _state_path(self, forget_id: str) -> Path:
@@ -64,7 +65,10 @@ class ForgetExecutor:
         engine = self._engines.get(forget_id)
         if engine is not None:
             return engine
-        engine = make_engine(method, spec)
+        # The node's seed drives the generator's init, batches and noise, as in the reference
+        # runner, so the same seeds give the same unlearning.
+        options = {"config": ForsakenConfig(seed=self.seed)} if method == "forsaken" else {}
+        engine = make_engine(method, spec, **options)
         if engine is None:
             raise ValueError(f"method {method!r} has no client-side engine")
         path = self._state_path(forget_id)

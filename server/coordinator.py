@@ -445,7 +445,10 @@ class Coordinator:
             return [self._abort(rnd, now_ms, f"secure aggregation aborted: {secure.abort_reason}")]
         if secure.stage is not SecAggStage.FINISHED:
             return []
-        delta, total, survivors = secure.result()
+        try:
+            delta, total, survivors = secure.result()
+        except ValueError as exc:  # e.g. every survivor had weight 0
+            return [self._abort(rnd, now_ms, f"secure aggregate unusable: {exc}")]
         if len(survivors) < self.policy.min_completed:
             reason = f"only {len(survivors)} survivors; {self.policy.min_completed} needed"
             return [self._abort(rnd, now_ms, reason)]
@@ -521,6 +524,8 @@ class Coordinator:
         )
 
     def _complete(self, rnd: OpenRound, now_ms: int) -> list[Event]:
+        if sum(a.num_samples for a in rnd.accepted.values()) == 0:
+            return [self._abort(rnd, now_ms, "no participant reported any samples")]
         delta = weighted_average([(a.update, a.num_samples) for a in rnd.accepted.values()])
         total = sum(a.num_samples for a in rnd.accepted.values())
         metrics = mean_metrics(rnd.accepted.values())

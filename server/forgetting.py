@@ -247,6 +247,10 @@ class ForgetManager:
             if rec.state is not ForgetState.UNLEARNING:
                 raise StaleRequest(f"forget {forget_id} is {rec.state}, not unlearning")
             progress["client"] = dict(metrics)
+            # Each report covers one step; the receipt's cost is the sum over all of them.
+            progress["client_gradient_evaluations"] = int(
+                progress.get("client_gradient_evaluations", 0)
+            ) + int(metrics.get("gradient_evaluations", 0))
             progress["client_done"] = progress.get("client_done") or kind == "done"
             self._set(rec, rec.state, progress, now_ms)
             return self.ledger.forget(forget_id)
@@ -325,10 +329,13 @@ class ForgetManager:
             "recovery_rounds": progress.get("recovery_rounds"),
             "stopped_by": progress.get("stopped_by", rec.method),
             "client_progress": progress.get("client", {}),
+            "client_gradient_evaluations": progress.get("client_gradient_evaluations", 0),
             "evidence": evidence,
             "reference": (
                 "mia_auc is a loss-threshold membership attack on the forgotten samples against "
-                "the node's held-out samples, which were never trained on: a model retrained "
-                "from scratch without the data scores about 0.5"
+                "the node's held-out samples, which no model ever trained on. When the "
+                "forgotten data is drawn like the held-out slice, a model retrained from scratch "
+                "without it scores about 0.5; for data unlike it (e.g. relabelled samples) "
+                "compare with a retrained model, as `forsaken evaluate` does"
             ),
         }

@@ -225,6 +225,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         node = self._node(context)
         if not request.request_id:
             raise InvalidPayload("request_id is required")
+        if self.metrics is not None:
+            self.metrics.bytes_received.inc(request.ByteSize())
         message = wire_secagg.client_message_from_proto(request)
         outcome = self.runtime.secagg_message(
             node, request.round, request.task_id, request.request_id, message
