@@ -329,7 +329,16 @@ class ServerDaemon:
             raise ConfigError(f"cannot listen on {cfg.listen}")
         return server
 
+    def _refresh_forget_metrics(self) -> None:
+        counts: dict[str, int] = {}
+        for record in self.ledger.forgets():
+            counts[str(record.state)] = counts.get(str(record.state), 0) + 1
+        self.metrics.set_forget_counts(counts)
+
     def _on_event(self, event: Event) -> None:
+        # Forget requests change state at round boundaries and on reports; every event is a
+        # cheap moment to re-read their counts for the metrics endpoint.
+        self._refresh_forget_metrics()
         if isinstance(event, RoundCompleted | RoundAborted):
             self.metrics.round_finished(event.record.status, event.record.duration_s)
         if isinstance(event, RoundCompleted):
@@ -363,6 +372,7 @@ class ServerDaemon:
             )
         self.server.start()
         self.runtime.start()
+        self._refresh_forget_metrics()
         if self.metrics_server is not None:
             self.metrics_server.start()
             log.info("metrics on %s", self.metrics_server.url)

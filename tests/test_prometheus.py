@@ -50,3 +50,30 @@ def test_server_metrics_over_http() -> None:
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(base + "/other", timeout=5)
         assert info.value.code == 404
+
+
+def test_daemon_exports_forget_requests_by_state(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from forsaken.procs import free_port
+    from forsaken.server.app import ServerConfig, ServerDaemon
+    from forsaken.server.evaluation import SyntheticModel
+    from forsaken.server.ledger import ClientRecord
+
+    config = ServerConfig(
+        listen=f"127.0.0.1:{free_port()}",
+        state_dir=tmp_path,
+        rounds=0,
+        min_clients=2,
+        metrics_listen="127.0.0.1:0",
+        evaluate=False,
+    )
+    daemon = ServerDaemon(config, model=SyntheticModel(10))
+    daemon.ledger.upsert_client(ClientRecord("a" * 32, b"k" * 32))
+    daemon.coordinator.forget_request("a" * 32, "", "req", (), "forsaken", 0)
+    daemon.start()
+    try:
+        assert daemon.metrics_server is not None
+        body = urllib.request.urlopen(daemon.metrics_server.url, timeout=5).read().decode()
+        assert 'forsaken_forget_requests{state="requested"} 1' in body
+        assert 'forsaken_forget_requests{state="completed"} 0' in body
+    finally:
+        daemon.stop(grace_s=0.5)
