@@ -321,9 +321,6 @@ class FleetConnection:
             )
         )
 
-    def raw_stub(self) -> Any:
-        return self.stub
-
 
 def _assemble_download(
     stream: Iterator[Any], max_bytes: int

@@ -47,10 +47,7 @@ log = logging.getLogger(__name__)
 ENV_PREFIX = "FORSAKEN_SERVER"
 _TRAIN = TrainSettings()
 
-# Exit codes, documented in the README.
-EXIT_OK = 0
-EXIT_CONFIG = 2
-EXIT_BIND = 3
+EXIT_OK = 0  # the other exit codes (2: configuration, 130: interrupted) come from forsaken.main
 
 
 @dataclass(frozen=True)
