@@ -4,7 +4,7 @@ Client 0 holds the backdoor test bed of DESIGN §5 (`forsaken client --backdoor`
 training rounds its owner asks the federation to forget all its data (ForgetMe); the demo
 follows the request to its receipt and then stops. The federation restarts between the two
 phases (from its ledger and checkpoints), so that the request is on record before round T + 1
-can start; see `forsaken.evaluate.train_then_forget`.
+can start; see `forsaken.evaluation_run.train_then_forget`.
 
 Shows progress per round, prints a table of per-round accuracy and a before/after table of O
 (after training), U (after forgetting) and R (retrained without client 0's data, in process,
@@ -28,15 +28,15 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from forsaken.common.certs import init_federation
-from forsaken.evaluate import (
+from forsaken.evaluation_run import (
     FORGETTER,
     Federation,
     FederationConfig,
     FederationError,
     ForgetRun,
-    Scorer,
     train_then_forget,
 )
+from forsaken.evaluation_scoring import Scorer
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:

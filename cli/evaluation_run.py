@@ -1,0 +1,438 @@
+"""The federation of `forsaken evaluate` as OS processes: start and stop the daemons, drive
+ForgetMe through the Owner API, read the ledger (status) and the checkpoints.
+
+Also the recorder the forgetting client's daemon runs under (`python -m forsaken.evaluation_run`),
+which logs every forget step it computes to STEP_LOG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import inspect
+import json
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from forsaken.common.certs import Layout
+
+FORGETTER = 0  # the client holding the backdoor test bed, as in reference.py
+STEP_LOG = "forget_steps.jsonl"
+
+
+@dataclass(frozen=True, slots=True)
+class FederationConfig:
+    dataset: str
+    clients: int
+    seed: int
+    local_epochs: int | None = None  # None: the server's default
+    recovery_rounds: int = 1
+    round_timeout_s: float = 60.0
+    architecture: str = ""
+    scheme: str = "iid"
+    alpha: float = 0.5
+    port: int = 0
+    method: str = "forsaken"
+
+
+@dataclass
+class ForgetRun:
+    """What the distributed path produced: the ledger, the models' rounds and the receipt."""
+
+    rounds: list[dict[str, Any]]  # completed rounds from the ledger, ascending, round 0 first
+    trained_rounds: int  # T: O is the model after this round
+    forget_round: int  # the round after which ForgetMe started (T when all went to plan)
+    unlearned_round: int  # the round whose model the receipt names
+    after_round: int | None  # U+k's round, if further rounds were asked for
+    receipt: dict[str, Any]
+    steps: list[dict[str, Any]]  # the forgetting client's engine steps, one per round
+    secure_aggregation: bool
+    aborted: list[dict[str, Any]] = field(default_factory=list)  # aborted round attempts
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def sha(self, round_: int) -> str:
+        return self.by_round(round_)["model_sha256"]
+
+    def by_round(self, round_: int) -> dict[str, Any]:
+        for r in self.rounds:
+            if r["round"] == round_:
+                return r
+        raise KeyError(f"round {round_} is not in the ledger")
+
+
+class FederationError(RuntimeError):
+    pass
+
+
+_GRPC_ANCHOR: list[Any] = []
+
+
+def hold_grpc_core() -> None:
+    """Keep gRPC's core initialised for the life of this process.
+
+    gRPC shuts its core down on a background thread when the last channel closes, and a fork
+    in that window (`procs.spawn` forks: it passes a preexec_fn) hangs for good in gRPC's
+    pthread_atfork handler. Status polls and health checks open and close channels right before
+    daemons are spawned, so without this the launcher deadlocks now and then (seen here:
+    stuck in `__run_prefork_handlers`). One channel that is never used and never closed keeps
+    the core up."""
+    if not _GRPC_ANCHOR:
+        import grpc
+
+        _GRPC_ANCHOR.append(grpc.insecure_channel("127.0.0.1:0"))
+
+
+class Federation:
+    """One server and N client daemons as OS processes on loopback with mutual TLS.
+
+    Client 0 holds the backdoor test bed. Its daemon records every forget step it computes to
+    STEP_LOG (see `_probe_main`), which is how the client-side cost is measured."""
+
+    def __init__(self, root: Path, pki: Layout, config: FederationConfig) -> None:
+        from forsaken.procs import free_port
+
+        hold_grpc_core()
+        self.root = root
+        self.pki = pki
+        self.config = config
+        self.address = f"127.0.0.1:{config.port or free_port()}"
+        self.operator = pki.operator_dir("admin")
+        self.server: subprocess.Popen[bytes] | None = None
+        self.clients: dict[int, subprocess.Popen[bytes]] = {}
+        root.mkdir(parents=True, exist_ok=True)
+        for i in range(config.clients):
+            if not self.client_dir(i).exists():
+                shutil.copytree(pki.client_dir(i), self.client_dir(i))  # node key and cert
+
+    def client_dir(self, index: int) -> Path:
+        return self.root / f"client-{index}"
+
+    @property
+    def server_dir(self) -> Path:
+        return self.root / "server"
+
+    @property
+    def step_log(self) -> Path:
+        return self.root / STEP_LOG
+
+    @property
+    def procs(self) -> list[subprocess.Popen[bytes]]:
+        return [p for p in (self.server, *self.clients.values()) if p is not None]
+
+    # -- processes --
+
+    def start_server(self, rounds: int, min_completed: int) -> None:
+        from forsaken.common.tls import channel_credentials
+        from forsaken.procs import forsaken_command, spawn, wait_healthy
+
+        c, tls = self.config, self.pki.server_dir
+        flags: dict[str, object] = {
+            "tls-cert": tls / "cert.pem",
+            "tls-key": tls / "key.pem",
+            "tls-ca": self.pki.ca_cert,
+            "listen": self.address,
+            "state-dir": self.server_dir,
+            "dataset": c.dataset,
+            "rounds": rounds,
+            "min-clients": c.clients,
+            "min-completed": min_completed,
+            "round-timeout-s": c.round_timeout_s,
+            "seed": c.seed,
+            "recovery-rounds": c.recovery_rounds,
+            "aggregation": "secure",
+            "poll-timeout-s": 2,
+        }
+        if c.architecture:
+            flags["architecture"] = c.architecture
+        if c.local_epochs:
+            flags["local-epochs"] = c.local_epochs
+        self.server = spawn(
+            forsaken_command(*_argv("server", flags)), self.root / "logs" / "server.log"
+        )
+        wait_healthy(
+            self.address,
+            timeout_s=120,
+            proc=self.server,
+            credentials=channel_credentials(self.operator),
+        )
+
+    def start_client(self, index: int) -> None:
+        from forsaken.procs import forsaken_command, spawn
+
+        c, state = self.config, self.client_dir(index)
+        flags: dict[str, object] = {
+            "tls-cert": state / "cert.pem",
+            "tls-key": state / "key.pem",
+            "tls-ca": state / "ca.pem",
+            "server": self.address,
+            "state-dir": state,
+            "dataset": c.dataset,
+            "partition": f"{index}/{c.clients}",
+            "scheme": c.scheme,
+            "alpha": c.alpha,
+            "seed": c.seed,
+            "owner-listen": "127.0.0.1:0",
+            "max-backoff-s": 1,
+        }
+        args = _argv("client", flags)
+        if index == FORGETTER:
+            args.append("--backdoor")
+            # The same daemon, started through the recorder of its forget steps.
+            argv = [
+                sys.executable,
+                "-m",
+                "forsaken.evaluation_run",
+                "--step-log",
+                str(self.step_log),
+            ]
+            argv += ["--", *args]
+        else:
+            argv = forsaken_command(*args)
+        self.clients[index] = spawn(argv, self.root / "logs" / f"client-{index}.log")
+
+    def wait_clients_exit(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        for p in self.clients.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+
+    def stop(self) -> None:
+        from forsaken.procs import terminate
+
+        terminate(self.procs)
+        self.server = None
+        self.clients = {}
+
+    def check_alive(self) -> None:
+        for name, p in [
+            ("server", self.server),
+            *[(f"client {i}", q) for i, q in self.clients.items()],
+        ]:
+            if p is not None and p.poll() is not None:
+                raise FederationError(
+                    f"{name} exited with code {p.returncode}; see {self.root / 'logs'}"
+                )
+
+    # -- views --
+
+    def status(self) -> dict[str, Any]:
+        from forsaken.status import fetch_status
+
+        return fetch_status(self.address, 0, timeout=10, tls_dir=self.operator)
+
+    def model(self, sha256: str) -> np.ndarray:
+        from forsaken.server.checkpoints import FileCheckpointStore
+
+        payload = FileCheckpointStore(self.server_dir / "checkpoints").get(sha256)
+        return np.frombuffer(payload, dtype="<f4").astype(np.float32)
+
+    def request_forget(self, index: int, method: str, timeout_s: float) -> str:
+        """The owner of client `index` asks it to forget all its data (the Owner API)."""
+        import grpc
+
+        from forsaken.forget import owner_address
+        from forsaken.v1 import owner_pb2, owner_pb2_grpc
+
+        address_file = self.client_dir(index) / "owner_address"
+        request_id = f"evaluate-{uuid.uuid4().hex}"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.check_alive()
+            if address_file.exists():
+                with grpc.insecure_channel(owner_address(str(self.client_dir(index)))) as ch:
+                    stub = owner_pb2_grpc.OwnerStub(ch)
+                    try:
+                        stub.Forget(
+                            owner_pb2.OwnerForgetRequest(request_id=request_id, method=method),
+                            timeout=30,
+                        )
+                        return request_id
+                    except grpc.RpcError as exc:
+                        if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                            raise FederationError(
+                                f"ForgetMe refused: {exc.code().name}: {exc.details()}"
+                            ) from None
+            time.sleep(0.2)
+        raise FederationError(f"client {index}'s Owner API did not come up in {timeout_s:.0f}s")
+
+    def steps(self) -> list[dict[str, Any]]:
+        if not self.step_log.exists():
+            return []
+        return [json.loads(line) for line in self.step_log.read_text().splitlines() if line]
+
+
+def _argv(command: str, flags: dict[str, object]) -> list[str]:
+    out = [command]
+    for name, value in flags.items():
+        out += [f"--{name}", str(value)]
+    return out
+
+
+def completed_rounds(status: dict[str, Any]) -> list[dict[str, Any]]:
+    done = [r for r in status["rounds"] if r["status"] == "completed"]
+    return sorted(done, key=lambda r: r["round"])
+
+
+RoundCallback = Callable[[dict[str, Any]], None]
+EventCallback = Callable[[str], None]
+
+
+def train_then_forget(
+    fed: Federation,
+    rounds: int,
+    further_rounds: int,
+    timeout_s: float,
+    on_round: RoundCallback,
+    on_event: EventCallback,
+) -> ForgetRun:
+    """Train T rounds, restart, forget client 0's data from O, then run `further_rounds` more.
+
+    The restart is what makes the request land exactly between rounds T and T + 1: a running
+    federation starts round T + 1 as soon as T closes, and a daemon that has asked to forget
+    trains on nothing from that moment, so a request racing a round start would either miss
+    client 0's contribution to O or stall the round until its deadline."""
+    import grpc
+
+    started = time.monotonic()
+    c = fed.config
+    shown: set[tuple[int, int]] = set()
+
+    def follow(stop: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+        while True:
+            if time.monotonic() - started > timeout_s:
+                raise FederationError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+            fed.check_alive()
+            try:
+                status = fed.status()
+            except grpc.RpcError:  # the server is busy; try again
+                time.sleep(0.5)
+                continue
+            for r in completed_rounds(status):
+                key = (r["round"], r["attempt"])
+                if r["round"] > 0 and key not in shown:
+                    shown.add(key)
+                    on_round(r)
+            if stop(status):
+                return status
+            time.sleep(0.3)
+
+    # Phase 1: exactly T rounds with every client; a dropout aborts and retries the round.
+    on_event(f"training {rounds} rounds with client {FORGETTER} holding the backdoor")
+    fed.start_server(rounds, min_completed=c.clients)
+    for i in range(c.clients):
+        fed.start_client(i)
+    status = follow(
+        lambda s: s["phase"] == "finished" and s["completed_rounds"] >= rounds,
+        f"{rounds} training rounds",
+    )
+    t_trained = time.monotonic()
+    fed.wait_clients_exit(timeout_s=30)  # they stop on the server's STOP
+    fed.stop()
+
+    # Phase 2: resume from the ledger; the request is on record before any round can start.
+    on_event(f"restarting; client {FORGETTER} asks to forget all its data ({c.method})")
+    (fed.client_dir(FORGETTER) / "owner_address").unlink(missing_ok=True)
+    fed.start_server(0, min_completed=c.clients - 1)
+    fed.start_client(FORGETTER)
+    fed.request_forget(FORGETTER, c.method, timeout_s=120)
+    follow(lambda s: bool(s["forget_requests"]), "the server to record the request")
+    for i in range(c.clients):
+        if i != FORGETTER:
+            fed.start_client(i)
+    status = follow(
+        lambda s: any(f["state"] in ("completed", "failed") for f in s["forget_requests"]),
+        "the forget request to complete",
+    )
+    (record,) = status["forget_requests"]
+    if record["state"] != "completed":
+        raise FederationError(f"forget request failed: {record['reason']}")
+    receipt = json.loads(record["receipt_json"])
+    on_event(
+        f"forget completed: {receipt['unlearning_rounds']} unlearning + "
+        f"{receipt['recovery_rounds']} recovery rounds"
+    )
+    by_sha = {r["model_sha256"]: r["round"] for r in completed_rounds(status)}
+    u_round = by_sha[receipt["model_sha256_after"]]
+    forget_round = by_sha[receipt["model_sha256_before"]]
+    after_round = None
+    if further_rounds:
+        on_event(f"{further_rounds} more ordinary rounds after U")
+        after_round = u_round + further_rounds
+        status = follow(lambda s: s["completed_rounds"] >= after_round, "rounds after U")
+    t_done = time.monotonic()
+    fed.stop()
+    return ForgetRun(
+        rounds=completed_rounds(status),
+        trained_rounds=rounds,
+        forget_round=forget_round,
+        unlearned_round=u_round,
+        after_round=after_round,
+        receipt=receipt,
+        steps=fed.steps(),
+        secure_aggregation=bool(status.get("secure_aggregation")),
+        aborted=[r for r in status["rounds"] if r["status"] == "aborted"],
+        seconds={"training_phase": t_trained - started, "forget_phase": t_done - t_trained},
+    )
+
+
+# ---- the forgetting client's recorder --------------------------------------------------------
+
+
+def _probe_main(argv: Sequence[str]) -> int:
+    """`python -m forsaken.evaluation_run --step-log FILE -- client ARGS...`: an ordinary client
+    daemon that appends one JSON line per forget step it computes (round, gradient evaluations,
+    weight, seconds). The receipt keeps only the last step's metrics; this is the full record."""
+    p = argparse.ArgumentParser(
+        prog="python -m forsaken.evaluation_run", description=_probe_main.__doc__
+    )
+    p.add_argument("--step-log", type=Path, required=True)
+    p.add_argument("client_args", nargs=argparse.REMAINDER, help="-- client ARGS...")
+    a = p.parse_args(argv)
+    rest = list(a.client_args)
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    if rest[:1] != ["client"]:
+        p.error("expected `-- client ARGS...`")
+
+    from forsaken.client.forgetting import ForgetExecutor
+    from forsaken.main import main
+
+    original = ForgetExecutor.step
+
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def recorded(self: ForgetExecutor, *args: Any, **kwargs: Any) -> Any:
+        call = signature.bind(self, *args, **kwargs).arguments
+        t0 = time.perf_counter()
+        step = original(self, *args, **kwargs)
+        entry = {
+            "forget_id": call["forget_id"],
+            "method": call["method"],
+            "round": int(call["round_number"]),
+            "gradient_evaluations": int(step.gradient_evaluations),
+            "num_samples": int(step.num_samples),
+            "done": bool(step.done),
+            "seconds": time.perf_counter() - t0,
+        }
+        with a.step_log.open("a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+        return step
+
+    ForgetExecutor.step = recorded  # type: ignore[method-assign]
+    return main(rest)
+
+
+if __name__ == "__main__":
+    raise SystemExit(_probe_main(sys.argv[1:]))
