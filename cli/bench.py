@@ -252,22 +252,6 @@ class _Outbox:
         self.sent.append(("push", kw))
 
 
-def _secagg_task(task: Any) -> Any:
-    """The transport's SecAggTask from a Task proto (as `FleetConnection.pull` builds it)."""
-    from forsaken.client.transport import SecAggTask
-    from forsaken.common import wire, wire_secagg
-
-    return SecAggTask(
-        task_id=task.task_id,
-        round=task.round,
-        model_sha256=task.model_sha256.hex(),
-        settings=wire.train_settings_from_proto(task.train),
-        deadline_ms=task.deadline_unix_ms,
-        seed=task.seed,
-        message=wire_secagg.server_message_from_proto(task.secagg),
-    )
-
-
 async def _aio_join(stub: Any, identity: Any, params: int) -> bytes:
     import uuid
 
@@ -323,6 +307,7 @@ async def _aio_client(address: str, params: int, seed: int, stop_at: float) -> d
     import grpc
 
     from forsaken.client.secure import SecureSessions
+    from forsaken.client.transport import task_from_proto
     from forsaken.common import errors
     from forsaken.common.identity import NodeIdentity
     from forsaken.common.secagg.client_states import ClientDone
@@ -360,7 +345,7 @@ async def _aio_client(address: str, params: int, seed: int, stop_at: float) -> d
                     break
                 if task.kind != fleet_pb2.TASK_KIND_SECAGG:
                     continue
-                secagg = _secagg_task(task)
+                secagg = task_from_proto(task)
                 try:
                     # CPU-bound (quantize, key agreement, mask expansion): off the event loop,
                     # so this process's other clients keep polling and uploading meanwhile.

@@ -111,6 +111,44 @@ class StopTask:
 AnyTask = TrainTask | SecAggTask | VerifyTask | WaitTask | StopTask
 
 
+def task_from_proto(task: fleet_pb2.Task) -> AnyTask:
+    """The domain task a PullTask reply stands for (one decoder for every client)."""
+    forget = None
+    if task.HasField("forget"):
+        forget = ForgetOrder(
+            task.forget.forget_id,
+            task.forget.method,
+            tuple(task.forget.sample_ids),
+            task.forget.total_weight,
+        )
+    if task.kind == fleet_pb2.TASK_KIND_VERIFY:
+        return VerifyTask(task.forget_id, task.model_sha256.hex())
+    if task.kind == fleet_pb2.TASK_KIND_TRAIN:
+        return TrainTask(
+            forget=forget,
+            task_id=task.task_id,
+            round=task.round,
+            model_sha256=task.model_sha256.hex(),
+            settings=wire.train_settings_from_proto(task.train),
+            deadline_ms=task.deadline_unix_ms,
+            seed=task.seed,
+        )
+    if task.kind == fleet_pb2.TASK_KIND_SECAGG:
+        return SecAggTask(
+            forget=forget,
+            task_id=task.task_id,
+            round=task.round,
+            model_sha256=task.model_sha256.hex(),
+            settings=wire.train_settings_from_proto(task.train),
+            deadline_ms=task.deadline_unix_ms,
+            seed=task.seed,
+            message=wire_secagg.server_message_from_proto(task.secagg),
+        )
+    if task.kind == fleet_pb2.TASK_KIND_STOP:
+        return StopTask()
+    return WaitTask(task.retry_after_s)
+
+
 class FleetConnection:
     """One channel to the server plus the session obtained by a signed Join."""
 
@@ -184,40 +222,7 @@ class FleetConnection:
                 request, metadata=self._metadata(), timeout=self.poll_timeout_s + 15
             )
         )
-        forget = None
-        if task.HasField("forget"):
-            forget = ForgetOrder(
-                task.forget.forget_id,
-                task.forget.method,
-                tuple(task.forget.sample_ids),
-                task.forget.total_weight,
-            )
-        if task.kind == fleet_pb2.TASK_KIND_VERIFY:
-            return VerifyTask(task.forget_id, task.model_sha256.hex())
-        if task.kind == fleet_pb2.TASK_KIND_TRAIN:
-            return TrainTask(
-                forget=forget,
-                task_id=task.task_id,
-                round=task.round,
-                model_sha256=task.model_sha256.hex(),
-                settings=wire.train_settings_from_proto(task.train),
-                deadline_ms=task.deadline_unix_ms,
-                seed=task.seed,
-            )
-        if task.kind == fleet_pb2.TASK_KIND_SECAGG:
-            return SecAggTask(
-                forget=forget,
-                task_id=task.task_id,
-                round=task.round,
-                model_sha256=task.model_sha256.hex(),
-                settings=wire.train_settings_from_proto(task.train),
-                deadline_ms=task.deadline_unix_ms,
-                seed=task.seed,
-                message=wire_secagg.server_message_from_proto(task.secagg),
-            )
-        if task.kind == fleet_pb2.TASK_KIND_STOP:
-            return StopTask()
-        return WaitTask(task.retry_after_s)
+        return task_from_proto(task)
 
     def fetch_model(self, sha256_hex: str, max_bytes: int) -> tuple[tuple[TensorSpec, ...], bytes]:
         """Download a model and check it is the one asked for."""

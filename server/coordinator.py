@@ -120,6 +120,7 @@ class Coordinator:
         self._last_seen: dict[str, int] = {}
         self._samples: dict[str, int] = {}
         self._keys: dict[str, bytes] = {}
+        self._payload_cache: tuple[str, bytes] = ("", b"")
         self._revoked = {c.node_id for c in ledger.clients() if c.revoked}
         self._round: OpenRound | None = None
         self._attempt = 0
@@ -219,9 +220,14 @@ class Coordinator:
 
     def model_payload(self, sha256: str) -> bytes:
         """Bytes of a stored model (the current one or an earlier checkpoint)."""
-        if sha256 == self._model_sha:
-            return to_bytes(self._model)
-        return self.checkpoints.get(sha256)
+        if sha256 != self._model_sha:
+            return self.checkpoints.get(sha256)
+        # Every sampled node fetches the same model: encode it once per model, not per fetch.
+        cached_sha, payload = self._payload_cache
+        if cached_sha != sha256:
+            payload = to_bytes(self._model)
+            self._payload_cache = (sha256, payload)
+        return payload
 
     # ---- inputs ---------------------------------------------------------------------------
 

@@ -6,7 +6,6 @@ match reach the coordinator.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Iterator
@@ -137,10 +136,11 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         self, request: fleet_pb2.FetchModelRequest, context: grpc.ServicerContext
     ) -> Iterator:
         self._node(context)
-        payload = self.runtime.model_payload(request.model_sha256.hex())
-        header = PayloadHeader(
-            self.runtime.coordinator.tensors, len(payload), hashlib.sha256(payload).digest()
-        )
+        sha = request.model_sha256.hex()
+        # The payload is content-addressed by `sha` (checkpoints verify it on read), so the
+        # digest is known without hashing tens of MB again for every fetch.
+        payload = self.runtime.model_payload(sha)
+        header = PayloadHeader(self.runtime.coordinator.tensors, len(payload), bytes.fromhex(sha))
         if self.metrics is not None:
             self.metrics.bytes_sent.inc(len(payload))
         yield from wire.payload_chunks(header, payload)
