@@ -25,7 +25,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
@@ -33,6 +32,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from forsaken.common.errors import CorruptState, InvalidPayload, UnknownEntity
+from forsaken.common.fsutil import atomic_write, fsync_dir
 
 MetaValue = str | int | float
 Meta = Mapping[str, MetaValue]
@@ -167,7 +167,7 @@ class FileCheckpointStore(CheckpointStore):
         self._dir.mkdir(parents=True, exist_ok=True)
         if created:
             # A fresh directory entry is only durable once its parent is synced.
-            _fsync_dir(self._dir.parent)
+            fsync_dir(self._dir.parent)
         self._lock = threading.Lock()
 
     @property
@@ -226,7 +226,7 @@ class FileCheckpointStore(CheckpointStore):
     def delete(self, sha256hex: str) -> bool:
         with self._lock:
             present = self._remove(sha256hex)
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
         return present
 
     def gc(self, keep: Iterable[str]) -> list[str]:
@@ -247,7 +247,7 @@ class FileCheckpointStore(CheckpointStore):
                     # An orphan sidecar: a put that crashed before its blob landed. Sidecars
                     # of blobs are removed with their blob above, blob first.
                     path.unlink(missing_ok=True)
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
         return sorted(removed)
 
     def _remove(self, sha256hex: str) -> bool:
@@ -258,18 +258,8 @@ class FileCheckpointStore(CheckpointStore):
         return present
 
     def _write_atomic(self, final: Path, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self._dir, prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        # The rename is only durable once the directory itself is synced.
-        _fsync_dir(self._dir)
+        # fsutil's temp names (".<name>.*.tmp") are the ones gc() sweeps after a crash.
+        atomic_write(final, data, mode=0o600)
 
     def _verifies(self, blob: Path, sha256hex: str) -> bool:
         try:
@@ -295,11 +285,3 @@ class FileCheckpointStore(CheckpointStore):
         except CorruptState:
             return None
         return size if isinstance(size, int) else None
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
