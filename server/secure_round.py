@@ -77,6 +77,8 @@ def round_parameters(n: int, settings: SecureSettings) -> SecAggParams:
         params = choose_parameters(n, 0.0, settings.corruption_rate)
     if settings.neighbors and settings.neighbors != params.neighbors:
         k = min(settings.neighbors, n - 1)
+        if k < n - 1 and k % 2:
+            k += 1  # a sparse (Harary) neighbour graph needs an even degree
         params = SecAggParams(n, k, min(max(k // 2 + 1, params.threshold), k), params.bits)
     return params
 

@@ -259,3 +259,11 @@ def test_sampling_is_reproducible_and_respects_fraction() -> None:
     assert len(first) == 5
     assert policy.sample(list(reversed(nodes)), 1, 0) == first
     assert policy.sample(nodes, 2, 0) != first or policy.sample(nodes, 3, 0) != first
+
+
+def test_operator_neighbour_count_is_made_valid_for_the_sparse_graph() -> None:
+    from forsaken.server.secure_round import SecureSettings, round_parameters
+
+    params = round_parameters(10, SecureSettings(neighbors=5))
+    assert params.neighbors == 6 and params.threshold > params.neighbors // 2
+    assert round_parameters(4, SecureSettings(neighbors=7)).neighbors == 3  # complete graph
