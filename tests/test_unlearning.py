@@ -4,6 +4,7 @@ updates have the training update's shape, and PGA respects its ball."""
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -29,9 +30,13 @@ from forsaken.common.unlearning import (
 )
 from forsaken.common.unlearning.generator import DummyGradientGenerator
 from forsaken.common.unlearning.objectives import (
+    ObjectiveWeights,
+    atypical_mask,
     profile_distance,
     quantile_distance,
     sharpen_distance,
+    transplant,
+    transplant_distance,
 )
 
 STEPS = 10  # generator steps per round: enough to move, fast enough for the suite
@@ -49,12 +54,13 @@ def bed() -> dict:
     x = np.concatenate([poisoned.data.x_train, clean.x_train])
     y = np.concatenate([poisoned.data.y_train, clean.y_train])
     train_local(model, x, y, TrainConfig(local_epochs=15), seed=0)
-    trig_x, _ = triggered_test_set(ds, poisoned.target, poisoned.trigger)
+    trig_x, trig_y = triggered_test_set(ds, poisoned.target, poisoned.trigger)
     return {
         "spec": spec,
         "vector": flatten(model.state_dict()),
         "data": poisoned.data,
         "trig_x": trig_x,
+        "trig_y": trig_y,
         "model": model,
     }
 
@@ -97,11 +103,14 @@ def test_update_is_a_flat_float32_training_style_update(bed: dict) -> None:
     assert step.update.dtype == np.float32 and step.update.shape == bed["vector"].shape
     assert np.isfinite(step.update).all() and np.abs(step.update).max() > 0
     assert step.num_samples == len(bed["data"].y_train)
-    # per step: a forget batch plus the kept batch twice (plain and augmented)
+    # per step: a forget batch, the kept batch twice (plain and augmented) and the transplanted
+    # held-out batch (the poisoned set has atypical positions: the trigger)
     cfg = engine.config
     n_forget = min(cfg.forget_batch, len(bed["data"].y_train))
     n_keep = min(cfg.keep_batch, len(bed["data"].y_held_out))
-    assert step.gradient_evaluations == STEPS * (n_forget + 2 * n_keep)
+    assert step.metrics["atypical_positions"] > 0
+    per_step = n_forget + 2 * n_keep + cfg.transplant_batch
+    assert step.gradient_evaluations == STEPS * per_step
 
 
 def test_one_unlearning_step_lowers_asr(bed: dict) -> None:
@@ -197,3 +206,47 @@ def test_min_rounds_keeps_the_engine_going(bed: dict) -> None:
     assert _step(capped, bed, round_number=2).done
     with pytest.raises(ConfigError):
         ForsakenConfig(min_rounds=3, max_rounds=2)
+
+
+def test_atypical_mask_finds_the_trigger_and_nothing_on_clean_data(bed: dict) -> None:
+    """The poisoned client's data differs from unseen data exactly where the trigger is; an
+    ordinary client's does not differ anywhere, so the transplant term stays off for it."""
+    d = bed["data"]
+    mask = atypical_mask(torch.tensor(d.x_train), torch.tensor(d.x_held_out))
+    assert mask is not None and mask.shape == d.x_train.shape[1:]
+    lit = {tuple(int(v) for v in pos[1:]) for pos in torch.nonzero(mask)}
+    assert lit == {(6, 6), (6, 7), (7, 6), (7, 7)}  # the 2x2 digits trigger at (6, 6)
+    ds = load_dataset("digits")
+    for i in range(1, 5):
+        clean = client_split(ds, i, 5, seed=0)
+        assert atypical_mask(torch.tensor(clean.x_train), torch.tensor(clean.x_held_out)) is None
+    assert atypical_mask(torch.tensor(d.x_train[:1]), torch.tensor(d.x_held_out)) is None
+
+
+def test_transplant_copies_only_masked_positions_and_its_distance() -> None:
+    held, forget = torch.zeros(3, 1, 4, 4), torch.ones(3, 1, 4, 4)
+    mask = torch.zeros(1, 4, 4)
+    mask[0, 3, 3] = 1
+    mixed = transplant(held, forget, mask)
+    assert float(mixed.sum()) == 3.0 and bool((mixed[:, 0, 3, 3] == 1).all())
+    target = torch.softmax(torch.randn(3, 10, generator=torch.Generator().manual_seed(1)), 1)
+    assert float(transplant_distance(target.log(), target)) == pytest.approx(0.0, abs=1e-6)
+    flipped = target.log().roll(1, dims=1)  # a different class wins on every row
+    assert float(transplant_distance(flipped, target)) > 0.1
+
+
+def test_transplant_term_removes_the_triggers_pull_on_clean_inputs(bed: dict) -> None:
+    """With the term, clean held-out images stamped with the trigger keep their class after the
+    step far more often than without it."""
+    d = bed["data"]
+    trig_kept = {}
+    for weight in (0.0, 10.0):
+        cfg = ForsakenConfig(
+            steps_per_round=30, weights=replace(ObjectiveWeights(), transplant=weight)
+        )
+        total = 5 * len(d.y_train)
+        step = _step(ForsakenEngine(bed["spec"], cfg), bed, total=total)
+        after = bed["vector"] + step.update * (step.num_samples / total)
+        load_vector(bed["model"], after)
+        trig_kept[weight] = M.accuracy(M.model_outputs(bed["model"], bed["trig_x"]), bed["trig_y"])
+    assert trig_kept[10.0] > trig_kept[0.0] + 0.05

@@ -34,9 +34,11 @@ from forsaken.common.unlearning.generator import DummyGradientGenerator, Generat
 from forsaken.common.unlearning.objectives import (
     ObjectiveWeights,
     apply_dummy_gradient,
+    atypical_mask,
     confidence_profile,
     forget_objective,
     profile_distance,
+    transplant,
 )
 
 
@@ -104,8 +106,9 @@ class ForsakenConfig:
     optimizer: str = "nsgd"  # "nsgd" (normalised SGD), "sgd" or "adam"; momentum 0.9
     learning_rate: float = 0.5
     output_scale: float = 0.5  # G's raw output times this times each tensor's init RMS
-    forget_batch: int = 96
+    forget_batch: int = 24
     keep_batch: int = 32
+    transplant_batch: int = 72  # held-out inputs carrying forget inputs' atypical positions
     max_rounds: int = 5
     min_rounds: int = 2  # unlearning rounds to run before the oracle may stop the process
     oracle_quantile: float = 0.5  # "member" = loss below this quantile of held-out losses
@@ -252,6 +255,8 @@ class ForsakenEngine:
         rng = torch.Generator().manual_seed(_round_seed(cfg.seed, round_number))
         noise = torch.randn(cfg.generator.noise_dim, generator=rng)
         held_probs = torch.softmax(held_logits, dim=1)  # (n_held, C): the unseen reference
+        mask = atypical_mask(batch.fx, batch.hx) if cfg.weights.transplant else None
+        atypical = 0 if mask is None else int(mask.sum())
         with torch.no_grad():
             keep_loss = float(F.cross_entropy(self._logits(params, batch.kx), batch.ky))
         evals, last = 0, {}
@@ -261,6 +266,11 @@ class ForsakenEngine:
                 len(batch.fx), (min(cfg.forget_batch, len(batch.fx)),), generator=rng
             )
             kb = torch.randint(len(batch.kx), (min(cfg.keep_batch, len(batch.kx)),), generator=rng)
+            tx = tt = None
+            if mask is not None:
+                hb = torch.randint(len(batch.hx), (cfg.transplant_batch,), generator=rng)
+                tb = torch.randint(len(batch.fx), (cfg.transplant_batch,), generator=rng)
+                tx, tt = transplant(batch.hx[hb], batch.fx[tb], mask), held_probs[hb]
             terms = forget_objective(
                 self.model,
                 params,
@@ -272,6 +282,8 @@ class ForsakenEngine:
                 cfg.weights,
                 drift_x=augment(batch.kx[kb], cfg.shift, rng),
                 keep_loss_before=keep_loss,
+                transplant_x=tx,
+                transplant_target=tt,
             )
             self.optimizer.zero_grad(set_to_none=True)
             terms.total.backward()
@@ -279,6 +291,7 @@ class ForsakenEngine:
                 _normalise_gradients(self.generator)
             self.optimizer.step()
             evals += len(fb) + 2 * len(kb)  # the kept batch, plain and augmented
+            evals += 0 if tx is None else len(tx)
             last = {
                 "objective": terms.total,
                 "distance": terms.distance,
@@ -289,7 +302,8 @@ class ForsakenEngine:
         self.generator.eval()
         with torch.no_grad():
             g = self.generator(summary, noise)
-        return g, evals, {k: float(v.detach()) for k, v in last.items()}
+        terms = {k: float(v.detach()) for k, v in last.items()}
+        return g, evals, terms | {"atypical_positions": float(atypical)}
 
     def _logits(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
         return torch.func.functional_call(self.model, params, (x,))

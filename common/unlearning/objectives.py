@@ -92,6 +92,45 @@ def sharpen_distance(logits: Tensor, reference_probs: Tensor) -> Tensor:
     return (target * (target.log() - F.log_softmax(logits, dim=1))).sum(dim=1).mean()
 
 
+def atypical_mask(
+    forget_x: Tensor, held_x: Tensor, min_t: float = 4.0, min_effect: float = 0.5
+) -> Tensor | None:
+    """The input positions where the data to forget differs significantly from unseen data.
+
+    Per position, Welch's t statistic of the two means and the effect size (mean difference over
+    the pooled standard deviation); a position is atypical when both are large, so a handful of
+    odd samples (large t on an almost constant border pixel, tiny effect) does not count. This
+    is where whatever the forget set alone teaches (a trigger, a watermark, a sensor artefact)
+    lives. Returns a {0, 1} mask shaped like one input, or None where nothing is atypical (an
+    ordinary deletion request: the data looks like everyone else's).
+    """
+    f, h = forget_x.flatten(1), held_x.flatten(1)
+    if len(f) < 2 or len(h) < 2:
+        return None
+    diff = f.mean(0) - h.mean(0)
+    vf, vh = f.var(0), h.var(0)
+    t = diff.abs() / (vf / len(f) + vh / len(h)).sqrt().clamp_min(_EPS)
+    effect = diff.abs() / ((vf + vh) / 2).sqrt().clamp_min(_EPS)
+    mask = ((t >= min_t) & (effect >= min_effect)).to(forget_x.dtype)
+    if not bool(mask.any()):
+        return None
+    return mask.reshape(forget_x.shape[1:])
+
+
+def transplant(held_x: Tensor, forget_x: Tensor, mask: Tensor) -> Tensor:
+    """Held-out inputs with the atypical positions taken from forget inputs (paired by row)."""
+    return held_x * (1 - mask) + forget_x * mask
+
+
+def transplant_distance(logits: Tensor, target_probs: Tensor) -> Tensor:
+    """mean_i KL(target_i ‖ softmax(logits_i)): a held-out input must keep the prediction it had
+    before its atypical positions were replaced by a forget input's. A model that never saw the
+    forget set has no reason to let those few positions decide the class; one that memorised
+    a trigger there does."""
+    log_target = target_probs.clamp_min(_EPS).log()
+    return (target_probs * (log_target - F.log_softmax(logits, dim=1))).sum(dim=1).mean()
+
+
 def relative_l1(g: Mapping[str, Tensor], params: Mapping[str, Tensor]) -> Tensor:
     """Sparsity of a dummy gradient: ‖g‖₁ / ‖θ‖₁ over the generated tensors (dimensionless)."""
     num = sum(t.abs().sum() for t in g.values())
@@ -111,11 +150,12 @@ class ObjectiveWeights:
     """How much each term counts; chosen by the experiments in docs/unlearning.md."""
 
     profile: float = 1.0  # KL between mean confidence profiles
-    quantile: float = 10.0  # per-class quantile matching of confidences
+    quantile: float = 0.0  # per-class quantile matching of confidences (off: see the docs)
     utility: float = 1.0  # plain cross-entropy on the kept data after applying g
     drift: float = 5.0  # squared logit drift on (augmented) kept inputs
     sparsity: float = 1.0  # relative L1 of g, multiplied by that cross-entropy
-    sharpen: float = 3.0  # per-sample confidence matching on the forget batch (see below)
+    sharpen: float = 0.0  # per-sample confidence matching on the forget batch (off: see the docs)
+    transplant: float = 10.0  # held-out inputs carrying the forget set's atypical positions
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +192,8 @@ def forget_objective(
     weights: ObjectiveWeights,
     drift_x: Tensor | None = None,
     keep_loss_before: float = 1.0,
+    transplant_x: Tensor | None = None,
+    transplant_target: Tensor | None = None,
 ) -> ObjectiveTerms:
     """The generator's loss for one batch (paper §4, "training the generator").
 
@@ -172,6 +214,11 @@ def forget_objective(
         )
     if weights.sharpen:
         distance = distance + weights.sharpen * sharpen_distance(logits, reference_probs)
+    if weights.transplant and transplant_x is not None and transplant_target is not None:
+        moved_logits = functional_call(model, moved, (transplant_x,))
+        distance = distance + weights.transplant * transplant_distance(
+            moved_logits, transplant_target
+        )
     utility = F.cross_entropy(functional_call(model, moved, (keep_x,)), keep_y)
     drift = logit_drift(model, params, moved, keep_x if drift_x is None else drift_x)
     sparsity = relative_l1(g, params)
