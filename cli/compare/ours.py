@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -193,3 +195,97 @@ def training(
         "round_s": [float(r["duration_s"]) for r in done],
         "accuracy": float(done[-1]["test_acc"]) if done and done[-1]["test_acc"] else None,
     }
+
+
+def unlearning(
+    root: Path,
+    dataset: str,
+    clients: int,
+    rounds: int,
+    local_epochs: int,
+    method: str,
+    timeout_s: float,
+    *,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train `rounds` rounds, then client 0 forgets all its data with `method`, on the distributed
+    path of `forsaken evaluate` (a server and `clients` daemons, mutual TLS, secure aggregation).
+
+    The cost is evaluate's: `wall_s` from the start of the first round after ForgetMe to the
+    receipt (server clock), `client_grad_evals` as reference.py counts an unlearning's (for
+    `retrain` that is every retraining round's training), `strict_grad_evals` every client's
+    every gradient after ForgetMe. No rounds run after U: nothing here needs U+10.
+    """
+    from forsaken.common.certs import init_federation
+    from forsaken.evaluation_run import (
+        Federation,
+        FederationConfig,
+        FederationError,
+        train_then_forget,
+    )
+    from forsaken.evaluation_scoring import unlearning_cost
+
+    def event(text: str) -> None:
+        if log is not None:
+            log(f"    {method}: {text}")
+
+    result: dict[str, Any] = {
+        "method": method,
+        "seed": seed,
+        "completed": False,
+        "wall_s": None,
+        "client_grad_evals": None,
+        "strict_grad_evals": None,
+        "rounds": None,
+        "accuracy": None,
+    }
+    pki = init_federation(root / "pki", ["localhost"], clients, operators=("admin",))
+    # Federation holds gRPC's core up itself (hold_grpc_core), as evaluate's does.
+    fed = Federation(
+        root / "run",
+        pki,
+        FederationConfig(
+            dataset=dataset,
+            clients=clients,
+            seed=seed,
+            local_epochs=local_epochs,
+            recovery_rounds=1,  # evaluate's default
+            round_timeout_s=120.0,
+            method=method,
+        ),
+    )
+    started = time.monotonic()
+    try:
+        run = train_then_forget(fed, rounds, 0, timeout_s, lambda _r: None, event)
+        # The parameter count only sizes bytes_up; the checkpoint is on disk already.
+        num_params = int(fed.model(run.sha(run.unlearned_round)).size)
+    except FederationError as exc:
+        result["error"] = f"{exc} (logs in {root / 'run' / 'logs'})"
+        return result
+    finally:
+        fed.stop()
+    cost = unlearning_cost(run, local_epochs, num_params)
+    receipt = run.receipt
+    acc = run.by_round(run.unlearned_round).get("test_acc")
+    result |= {
+        "completed": True,
+        "wall_s": float(cost.counted.wall_s),
+        "client_grad_evals": float(cost.counted.client_grad_evals),
+        "strict_grad_evals": int(cost.strict_grad_evals),
+        "rounds": int(receipt["unlearning_rounds"]) + int(receipt["recovery_rounds"]),
+        "unlearning_rounds": int(receipt["unlearning_rounds"]),
+        "recovery_rounds": int(receipt["recovery_rounds"]),
+        "stopped_by": receipt.get("stopped_by"),
+        # The status reports a missing evaluation as NaN.
+        "accuracy": float(acc) if isinstance(acc, int | float) and math.isfinite(acc) else None,
+        "trained_rounds": run.trained_rounds,
+        "forget_round": run.forget_round,
+        "unlearned_round": run.unlearned_round,
+        "secure_aggregation": run.secure_aggregation,
+        "aborted_rounds": len(run.aborted),
+        "total_s": time.monotonic() - started,
+        "training_phase_s": run.seconds.get("training_phase"),
+        "forget_phase_s": run.seconds.get("forget_phase"),
+    }
+    return result

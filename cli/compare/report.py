@@ -6,7 +6,7 @@ Pure functions of the JSON document, so the test can check them without Flower i
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,11 +24,19 @@ SCENARIO_KEYS = (
     "flower_acc",
 )
 TOP_KEYS = ("flower_version", "scenarios")
-SCENARIOS = ("round-overhead", "secure-round", "dropout", "training")
+SCENARIOS = ("round-overhead", "secure-round", "dropout", "training", "unlearning")
+# Scenario 5's own fields, each a `spread` object: ForgetMe's and retraining's costs.
+UNLEARNING_SPREADS = (
+    "forget_wall_s",
+    "retrain_wall_s",
+    "forget_client_grad_evals",
+    "retrain_client_grad_evals",
+)
 
 # The issue's bars.
 SECURE_SPEEDUP = 5.0
 ACC_AGREEMENT = 0.01  # one percentage point
+UNLEARN_GRAD_FRACTION = 0.1  # ForgetMe's client gradient evaluations ≤ 1/10 of retraining's
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +86,22 @@ def validate(doc: Any) -> list[str]:
             value = entry.get(key)
             if value is not None and not isinstance(value, bool):
                 problems.append(f"{where}: {key} must be a boolean or null")
+        if entry.get("name") == "unlearning":
+            problems += _spread_problems(entry, where)
+    return problems
+
+
+def _spread_problems(entry: dict[str, Any], where: str) -> list[str]:
+    problems = []
+    for key in UNLEARNING_SPREADS:
+        s = entry.get(key)
+        if not isinstance(s, dict) or not isinstance(s.get("n"), int):
+            problems.append(f"{where}: {key} must be a spread object (median, min, max, n)")
+            continue
+        for part in ("median", "min", "max"):
+            value = s.get(part)
+            if value is not None and not isinstance(value, int | float):
+                problems.append(f"{where}: {key}.{part} must be a number or null")
     return problems
 
 
@@ -119,7 +143,27 @@ def targets(doc: dict[str, Any]) -> list[Target]:
             mode = "secure" if e["secure"] else "plaintext"
             detail = "" if met is None else f"{a:.4f} vs {b:.4f}"
             out.append(Target("4", f"accuracies agree within 1 point ({mode})", met, detail))
+        elif e["name"] == "unlearning":
+            out.append(_unlearning_target(e))
     return out
+
+
+def _unlearning_target(e: dict[str, Any]) -> Target:
+    forget = _median(e, "forget_client_grad_evals")
+    retrain = _median(e, "retrain_client_grad_evals")
+    # A product, not a ratio: it stays defined when either count is zero.
+    met = None if forget is None or retrain is None else forget <= UNLEARN_GRAD_FRACTION * retrain
+    detail = "not measured"
+    if met is not None:
+        share = _ratio(forget, retrain)
+        detail = f"ForgetMe {_count(forget)} vs retrain {_count(retrain)} gradient evaluations"
+        detail += f" ({share:.3g}x retraining's)" if share is not None else ""
+        wall_f, wall_r = _median(e, "forget_wall_s"), _median(e, "retrain_wall_s")
+        speedup = _ratio(wall_r, wall_f)
+        detail += f"; wall time {_s(wall_f)} vs {_s(wall_r)}"
+        detail += f" (retraining takes {speedup:.1f}x as long)" if speedup is not None else ""
+    what = f"ForgetMe uses ≤ 1/{1 / UNLEARN_GRAD_FRACTION:g} of retraining's client gradient"
+    return Target("5", f"{what} evaluations (N={e['clients']})", met, detail)
 
 
 def _size(n: int | None) -> str:
@@ -153,6 +197,71 @@ def _spread_cell(entry: dict[str, Any], system: str) -> str:
 
 def _acc(value: float | None) -> str:
     return "—" if value is None else f"{value:.4f}"
+
+
+def _count(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.0f}"
+
+
+def _bound(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def _spread_of(
+    entry: dict[str, Any],
+    key: str,
+    fmt: Callable[[float | None], str] = _s,
+    bound: Callable[[float], str] = _bound,
+) -> str:
+    """A spread field as the other tables show one: `median [min-max] xN`."""
+    s = entry.get(key)
+    if not isinstance(s, dict) or s.get("median") is None:
+        return "—"
+    return f"{fmt(s['median'])} [{bound(s['min'])}-{bound(s['max'])}] x{s['n']}"
+
+
+def _times(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}x"
+
+
+def _unlearning_section(entries: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "## 5. Unlearning (forsaken only; Flower has no unlearning)",
+        "",
+        "Client 0 (holding the backdoor test bed) asks to forget all its data after T rounds; "
+        "ForgetMe (method `forsaken`) against the server's `retrain` (roll back to before "
+        "client 0's first contribution and retrain without it), both through the real "
+        "daemons (mutual TLS, secure aggregation) as `forsaken evaluate` runs them.",
+        "",
+        "| dataset | N | T | local epochs | ForgetMe wall | retrain wall | retrain / ForgetMe | "
+        "ForgetMe client grad evals | retrain client grad evals | retrain / ForgetMe | "
+        "ForgetMe acc | retrain acc |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for e in entries:
+        p = e["params"]
+        wall = _ratio(_median(e, "retrain_wall_s"), _median(e, "forget_wall_s"))
+        evals = _ratio(
+            _median(e, "retrain_client_grad_evals"), _median(e, "forget_client_grad_evals")
+        )
+        lines.append(
+            f"| {p.get('dataset')} | {e['clients']} | {p.get('rounds')} | "
+            f"{p.get('local_epochs')} | {_spread_of(e, 'forget_wall_s')} | "
+            f"{_spread_of(e, 'retrain_wall_s')} | {_times(wall)} | "
+            f"{_spread_of(e, 'forget_client_grad_evals', _count, _count)} | "
+            f"{_spread_of(e, 'retrain_client_grad_evals', _count, _count)} | {_times(evals)} | "
+            f"{_acc(e['forsaken_acc'])} | {_acc(e.get('retrain_acc'))} |"
+        )
+    lines += [
+        "",
+        "Wall: from the start of the first round after the request to the receipt (server "
+        "clock). Client grad evals: per-sample gradient evaluations as `forsaken evaluate` "
+        "counts them (COST_BASIS): the forgetting client's unlearning steps plus every "
+        "client's training in recovery rounds; for retrain, every retraining round's training. "
+        "Acc: test accuracy of the model the receipt names.",
+        "",
+    ]
+    return lines
 
 
 def render(doc: dict[str, Any]) -> str:
@@ -250,14 +359,15 @@ def render(doc: dict[str, Any]) -> str:
             "SuperNodes and `flwr run`) until the last round's model exists.",
             "",
         ]
-    lines += [
-        "## 5. Unlearning",
-        "",
-        "Not measured by this command yet (Flower has no unlearning, so there is nothing to "
-        "compare against it); `forsaken evaluate` measures ForgetMe's wall time and client "
-        "gradient evaluations against retraining.",
-        "",
-    ]
+    if "unlearning" in by_name:
+        lines += _unlearning_section(by_name["unlearning"])
+    else:
+        lines += [
+            "## 5. Unlearning (forsaken only; Flower has no unlearning)",
+            "",
+            "Not measured in this run (`--scenarios 5` measures it).",
+            "",
+        ]
     lines += ["## Targets", ""]
     for t in targets(doc):
         mark = {True: "PASS", False: "MISS", None: "NOT MEASURED"}[t.met]

@@ -3,6 +3,9 @@
 Each measurement is repeated; within a repetition the two systems run one after the other,
 and the order alternates between repetitions, so a slow spell on this shared machine does not
 always fall on the same system.
+
+Scenario 5 (unlearning) is forsaken's alone, Flower having no unlearning: it compares ForgetMe
+with forsaken's own retraining baseline, and its two methods alternate in the same way.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ class Plan:
     repetitions: int
     sizes: tuple[int, ...]  # scenario 1 model sizes
     clients: tuple[int, ...]  # scenarios 1 and 2
-    rounds: int  # rounds per run in scenarios 1 and 2
+    rounds: int  # rounds per run in scenario 1
+    secure_rounds: int  # rounds per run in scenario 2 (Flower's SecAgg+ rounds take minutes)
     secure_size: int
     dropout_clients: int
     dropout_size: int
@@ -43,6 +47,10 @@ class Plan:
     train_clients: int
     train_rounds: int
     train_epochs: int
+    unlearn_dataset: str  # scenario 5: the unlearning evaluation's protocol in FULL
+    unlearn_clients: int
+    unlearn_rounds: int  # T, the training rounds before ForgetMe
+    unlearn_epochs: int
 
 
 FULL = Plan(
@@ -51,6 +59,7 @@ FULL = Plan(
     sizes=(100_000, 1_000_000, 10_000_000),
     clients=(5, 10),
     rounds=3,
+    secure_rounds=1,
     secure_size=1_000_000,
     dropout_clients=5,
     dropout_size=1_000_000,
@@ -58,6 +67,11 @@ FULL = Plan(
     train_clients=5,
     train_rounds=10,
     train_epochs=1,
+    # `forsaken evaluate --dataset mnist5k --rounds 20` with its defaults otherwise.
+    unlearn_dataset="mnist5k",
+    unlearn_clients=5,
+    unlearn_rounds=20,
+    unlearn_epochs=5,
 )
 QUICK = Plan(
     mode="quick",
@@ -65,6 +79,7 @@ QUICK = Plan(
     sizes=(100_000,),
     clients=(3,),
     rounds=2,
+    secure_rounds=2,
     secure_size=100_000,
     dropout_clients=4,
     dropout_size=100_000,
@@ -72,8 +87,22 @@ QUICK = Plan(
     train_clients=3,
     train_rounds=2,
     train_epochs=1,
+    unlearn_dataset="digits",
+    unlearn_clients=3,
+    unlearn_rounds=3,
+    unlearn_epochs=1,
 )
 RUN_TIMEOUT_S = 1800.0
+# One unlearning run trains T rounds and then retrains up to T more (5 local epochs each in FULL).
+UNLEARN_TIMEOUT_S = 3600.0
+UNLEARN_METHODS = ("forsaken", "retrain")
+SCENARIO_NAMES = {
+    "1": "round-overhead",
+    "2": "secure-round",
+    "3": "dropout",
+    "4": "training",
+    "5": "unlearning",
+}
 
 
 def aes_ctr_gb_s() -> float:
@@ -136,7 +165,7 @@ class Runner:
         config: dict[str, Any] = {
             "mode": "light",
             "params": params,
-            "num-rounds": self.plan.rounds,
+            "num-rounds": self.plan.secure_rounds if secure else self.plan.rounds,
             "num-clients": clients,
             "secure": secure,
         }
@@ -163,7 +192,8 @@ class Runner:
                             partial(self._flower_light_run, fl, clients, job, reps[job][1]),
                         )
             for secure, size in jobs:
-                params: dict[str, Any] = {"model_params": size, "rounds": p.rounds}
+                rounds = p.secure_rounds if secure else p.rounds
+                params: dict[str, Any] = {"model_params": size, "rounds": rounds}
                 if secure:
                     params |= {"neighbors": k, "threshold": t, "num_shares": k + 1}
                 name = "secure-round" if secure else "round-overhead"
@@ -177,7 +207,7 @@ class Runner:
     def _ours_light(self, clients: int, job: tuple[bool, int], acc: list[float]) -> None:
         secure, size = job
         if secure:
-            times = ours.secure_round(clients, size, self.plan.rounds, RUN_TIMEOUT_S)
+            times = ours.secure_round(clients, size, self.plan.secure_rounds, RUN_TIMEOUT_S)
         else:
             times = ours.round_overhead(clients, size, self.plan.rounds)
         self.log(f"  forsaken secure={secure} params={size} N={clients}: {times}")
@@ -341,6 +371,93 @@ class Runner:
                 f"Flower training {tag} did not finish: {data.get('log_tail', '')[-300:]!r}"
             )
 
+    def unlearning(self) -> None:
+        """Scenario 5: ForgetMe against retraining, both through the daemons (no Flower)."""
+        p = self.plan
+        params: dict[str, Any] = {
+            "dataset": p.unlearn_dataset,
+            "rounds": p.unlearn_rounds,
+            "local_epochs": p.unlearn_epochs,
+            "recovery_rounds": 1,
+            "methods": list(UNLEARN_METHODS),
+        }
+        entry = _entry("unlearning", params, p.unlearn_clients, True)
+        runs: dict[str, list[dict[str, Any]]] = {m: [] for m in UNLEARN_METHODS}
+        for rep in range(p.repetitions):
+            _interleave(
+                rep,
+                partial(self._ours_unlearning, "forsaken", rep, runs["forsaken"]),
+                partial(self._ours_unlearning, "retrain", rep, runs["retrain"]),
+            )
+        entry |= unlearning_summary(runs["forsaken"], runs["retrain"], p.repetitions)
+        self.scenarios.append(entry)
+
+    def _ours_unlearning(self, method: str, rep: int, out: list[dict[str, Any]]) -> None:
+        p = self.plan
+        root = self.scratch / f"ours-unlearn-{method}-{rep}"
+        try:
+            # Seed = repetition: both methods of a repetition forget from the same federation.
+            r = ours.unlearning(
+                root,
+                p.unlearn_dataset,
+                p.unlearn_clients,
+                p.unlearn_rounds,
+                p.unlearn_epochs,
+                method,
+                UNLEARN_TIMEOUT_S,
+                seed=rep,
+                log=self.log,
+            )
+        except Exception as exc:  # one broken repetition must not lose the others
+            traceback.print_exc()
+            r = {"method": method, "seed": rep, "completed": False, "error": repr(exc)}
+        self.log(
+            f"  forsaken unlearning {method} rep {rep}: wall {r.get('wall_s')} s, "
+            f"grad evals {r.get('client_grad_evals')}, rounds {r.get('rounds')}, "
+            f"acc {r.get('accuracy')}"
+        )
+        if not r["completed"]:
+            self.notes.append(f"unlearning {method} rep {rep} did not complete: {r.get('error')}")
+        out.append(r)
+
+
+def unlearning_summary(
+    forget: list[dict[str, Any]], retrain: list[dict[str, Any]], repetitions: int
+) -> dict[str, Any]:
+    """Scenario 5's fields from the repetitions of each method (those that completed count)."""
+
+    def values(runs: list[dict[str, Any]], key: str) -> list[float]:
+        return [float(r[key]) for r in runs if r.get("completed") and r.get(key) is not None]
+
+    done = [r.get("completed") is True for r in forget + retrain]
+    return {
+        "forsaken_round_s": _median(values(forget, "wall_s")),
+        "forsaken_round_s_spread": spread(values(forget, "wall_s")),
+        "forsaken_completed": len(done) == 2 * repetitions and all(done),
+        "forsaken_acc": _median(values(forget, "accuracy")),
+        "retrain_acc": _median(values(retrain, "accuracy")),
+        "forget_wall_s": spread(values(forget, "wall_s")),
+        "retrain_wall_s": spread(values(retrain, "wall_s")),
+        "forget_client_grad_evals": spread(values(forget, "client_grad_evals")),
+        "retrain_client_grad_evals": spread(values(retrain, "client_grad_evals")),
+        "runs": forget + retrain,
+    }
+
+
+def merge_previous(
+    previous: dict[str, Any], mode: str, wanted: set[str]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The entries and notes of an earlier results file to keep: those of the scenarios not
+    rerun now. Raises ValueError if it was measured in another mode (quick numbers must not
+    sit beside full ones)."""
+    if previous.get("mode") != mode:
+        raise ValueError(f"it is a {previous.get('mode')!r} run, not a {mode!r} one")
+    rerun = {SCENARIO_NAMES[k] for k in wanted if k in SCENARIO_NAMES}
+    if "1" in wanted or "2" in wanted:  # they share their Flower clusters: run together
+        rerun |= {SCENARIO_NAMES["1"], SCENARIO_NAMES["2"]}
+    kept = [e for e in previous.get("scenarios", []) if e.get("name") not in rerun]
+    return kept, list(previous.get("notes", []))
+
 
 @dataclass
 class _Acc:
@@ -389,8 +506,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--scenarios",
-        default="1,2,3,4",
+        default="1,2,3,4,5",
         help="comma-separated scenarios to run (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the entries of --out for the scenarios not run now, so the slow scenarios "
+        "can be measured in separate sittings",
     )
     args = parser.parse_args(argv)
 
@@ -413,6 +536,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     runner = Runner(plan, args.venv, scratch, log)
+    if args.merge and args.out.exists():
+        try:
+            kept, notes = merge_previous(json.loads(args.out.read_text()), plan.mode, wanted)
+        except ValueError as exc:
+            parser.error(f"--merge: {args.out}: {exc}")
+        runner.scenarios.extend(kept)
+        runner.notes.extend(notes)
+        runner.notes.append(
+            f"Scenario(s) {', '.join(sorted(wanted))} measured in a separate sitting "
+            f"({time.strftime('%Y-%m-%d %H:%M %Z')}) and merged with the others' results."
+        )
     doc: dict[str, Any] = {
         "flower_version": flower_version(args.venv),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -431,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         ("1", runner.light_scenarios),  # scenario 2 runs on the same Flower clusters
         ("3", runner.dropout),
         ("4", runner.training),
+        ("5", runner.unlearning),  # forsaken only
     ]
     for key, step in steps:
         if key not in wanted and not (key == "1" and "2" in wanted):
