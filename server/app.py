@@ -144,6 +144,11 @@ class ServerConfig:
     forget_node_timeout_s: float = option(
         600.0, "A forget request fails if its node is silent this long while it is needed."
     )
+    checkpoint_keep_last: int = option(
+        20,
+        "Completed rounds whose model checkpoints are kept; older ones are deleted unless a "
+        "retrain rollback or a forget receipt needs them. 0 keeps every checkpoint.",
+    )
     max_workers: int = option(128, "RPC worker threads (each long-polling client holds one).")
     exit_when_done: bool = option(False, "Exit once the target number of rounds has completed.")
     log_level: str = option("info", "Log level.", choices=("debug", "info", "warning", "error"))
@@ -168,6 +173,9 @@ class ServerConfig:
             raise ConfigError("max_payload_mb must be >= 1")
         if self.poll_timeout_s <= 0:
             raise ConfigError("poll_timeout_s must be > 0")
+        if self.checkpoint_keep_last == 1 or self.checkpoint_keep_last < 0:
+            # A client may still be fetching the previous round's model when a round completes.
+            raise ConfigError("checkpoint_keep_last must be 0 (keep all) or at least 2")
         files = tls.TlsFiles.from_options(self.tls_cert, self.tls_key, self.tls_ca)
         if files is None and not (self.insecure or tls.is_loopback(self.listen)):
             raise ConfigError(
@@ -253,6 +261,7 @@ class ServerDaemon:
             evaluator=self.bench.evaluate if config.evaluate and self.bench.can_evaluate else None,
             secure=config.secure_settings(),
             forget_policy=config.forget_policy(),
+            keep_checkpoints=config.checkpoint_keep_last,
             now_ms=_now_ms(),
         )
         self.runtime = ServerRuntime(self.coordinator, SessionTable(), on_event=self._on_event)

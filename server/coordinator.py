@@ -41,6 +41,7 @@ from forsaken.server.checkpoints import CheckpointStore
 from forsaken.server.forgetting import ForgetInstruction, ForgetManager, ForgetPolicy
 from forsaken.server.ledger import ClientRecord, ForgetRecord, ForgetState, Ledger
 from forsaken.server.policy import RoundPolicy
+from forsaken.server.retention import RetentionError, checkpoints_to_keep
 from forsaken.server.rounds import (
     Accepted,
     EvalResult,
@@ -102,6 +103,7 @@ class Coordinator:
         max_update_norm: float = 1e6,
         secure: SecureSettings | None = None,
         forget_policy: ForgetPolicy | None = None,
+        keep_checkpoints: int = 0,
         now_ms: int = 0,
     ) -> None:
         policy.validate()
@@ -117,6 +119,7 @@ class Coordinator:
         self.checkpoints = checkpoints
         self.evaluator = evaluator
         self.max_update_norm = max_update_norm
+        self.keep_checkpoints = keep_checkpoints  # 0: keep every checkpoint (server/retention.py)
         self._last_seen: dict[str, int] = {}
         self._samples: dict[str, int] = {}
         self._keys: dict[str, bytes] = {}
@@ -529,6 +532,20 @@ class Coordinator:
             rec.node_id,
         )
 
+    def _collect_checkpoints(self) -> None:
+        """Delete the checkpoints nothing can need any more (after the round is on record)."""
+        if not self.keep_checkpoints:
+            return
+        try:
+            keep = checkpoints_to_keep(self.ledger, self.keep_checkpoints) | {self._model_sha}
+            removed = self.checkpoints.gc(keep)
+        except (RetentionError, OSError) as exc:
+            # Housekeeping: a failure here must not fail the round that was just recorded.
+            log.warning("checkpoint collection skipped: %s", exc)
+            return
+        if removed:
+            log.info("collected %d old checkpoint(s); %d kept", len(removed), len(keep))
+
     def _complete(self, rnd: OpenRound, now_ms: int) -> list[Event]:
         if sum(a.num_samples for a in rnd.accepted.values()) == 0:
             return [self._abort(rnd, now_ms, "no participant reported any samples")]
@@ -564,6 +581,7 @@ class Coordinator:
         self.ledger.record_round(record)
         self._model, self._model_sha, self._completed = model, sha, rnd.number
         self.forgets.on_round_completed(participants, now_ms)
+        self._collect_checkpoints()
         self._last_acc = evaluation.accuracy if evaluation else None
         self._round, self._attempt, self._last_abort = None, 0, ""
         events: list[Event] = [RoundCompleted(record)]

@@ -1,0 +1,87 @@
+"""Which model checkpoints the server keeps, so the checkpoint directory stops growing forever.
+
+A checkpoint is kept while something can still ask for it:
+* the latest `keep_last` completed rounds (the current model, and recent history for operators);
+* every rollback anchor: for each client that ever contributed, the last checkpoint before its
+  first contribution, which is where `retrain` restarts if that client asks to forget;
+* every model a forget request names (before, rollback base, after), so each receipt's digests
+  stay verifiable against a model on disk.
+
+Everything else is collected after each completed round. The ledger keeps every round's digest
+either way, so the history of the federation is intact; only the bytes of models nobody can
+need any more go.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from forsaken.common.errors import UnknownEntity
+from forsaken.server.ledger import ForgetRecord, Ledger
+
+# Keys under which a forget request's progress and receipt name models.
+_PROGRESS_MODELS = ("model_before", "rollback_model")
+_RECEIPT_MODELS = ("model_sha256_before", "model_sha256_after")
+
+
+def recent_models(ledger: Ledger, keep_last: int) -> set[str]:
+    """Digests of the latest `keep_last` completed rounds (round numbers are consecutive)."""
+    last = ledger.last_completed()
+    if last is None:
+        return set()
+    keep: set[str] = set()
+    for n in range(max(0, last.round - keep_last + 1), last.round + 1):
+        try:
+            sha = ledger.completed_round(n).model_sha256
+        except UnknownEntity:
+            continue
+        if sha:
+            keep.add(sha)
+    return keep
+
+
+def rollback_anchors(ledger: Ledger) -> set[str]:
+    """For each client that ever contributed, the model `retrain` would roll back to."""
+    keep: set[str] = set()
+    for client in ledger.clients():
+        first = ledger.first_contribution(client.node_id)
+        if first is None:
+            continue
+        base = ledger.last_checkpoint_before(first)
+        if base is not None and base.model_sha256:
+            keep.add(base.model_sha256)
+    return keep
+
+
+class RetentionError(RuntimeError):
+    """The keep set cannot be computed; collect nothing rather than too much."""
+
+
+def forget_models(forgets: Iterable[ForgetRecord]) -> set[str]:
+    """Every model a forget request's progress or receipt names."""
+    keep: set[str] = set()
+    for rec in forgets:
+        for text, keys in (
+            (rec.progress_json, _PROGRESS_MODELS),
+            (rec.receipt_json, _RECEIPT_MODELS),
+        ):
+            try:
+                doc = json.loads(text or "{}")
+            except json.JSONDecodeError as exc:
+                # Skipping the row would delete what it names.
+                raise RetentionError(f"forget {rec.forget_id} has unreadable JSON: {exc}") from exc
+            if isinstance(doc, dict):
+                keep.update(v for k in keys if isinstance(v := doc.get(k), str) and v)
+    return keep
+
+
+def checkpoints_to_keep(ledger: Ledger, keep_last: int) -> set[str]:
+    """The union of the three rules above."""
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be at least 1, got {keep_last}")
+    return (
+        recent_models(ledger, keep_last)
+        | rollback_anchors(ledger)
+        | forget_models(ledger.forgets())
+    )
