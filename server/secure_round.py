@@ -28,6 +28,8 @@ from forsaken.common.secagg.params import (
     SecAggParams,
     assign_indices,
     choose_parameters,
+    complete_threshold,
+    sparse_threshold,
 )
 from forsaken.common.secagg.quantize import dequantize_sum
 from forsaken.common.secagg.server_states import (
@@ -69,17 +71,24 @@ def round_parameters(n: int, settings: SecureSettings) -> SecAggParams:
     """The rule of `choose_parameters`, relaxed to no dropout tolerance for tiny federations.
 
     With 3 clients the complete graph cannot both keep an honest majority threshold and
-    survive a dropout; we still run the round (any dropout then aborts it cleanly).
+    survive a dropout; we still run the round (any dropout then aborts it cleanly). An
+    operator's neighbour count replaces the chosen one, with the threshold recomputed for it.
     """
+    c, active = settings.corruption_rate, settings.active
     try:
-        params = choose_parameters(n, settings.dropout_rate, settings.corruption_rate)
+        params = choose_parameters(n, settings.dropout_rate, c, active)
     except ConfigError:
-        params = choose_parameters(n, 0.0, settings.corruption_rate)
+        params = choose_parameters(n, 0.0, c, active)
     if settings.neighbors and settings.neighbors != params.neighbors:
         k = min(settings.neighbors, n - 1)
         if k < n - 1 and k % 2:
             k += 1  # a sparse (Harary) neighbour graph needs an even degree
-        params = SecAggParams(n, k, min(max(k // 2 + 1, params.threshold), k), params.bits)
+        if k == n - 1:
+            t = complete_threshold(n, c, active)
+        else:
+            # No safe threshold for this few neighbours: all k shares are needed.
+            t = sparse_threshold(n, k, c, active) or k
+        params = SecAggParams(n, k, min(t, k), params.bits)
     return params
 
 

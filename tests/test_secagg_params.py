@@ -125,3 +125,45 @@ def test_mask_signs_cancel_pairwise() -> None:
     assert mask_sign(2, 5) + mask_sign(5, 2) == 0
     with pytest.raises(ValueError):
         mask_sign(3, 3)
+
+
+@pytest.mark.parametrize("n", [1000, 100_000])
+def test_active_mode_bounds_corrupted_neighbours_below_2t_minus_k(n: int) -> None:
+    """A malicious server can split a client's honest neighbours between its two kinds of
+    shares; corrupted neighbours answer both, so fewer than 2t - k of them may exist."""
+    from forsaken.common.secagg.params import _binomial_tail
+
+    passive = choose_parameters(n, 0.1, 0.1)
+    active = choose_parameters(n, 0.1, 0.1, active=True)
+    assert active.threshold > passive.threshold or active.neighbors > passive.neighbors
+    k, t = active.neighbors, active.threshold
+    assert not active.complete
+    assert n * _binomial_tail(k, 0.1, 2 * t - k) <= 2.0**-40
+    # The passive choice does not meet that bound: the active rule is doing work.
+    k0, t0 = passive.neighbors, passive.threshold
+    assert n * _binomial_tail(k0, 0.1, 2 * t0 - k0) > 2.0**-40
+
+
+def test_active_mode_complete_graph_threshold_counts_corrupted_clients() -> None:
+    from forsaken.common.secagg.params import complete_threshold
+
+    # n = 10, c = 0.2: 2 corrupted among k = 9 neighbours. Passive: majority, t = 5.
+    # Active: t - 2 + t - 2 > 9 - 2, so t >= 6.
+    assert complete_threshold(10, 0.2) == 5
+    assert complete_threshold(10, 0.2, active=True) == 6
+    assert choose_parameters(10, 0.1, 0.2, active=True).threshold == 6
+    p = choose_parameters(100, 0.1, 0.1, active=True)  # complete graph: exact counts
+    assert p.complete and 2 * p.threshold - p.neighbors > 10
+
+
+def test_round_parameters_recompute_the_threshold_for_an_operators_degree() -> None:
+    from forsaken.server.secure_round import SecureSettings, round_parameters
+
+    for active in (False, True):
+        auto = round_parameters(200, SecureSettings(active=active))
+        chosen = round_parameters(200, SecureSettings(neighbors=40, active=active))
+        assert chosen.neighbors == 40 and 20 < chosen.threshold <= 40
+        assert auto.neighbors != 40
+    passive = round_parameters(200, SecureSettings(neighbors=40))
+    active = round_parameters(200, SecureSettings(neighbors=40, active=True))
+    assert active.threshold >= passive.threshold

@@ -113,24 +113,58 @@ def _binomial_tail(k: int, p: float, t: int) -> float:
     return math.fsum(math.comb(k, i) * p**i * (1 - p) ** (k - i) for i in range(t, k + 1))
 
 
-def _sparse_candidate(n: int, k: int, dropout: float, corruption: float) -> int | None:
-    """The smallest honest-majority threshold that makes k neighbours safe and live, if any."""
-    security, correctness = 2.0**-SECURITY_BITS / n, 2.0**-CORRECTNESS_BITS / n
+def _corrupt_count(n: int, corruption: float) -> int:
+    return math.floor(corruption * n)
+
+
+def complete_threshold(n: int, corruption: float, active: bool = False) -> int:
+    """t for the complete graph (k = n - 1), from exact counts: an honest majority, more than
+    the corrupted clients, and in active mode more than (k + corrupted) / 2 (see below)."""
+    k, corrupt = n - 1, _corrupt_count(n, corruption)
+    t = max(k // 2 + 1, corrupt + 1)
+    if active:
+        t = max(t, (k + corrupt) // 2 + 1)
+    return t
+
+
+def sparse_threshold(n: int, k: int, corruption: float, active: bool = False) -> int | None:
+    """The smallest t in (k/2, k] that keeps every client's secrets safe with k neighbours.
+
+    Always: n * P[Bin(k, c) >= t] <= 2^-40 (corrupted neighbours never hold t shares). In active
+    mode also n * P[Bin(k, c) >= 2t - k] <= 2^-40: a malicious server can ask disjoint sets of a
+    client's honest neighbours for its two kinds of shares, and corrupted neighbours answer for
+    both, so it reconstructs both secrets when t - C + t - C <= k - C, i.e. when the C corrupted
+    neighbours number at least 2t - k (Bell et al. 2020, the malicious-server bound).
+    """
+    security = 2.0**-SECURITY_BITS / n
     for t in range(k // 2 + 1, k + 1):
-        if _binomial_tail(k, corruption, t) <= security:
-            break
-    else:
+        if _binomial_tail(k, corruption, t) > security:
+            continue
+        if active and _binomial_tail(k, corruption, 2 * t - k) > security:
+            continue
+        return t
+    return None
+
+
+def _sparse_candidate(
+    n: int, k: int, dropout: float, corruption: float, active: bool
+) -> int | None:
+    """The smallest safe threshold that also leaves k neighbours live, if any."""
+    t = sparse_threshold(n, k, corruption, active)
+    if t is None:
         return None
-    if 1.0 - _binomial_tail(k, 1.0 - dropout, t) > correctness:
+    if 1.0 - _binomial_tail(k, 1.0 - dropout, t) > 2.0**-CORRECTNESS_BITS / n:
         return None
     # Harary ring over a random permutation: it splits only if k/2 consecutive clients are all
     # lost (dropped or corrupted), which a union bound over the n starting positions bounds.
-    if (dropout + corruption) ** (k // 2) > security:
+    if (dropout + corruption) ** (k // 2) > 2.0**-SECURITY_BITS / n:
         return None
     return t
 
 
-def choose_parameters(n: int, dropout_rate: float, corruption_rate: float) -> SecAggParams:
+def choose_parameters(
+    n: int, dropout_rate: float, corruption_rate: float, active: bool = False
+) -> SecAggParams:
     """Choose neighbours k, threshold t and quantization bits b for n clients (SecAgg+).
 
     Bell et al. (CCS 2020, "Secure Single-Server Aggregation with (Poly)Logarithmic Overhead")
@@ -148,10 +182,14 @@ def choose_parameters(n: int, dropout_rate: float, corruption_rate: float) -> Se
     4. connectivity: n * (d + c)^(k/2) <= 2^-40, so the Harary ring of honest survivors never
        breaks and the server never learns the sum of a small group.
 
-    t is the smallest value meeting (1) and (2), which leaves the most room for dropouts. When no
+    In active mode (a possibly malicious server, with the consistency check), (2) also bounds
+    the corrupted neighbours below 2t - k (`sparse_threshold`), which raises t and so lowers the
+    dropout tolerance. t is the smallest value meeting (1) and (2), which leaves the most room
+    for dropouts. When no
     sparse k < n - 1 qualifies (small n, or high rates), it falls back to the complete graph,
     k = n - 1, which is classic SecAgg. There the counts are exact rather than probabilistic:
-    t = max(floor(k/2) + 1, floor(c*n) + 1), and the configuration is rejected if ceil(d*n)
+    t = max(floor(k/2) + 1, floor(c*n) + 1) (active: also > (k + floor(c*n))/2), and the
+    configuration is rejected if ceil(d*n)
     dropouts would leave fewer than t live neighbours. b is the largest number of bits with
     n * (2^b - 1) < 2^32, so the uint32 sum of n quantized inputs cannot wrap.
     """
@@ -162,11 +200,11 @@ def choose_parameters(n: int, dropout_rate: float, corruption_rate: float) -> Se
     bits = max_bits(n)
     k_min = 2 * max(1, math.ceil(math.log2(n)))
     for k in range(k_min, n - 1, 2):
-        t = _sparse_candidate(n, k, dropout_rate, corruption_rate)
+        t = _sparse_candidate(n, k, dropout_rate, corruption_rate, active)
         if t is not None:
             return SecAggParams(n, k, t, bits)
     k = n - 1
-    t = max(k // 2 + 1, math.floor(corruption_rate * n) + 1)
+    t = complete_threshold(n, corruption_rate, active)
     if t > k or k - math.ceil(dropout_rate * n) < t:
         raise ConfigError(
             f"{n} clients cannot tolerate dropout rate {dropout_rate} "
