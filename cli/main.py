@@ -7,12 +7,23 @@ so `forsaken client` never loads server code and vice versa.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from forsaken.common.errors import ForsakenError
 
 EXIT_USAGE = 2
+
+AddArguments = Callable[[argparse.ArgumentParser], None]
+Handler = Callable[[argparse.Namespace], int]
+
+# The daemons read their options through `forsaken.common.config`; {env} is the daemon's prefix.
+_DAEMON_OPTIONS = (
+    "Options come from flags, a TOML file (--config) and environment variables ({env}_<OPTION>), "
+    "flags winning."
+)
 
 
 def _server(args: argparse.Namespace) -> int:
@@ -35,150 +46,127 @@ def _client(args: argparse.Namespace) -> int:
     return ClientApp(config).run()
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from forsaken.demo import run_demo
+@dataclass(frozen=True, slots=True)
+class _Subcommand:
+    """One `forsaken <name>`: what its help says and the code that parses and runs it."""
 
-    return run_demo(args)
-
-
-def _evaluate(args: argparse.Namespace) -> int:
-    from forsaken.evaluate import run_evaluate
-
-    return run_evaluate(args)
-
-
-def _status(args: argparse.Namespace) -> int:
-    from forsaken.status import run_status
-
-    return run_status(args)
+    name: str
+    help: str
+    description: str
+    add_arguments: AddArguments
+    run: Handler
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from forsaken.bench import run_bench
+def _subcommands() -> tuple[_Subcommand, ...]:
+    """Every subcommand, in the order `forsaken --help` lists them.
 
-    return run_bench(args)
-
-
-def build_parser() -> argparse.ArgumentParser:
+    Built when the parser is, not at import, so that importing this module stays cheap.
+    """
+    # The parser needs only the daemons' config dataclasses; `_server` and `_client` load the
+    # daemons themselves when they run. The tools' modules are loaded whole, for their
+    # argument builders and their run functions alike.
+    from forsaken import admin, bench, certs, demo, evaluate, forget, status
     from forsaken.client.app import ENV_PREFIX as CLIENT_ENV
     from forsaken.client.app import ClientConfig
     from forsaken.common.config import add_arguments
     from forsaken.server.app import ENV_PREFIX as SERVER_ENV
     from forsaken.server.app import ServerConfig
 
+    return (
+        _Subcommand(
+            "server",
+            "run the aggregation server daemon",
+            "Run the aggregation server: rounds over gRPC, checkpoints and a SQLite ledger in "
+            "--state-dir. " + _DAEMON_OPTIONS.format(env=SERVER_ENV),
+            functools.partial(add_arguments, cls=ServerConfig, env_prefix=SERVER_ENV),
+            _server,
+        ),
+        _Subcommand(
+            "client",
+            "run a client daemon that trains on local data",
+            "Run a client daemon: it holds local data, dials out to --server, trains locally "
+            "and pushes updates. " + _DAEMON_OPTIONS.format(env=CLIENT_ENV),
+            functools.partial(add_arguments, cls=ClientConfig, env_prefix=CLIENT_ENV),
+            _client,
+        ),
+        _Subcommand(
+            "demo",
+            "start a server and N clients as separate processes on loopback",
+            "Start one server and N client daemons as separate OS processes talking gRPC on "
+            "loopback, show progress, and write report.json and a plot to --out.",
+            demo.add_demo_arguments,
+            demo.run_demo,
+        ),
+        _Subcommand(
+            "evaluate",
+            "run the unlearning evaluation of DESIGN §5 with U from real daemons",
+            "Per seed, train a federation of real daemons with a backdoor in client 0, make "
+            "client 0 forget its data with ForgetMe, and compare the unlearned model with "
+            "in-process references (retrain, retrain with another seed, finetune, pga). Writes "
+            "evaluation.json, evaluation.png and a per-seed detail file to --out.",
+            evaluate.add_evaluate_arguments,
+            evaluate.run_evaluate,
+        ),
+        _Subcommand(
+            "status",
+            "show a server's state, rounds, clients and forget requests",
+            "Query a server's Admin API and print its status, rounds, clients and forget requests.",
+            status.add_status_arguments,
+            status.run_status,
+        ),
+        _Subcommand(
+            "certs",
+            "create the federation's CA and mutual-TLS certificates",
+            "Create a federation CA and the mutual-TLS certificates of its server, clients and "
+            "operators, or issue one for an existing client state directory. A client "
+            "certificate's common name is the node id derived from that node's Ed25519 key.",
+            certs.add_certs_arguments,
+            certs.run_certs,
+        ),
+        _Subcommand(
+            "forget",
+            "ask a client daemon to make the federation forget its data",
+            "A data owner's command: the client daemon stops using the data at once and asks "
+            "the federation to unlearn it (all of it, or the ids in --samples). With --wait it "
+            "shows progress and prints the receipt of measured evidence.",
+            forget.add_forget_arguments,
+            forget.run_forget,
+        ),
+        _Subcommand(
+            "admin",
+            "operator actions (revoke a node)",
+            "Operator actions that change the server's state, through its Admin API.",
+            admin.add_admin_arguments,
+            admin.run_admin,
+        ),
+        _Subcommand(
+            "bench",
+            "benchmarks that print JSON",
+            "Benchmarks. Each prints JSON; figures are ratios to a baseline taken in the same run.",
+            bench.add_bench_arguments,
+            bench.run_bench,
+        ),
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="forsaken",
         description="Federated learning with secure aggregation in which a participant can "
         "take its data back.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser(
-        "server",
-        help="run the aggregation server daemon",
-        description="Run the aggregation server: rounds over gRPC, checkpoints and a SQLite "
-        "ledger in --state-dir. Options come from flags, a TOML file (--config) and "
-        f"environment variables ({SERVER_ENV}_<OPTION>), flags winning.",
-    )
-    add_arguments(p, ServerConfig, SERVER_ENV)
-    p.set_defaults(func=_server)
-
-    p = sub.add_parser(
-        "client",
-        help="run a client daemon that trains on local data",
-        description="Run a client daemon: it holds local data, dials out to --server, trains "
-        "locally and pushes updates. Options come from flags, a TOML file (--config) and "
-        f"environment variables ({CLIENT_ENV}_<OPTION>), flags winning.",
-    )
-    add_arguments(p, ClientConfig, CLIENT_ENV)
-    p.set_defaults(func=_client)
-
-    from forsaken.demo import add_demo_arguments
-
-    p = sub.add_parser(
-        "demo",
-        help="start a server and N clients as separate processes on loopback",
-        description="Start one server and N client daemons as separate OS processes talking "
-        "gRPC on loopback, show progress, and write report.json and a plot to --out.",
-    )
-    add_demo_arguments(p)
-    p.set_defaults(func=_demo)
-
-    from forsaken.evaluate import add_evaluate_arguments
-
-    p = sub.add_parser(
-        "evaluate",
-        help="run the unlearning evaluation of DESIGN §5 with U from real daemons",
-        description="Per seed, train a federation of real daemons with a backdoor in client 0, "
-        "make client 0 forget its data with ForgetMe, and compare the unlearned model with "
-        "in-process references (retrain, retrain with another seed, finetune, pga). Writes "
-        "evaluation.json, evaluation.png and a per-seed detail file to --out.",
-    )
-    add_evaluate_arguments(p)
-    p.set_defaults(func=_evaluate)
-
-    from forsaken.status import add_status_arguments
-
-    p = sub.add_parser(
-        "status",
-        help="show a server's state, rounds, clients and forget requests",
-        description="Query a server's Admin API and print its status, rounds, clients and "
-        "forget requests.",
-    )
-    add_status_arguments(p)
-    p.set_defaults(func=_status)
-
-    from forsaken.certs import add_certs_arguments, run_certs
-
-    p = sub.add_parser(
-        "certs",
-        help="create the federation's CA and mutual-TLS certificates",
-        description="Create a federation CA and the mutual-TLS certificates of its server, "
-        "clients and operators, or issue one for an existing client state directory. A client "
-        "certificate's common name is the node id derived from that node's Ed25519 key.",
-    )
-    add_certs_arguments(p)
-    p.set_defaults(func=run_certs)
-
-    from forsaken.forget import add_forget_arguments, run_forget
-
-    p = sub.add_parser(
-        "forget",
-        help="ask a client daemon to make the federation forget its data",
-        description="A data owner's command: the client daemon stops using the data at once "
-        "and asks the federation to unlearn it (all of it, or the ids in --samples). With "
-        "--wait it shows progress and prints the receipt of measured evidence.",
-    )
-    add_forget_arguments(p)
-    p.set_defaults(func=run_forget)
-
-    from forsaken.admin import add_admin_arguments, run_admin
-
-    p = sub.add_parser(
-        "admin",
-        help="operator actions (revoke a node)",
-        description="Operator actions that change the server's state, through its Admin API.",
-    )
-    add_admin_arguments(p)
-    p.set_defaults(func=run_admin)
-
-    from forsaken.bench import add_bench_arguments
-
-    p = sub.add_parser(
-        "bench",
-        help="benchmarks that print JSON",
-        description="Benchmarks. Each prints JSON; figures are ratios to a baseline taken in "
-        "the same run.",
-    )
-    add_bench_arguments(p)
-    p.set_defaults(func=_bench)
+    for command in _subcommands():
+        p = sub.add_parser(command.name, help=command.help, description=command.description)
+        command.add_arguments(p)
+        p.set_defaults(func=command.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
+    func: Handler = args.func
     try:
         return func(args)
     except ForsakenError as exc:

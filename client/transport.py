@@ -10,7 +10,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
@@ -66,14 +66,26 @@ class ForgetOrder:
 
 
 @dataclass(frozen=True, slots=True)
-class TrainTask:
+class RoundTask:
+    """What every task of a training round carries: which round, on which model, how to train.
+
+    Only its subclasses are handed out, so an `isinstance` check against one of them still tells
+    plain training from a secure-aggregation stage.
+    """
+
     task_id: str
     round: int
     model_sha256: str
     settings: TrainSettings
     deadline_ms: int
     seed: int
-    forget: ForgetOrder | None = None
+    # Keyword-only so that it may keep its default while subclasses add required fields.
+    forget: ForgetOrder | None = field(default=None, kw_only=True)
+
+
+@dataclass(frozen=True, slots=True)
+class TrainTask(RoundTask):
+    """A plain round: train (or run the forget engine) and push the update unmasked."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,17 +97,10 @@ class VerifyTask:
 
 
 @dataclass(frozen=True, slots=True)
-class SecAggTask:
+class SecAggTask(RoundTask):
     """A secure-aggregation stage; `message` is a SetupInfo for the round's first stage."""
 
-    task_id: str
-    round: int
-    model_sha256: str
-    settings: TrainSettings
-    deadline_ms: int
-    seed: int
     message: object
-    forget: ForgetOrder | None = None
 
 
 @dataclass(frozen=True, slots=True)
