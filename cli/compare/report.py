@@ -284,6 +284,14 @@ def render(doc: dict[str, Any]) -> str:
         f"{doc.get('repetitions', '?')} repetition(s) per measurement, both systems interleaved "
         "in the same run on loopback. Cells are median [min-max] xrepetitions.",
         "",
+        "Reading the numbers: in deployment mode Flower 1.42 starts a fresh ClientApp process "
+        "per client for every round (Python, its imports and the model), so its round time has "
+        "a floor of seconds that grows with N on 2 cores; forsaken's clients are long-lived "
+        "daemons, so its round time is the model hand-out, the uploads and aggregation, and the "
+        "gap narrows as the model grows (10M parameters). In scenario 3 both systems were "
+        "given the same stage timeout, and forsaken treats the killed client as dropped only "
+        "at that stage's deadline, so its time to the completed round is about the timeout.",
+        "",
     ]
     by_name: dict[str, list[dict[str, Any]]] = {}
     for e in doc["scenarios"]:
