@@ -536,28 +536,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     runner = Runner(plan, args.venv, scratch, log)
+    host = {
+        "cpus": os.cpu_count(),
+        "aes_ctr_gb_s": aes_ctr_gb_s(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     if args.merge and args.out.exists():
+        previous = json.loads(args.out.read_text())
         try:
-            kept, notes = merge_previous(json.loads(args.out.read_text()), plan.mode, wanted)
+            kept, notes = merge_previous(previous, plan.mode, wanted)
         except ValueError as exc:
             parser.error(f"--merge: {args.out}: {exc}")
         runner.scenarios.extend(kept)
         runner.notes.extend(notes)
         runner.notes.append(
-            f"Scenario(s) {', '.join(sorted(wanted))} measured in a separate sitting "
-            f"({time.strftime('%Y-%m-%d %H:%M %Z')}) and merged with the others' results."
+            f"Scenario(s) {', '.join(sorted(wanted))} measured in a separate sitting ({started}, "
+            f"AES-256-CTR {host['aes_ctr_gb_s']} GB/s) and merged with the others' results."
         )
+        # The header describes the first sitting; later ones are in the notes.
+        started = previous.get("started", started)
+        host = previous.get("host", host)
     doc: dict[str, Any] = {
         "flower_version": flower_version(args.venv),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "started": started,
         "mode": plan.mode,
         "repetitions": plan.repetitions,
-        "host": {
-            "cpus": os.cpu_count(),
-            "aes_ctr_gb_s": aes_ctr_gb_s(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
+        "host": host,
         "scenarios": runner.scenarios,
         "notes": runner.notes,
     }
