@@ -146,8 +146,9 @@ class ServerConfig:
     )
     checkpoint_keep_last: int = option(
         20,
-        "Completed rounds whose model checkpoints are kept; older ones are deleted unless a "
-        "retrain rollback or a forget receipt needs them. 0 keeps every checkpoint.",
+        "Completed rounds whose model checkpoints are kept; older ones are deleted (every N/2 "
+        "rounds) unless a retrain rollback or a forget receipt needs them. 0 keeps every "
+        "checkpoint.",
     )
     max_workers: int = option(128, "RPC worker threads (each long-polling client holds one).")
     exit_when_done: bool = option(False, "Exit once the target number of rounds has completed.")

@@ -536,6 +536,10 @@ class Coordinator:
         """Delete the checkpoints nothing can need any more (after the round is on record)."""
         if not self.keep_checkpoints:
             return
+        # The keep set asks the ledger about every client; every keep_last / 2 rounds is often
+        # enough (at most 1.5 x keep_last recent checkpoints on disk) and keeps it off most rounds.
+        if self._completed % max(1, self.keep_checkpoints // 2):
+            return
         try:
             keep = checkpoints_to_keep(self.ledger, self.keep_checkpoints) | {self._model_sha}
             removed = self.checkpoints.gc(keep)

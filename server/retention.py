@@ -7,9 +7,9 @@ A checkpoint is kept while something can still ask for it:
 * every model a forget request names (before, rollback base, after), so each receipt's digests
   stay verifiable against a model on disk.
 
-Everything else is collected after each completed round. The ledger keeps every round's digest
-either way, so the history of the federation is intact; only the bytes of models nobody can
-need any more go.
+Everything else is collected every keep_last / 2 completed rounds. The ledger keeps every
+round's digest either way, so the history of the federation is intact; only the bytes of models
+nobody can need any more go.
 """
 
 from __future__ import annotations

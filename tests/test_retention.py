@@ -154,3 +154,16 @@ def test_keep_set_rules_directly() -> None:
 def test_server_config_rejects_a_window_without_the_previous_model(value: int) -> None:
     with pytest.raises(ConfigError, match="checkpoint_keep_last"):
         ServerConfig(checkpoint_keep_last=value).validate()
+
+
+def test_collection_runs_every_half_window() -> None:
+    """keep=4 collects after rounds 2, 4, 6, ...: between collections one more model waits."""
+    fed = _Federation(keep=4)
+    fed.join("a")
+    fed.join("b")
+    for _ in range(6):
+        fed.round(("a", "b"))
+    s = fed.shas
+    assert set(fed.store.addresses()) == {s[0], s[3], s[4], s[5], s[6]}
+    fed.round(("a", "b"))  # round 7: no collection
+    assert set(fed.store.addresses()) == {s[0], s[3], s[4], s[5], s[6], s[7]}
