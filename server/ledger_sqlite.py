@@ -281,6 +281,14 @@ class SqliteLedger(Ledger):
             ).fetchall()
         return [r["round"] for r in rows]
 
+    def first_contribution(self, node_id: str) -> int | None:
+        # One index seek on contributions_by_node instead of reading every round of the node.
+        with self._read() as c:
+            row = c.execute(
+                "SELECT MIN(round) AS first FROM contributions WHERE node_id = ?", (node_id,)
+            ).fetchone()
+        return None if row is None else row["first"]
+
     # Clients --------------------------------------------------------------------------------
     def upsert_client(self, rec: ClientRecord) -> ClientRecord:
         with self._write() as c:

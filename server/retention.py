@@ -43,11 +43,13 @@ def recent_models(ledger: Ledger, keep_last: int) -> set[str]:
 
 def rollback_anchors(ledger: Ledger) -> set[str]:
     """For each client that ever contributed, the model `retrain` would roll back to."""
+    firsts = {
+        first
+        for client in ledger.clients()
+        if (first := ledger.first_contribution(client.node_id)) is not None
+    }
     keep: set[str] = set()
-    for client in ledger.clients():
-        first = ledger.first_contribution(client.node_id)
-        if first is None:
-            continue
+    for first in firsts:  # clients mostly share a few first rounds: one lookup each
         base = ledger.last_checkpoint_before(first)
         if base is not None and base.model_sha256:
             keep.add(base.model_sha256)
