@@ -235,6 +235,7 @@ def unlearning(
         "seed": seed,
         "completed": False,
         "wall_s": None,
+        "bytes_up": None,
         "client_grad_evals": None,
         "strict_grad_evals": None,
         "rounds": None,
@@ -258,7 +259,7 @@ def unlearning(
     started = time.monotonic()
     try:
         run = train_then_forget(fed, rounds, 0, timeout_s, lambda _r: None, event)
-        # The parameter count only sizes bytes_up; the checkpoint is on disk already.
+        # The parameter count sizes bytes_up (reported below); the checkpoint is on disk.
         num_params = int(fed.model(run.sha(run.unlearned_round)).size)
     except FederationError as exc:
         result["error"] = f"{exc} (logs in {root / 'run' / 'logs'})"
@@ -271,6 +272,7 @@ def unlearning(
     result |= {
         "completed": True,
         "wall_s": float(cost.counted.wall_s),
+        "bytes_up": int(cost.counted.bytes_up),
         "client_grad_evals": float(cost.counted.client_grad_evals),
         "strict_grad_evals": int(cost.strict_grad_evals),
         "rounds": int(receipt["unlearning_rounds"]) + int(receipt["recovery_rounds"]),

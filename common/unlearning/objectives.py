@@ -73,6 +73,12 @@ def quantile_distance(probs: Tensor, reference_probs: Tensor) -> Tensor:
     return (probs.sort(dim=0).values - ref_q).pow(2).mean(dim=0).sum()
 
 
+def mean_kl_to_logits(target_probs: Tensor, logits: Tensor) -> Tensor:
+    """mean_i KL(target_i ‖ softmax(logits_i)) for (B, C) targets and logits."""
+    log_target = target_probs.clamp_min(_EPS).log()
+    return (target_probs * (log_target - F.log_softmax(logits, dim=1))).sum(dim=1).mean()
+
+
 def sharpen_distance(logits: Tensor, reference_probs: Tensor) -> Tensor:
     """Per-sample confidence matching: mean_i KL(t_i ‖ softmax(logits_i)), where t_i puts the
     reference's mean top-1 probability on sample i's own current top class (detached) and spreads
@@ -89,7 +95,7 @@ def sharpen_distance(logits: Tensor, reference_probs: Tensor) -> Tensor:
     top = reference_probs.max(dim=1).values.mean().clamp(max=1.0 - _EPS)  # unseen data's top-1
     target = torch.full_like(probs, float((1.0 - top) / (c - 1)))
     target.scatter_(1, probs.detach().argmax(dim=1, keepdim=True), float(top))
-    return (target * (target.log() - F.log_softmax(logits, dim=1))).sum(dim=1).mean()
+    return mean_kl_to_logits(target, logits)
 
 
 def atypical_mask(
@@ -127,8 +133,7 @@ def transplant_distance(logits: Tensor, target_probs: Tensor) -> Tensor:
     before its atypical positions were replaced by a forget input's. A model that never saw the
     forget set has no reason to let those few positions decide the class; one that memorised
     a trigger there does."""
-    log_target = target_probs.clamp_min(_EPS).log()
-    return (target_probs * (log_target - F.log_softmax(logits, dim=1))).sum(dim=1).mean()
+    return mean_kl_to_logits(target_probs, logits)
 
 
 def relative_l1(g: Mapping[str, Tensor], params: Mapping[str, Tensor]) -> Tensor:
