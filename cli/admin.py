@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import json
+import time
+import uuid
+from collections.abc import Callable
 
 import grpc
 
 from forsaken.status import add_operator_arguments, admin_channel
-from forsaken.v1 import admin_pb2, admin_pb2_grpc
+from forsaken.v1 import admin_pb2, admin_pb2_grpc, fleet_pb2
+
+TERMINAL = ("completed", "failed")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--server", default="127.0.0.1:7070", help="server address (default: %(default)s)"
+    )
+    p.add_argument(
+        "--timeout", type=float, default=10.0, help="RPC deadline in seconds (default: %(default)s)"
+    )
+    add_operator_arguments(p)
 
 
 def add_admin_arguments(p: argparse.ArgumentParser) -> None:
@@ -16,30 +32,126 @@ def add_admin_arguments(p: argparse.ArgumentParser) -> None:
         "revoke",
         help="stop a node from joining later rounds",
         description="Revoke a node: its session ends at once, and it can never join again. "
-        "Its past contributions stay in the ledger.",
+        "Its past contributions stay in the model until you also run `forsaken admin forget`.",
     )
     r.add_argument("node_id", help="the node id to revoke (see `forsaken status`)")
     r.add_argument("--reason", default="", help="why, recorded in the server log")
-    r.add_argument(
-        "--server", default="127.0.0.1:7070", help="server address (default: %(default)s)"
+    _common(r)
+    r.set_defaults(action=_revoke)
+
+    q = sub.add_parser(
+        "release",
+        help="lift the quarantine of a node",
+        description="The server quarantines a node after repeated attributable faults (for "
+        "example masked inputs whose sample count is not the one it declared): it is never "
+        "sampled and every call it makes is refused. Release it once its operator has fixed "
+        "it; its fault count starts again from zero.",
     )
-    r.add_argument(
-        "--timeout", type=float, default=10.0, help="RPC deadline (default: %(default)s)"
+    q.add_argument("node_id", help="the quarantined node (see `forsaken status`)")
+    _common(q)
+    q.set_defaults(action=_release)
+
+    f = sub.add_parser(
+        "forget",
+        help="forget all data of a revoked node",
+        description="A revoked node can no longer ask to be forgotten, so an operator asks "
+        "for it. Only methods the server runs alone apply: retrain (exact: roll back to the "
+        "checkpoint before the node's first contribution and retrain without it) or finetune "
+        "(the node just stops contributing, which proves nothing by itself). The request is "
+        "recorded in the ledger like any other and ends with a receipt made by the server.",
     )
-    add_operator_arguments(r)
+    f.add_argument("node_id", help="the revoked node to forget (see `forsaken status`)")
+    f.add_argument(
+        "--method",
+        choices=("retrain", "finetune"),
+        default="retrain",
+        help="how to forget it (default: %(default)s)",
+    )
+    f.add_argument("--reason", default="", help="why, recorded with the request")
+    f.add_argument(
+        "--request-id",
+        default="",
+        help="idempotency key: the same id again returns the same request (default: random)",
+    )
+    f.add_argument("--wait", action="store_true", help="wait for the request to end")
+    f.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=1800.0,
+        help="with --wait, give up after this many seconds (default: %(default)s)",
+    )
+    f.add_argument("--json", action="store_true", help="print the request as JSON")
+    _common(f)
+    f.set_defaults(action=_forget)
 
 
 def run_admin(args: argparse.Namespace) -> int:
+    action: Callable[[admin_pb2_grpc.AdminStub, argparse.Namespace], int] = args.action
     with admin_channel(args.server, args.tls_dir, args.tls_server_name) as channel:
         stub = admin_pb2_grpc.AdminStub(channel)
         try:
-            reply = stub.RevokeClient(
-                admin_pb2.RevokeClientRequest(node_id=args.node_id, reason=args.reason),
-                timeout=args.timeout,
-            )
+            return action(stub, args)
         except grpc.RpcError as exc:
-            print(f"forsaken admin revoke: {exc.code().name}: {exc.details()}")
+            print(f"forsaken admin {args.admin}: {exc.code().name}: {exc.details()}")
             return 1
+
+
+def _revoke(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -> int:
+    reply = stub.RevokeClient(
+        admin_pb2.RevokeClientRequest(node_id=args.node_id, reason=args.reason),
+        timeout=args.timeout,
+    )
     state = "was already revoked" if reply.already_revoked else "is now revoked"
     print(f"node {args.node_id} {state}")
     return 0
+
+
+def _release(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -> int:
+    reply = stub.ReleaseClient(
+        admin_pb2.ReleaseClientRequest(node_id=args.node_id), timeout=args.timeout
+    )
+    state = "is released from quarantine" if reply.was_quarantined else "was not quarantined"
+    print(f"node {args.node_id} {state}")
+    return 0
+
+
+def _forget(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -> int:
+    request = admin_pb2.ForgetClientRequest(
+        node_id=args.node_id,
+        request_id=args.request_id or uuid.uuid4().hex,
+        method=args.method,
+        reason=args.reason,
+    )
+    info = stub.ForgetClient(request, timeout=args.timeout)
+    deadline = time.monotonic() + args.wait_timeout
+    while args.wait and info.state not in TERMINAL and time.monotonic() < deadline:
+        time.sleep(1.0)
+        info = _find(stub, info.forget_id, args.timeout) or info
+    out = {
+        "forget_id": info.forget_id,
+        "node_id": info.node_id,
+        "method": info.method,
+        "state": info.state,
+        "reason": info.reason,
+        "initiated_by": info.initiated_by,
+        "receipt": json.loads(info.receipt_json or "{}"),
+    }
+    if args.json:
+        print(json.dumps(out, indent=2, sort_keys=True))
+    else:
+        print(f"forget {info.forget_id} of node {info.node_id} ({info.method}): {info.state}")
+        if info.reason:
+            print(f"  reason: {info.reason}")
+        if out["receipt"]:
+            print(f"  receipt: {out['receipt'].get('reference', '')}")
+    if args.wait and info.state not in TERMINAL:
+        print(f"forsaken admin forget: still {info.state} after {args.wait_timeout:g}s")
+        return 1
+    return 0 if info.state != "failed" else 1
+
+
+def _find(
+    stub: admin_pb2_grpc.AdminStub, forget_id: str, timeout: float
+) -> fleet_pb2.ForgetRequestInfo | None:
+    listed = stub.ListForgetRequests(admin_pb2.ListForgetRequestsRequest(), timeout=timeout)
+    return next((f for f in listed.requests if f.forget_id == forget_id), None)

@@ -31,10 +31,16 @@ class _Session:
     state: Any  # one of the client states; each has handle(msg) -> (state, outbound)
 
 
-def weighted_input(update: np.ndarray, num_samples: int, setup: SetupInfo) -> np.ndarray:
-    """num_samples * update / weight_scale: after the secure sum and a division by the summed
-    sample count, the server gets FedAvg's weighted mean without seeing any single input."""
-    return update.astype(np.float64) * (num_samples / setup.weight_scale)
+def weighted_input(update: np.ndarray, weight: int, setup: SetupInfo) -> np.ndarray:
+    """weight * update / weight_scale: after the secure sum and a division by the survivors'
+    weights, the server gets FedAvg's weighted mean without seeing any single input."""
+    return update.astype(np.float64) * (weight / setup.weight_scale)
+
+
+def input_weight(num_samples: int, setup: SetupInfo) -> int:
+    """The weight announced for this node, or 0 when it has nothing to contribute: the only
+    two values the server accepts in the clear count slot."""
+    return setup.weight if num_samples > 0 else 0
 
 
 class SecureSessions:
@@ -59,9 +65,12 @@ class SecureSessions:
         n = setup.config.params.num_clients
         if update.size + 1 != setup.config.vector_len:
             raise errors.InvalidPayload("secure setup does not match this node's model size")
+        # The weight and the clear count slot are the ones announced (or 0): the server refuses
+        # an input whose slot differs, and divides by the survivors' slots.
+        weight = input_weight(num_samples, setup)
         quantized = quantize(
-            weighted_input(update, num_samples, setup),
-            num_samples,
+            weighted_input(update, weight, setup),
+            weight,
             setup.clip,
             setup.config.params.bits,
             rounding_seed,

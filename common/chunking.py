@@ -51,23 +51,31 @@ class PayloadAssembler:
         if len(header.sha256) != 32:
             raise InvalidPayload("header sha256 must be 32 bytes")
         self.header = header
-        self._buffer = bytearray()
+        # One buffer of exactly the declared size, made when the first data arrives (so a
+        # header alone costs nothing): growing one would copy, and this bounds the memory of an
+        # upload by its header, which the server checks against the open task first.
+        self._buffer: bytearray | None = None
+        self._received = 0
         self._hash = hashlib.sha256()
 
     def add(self, data: bytes) -> None:
-        if len(self._buffer) + len(data) > self.header.total_bytes:
+        end = self._received + len(data)
+        if end > self.header.total_bytes:
             raise PayloadTooLarge(
                 f"stream carries more than the {self.header.total_bytes} bytes its header declared"
             )
-        self._buffer += data
+        if self._buffer is None:
+            self._buffer = bytearray(self.header.total_bytes)
+        self._buffer[self._received : end] = data
+        self._received = end
         self._hash.update(data)
 
     def finish(self) -> bytes:
-        received = len(self._buffer)
+        received = self._received
         if received != self.header.total_bytes:
             raise InvalidPayload(
                 f"stream truncated: received {received} of {self.header.total_bytes} bytes"
             )
         if self._hash.digest() != self.header.sha256:
             raise InvalidPayload("payload sha256 does not match its header")
-        return bytes(self._buffer)
+        return bytes(self._buffer or b"")

@@ -11,6 +11,16 @@ class InvalidPayload(ForsakenError):
     """A payload's shape, dtype, length, digest or values are wrong."""
 
 
+class MemberFault(InvalidPayload):
+    """A member sent something only a faulty or malicious node sends (for example a sample
+    count that is not the one it declared); the server can name it and keep it out."""
+
+    def __init__(self, node_id: str, reason: str) -> None:
+        super().__init__(reason)
+        self.node_id = node_id
+        self.reason = reason
+
+
 class PayloadTooLarge(ForsakenError):
     """A payload or stream is over a configured limit."""
 
@@ -41,6 +51,10 @@ class PermissionDenied(ForsakenError):
 
 class WrongStage(ForsakenError):
     """A protocol message arrived in a stage that does not accept it; state is unchanged."""
+
+
+class DeadlineExceeded(ForsakenError):
+    """A call or stream ran past a server-side deadline (for example it stopped sending)."""
 
 
 class ProtocolAborted(ForsakenError):

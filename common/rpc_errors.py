@@ -21,6 +21,7 @@ STATUS_FOR: dict[type[errors.ForsakenError], grpc.StatusCode] = {
     errors.StaleRequest: grpc.StatusCode.FAILED_PRECONDITION,
     errors.WrongStage: grpc.StatusCode.FAILED_PRECONDITION,
     errors.ProtocolAborted: grpc.StatusCode.ABORTED,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.DuplicateRequest: grpc.StatusCode.ALREADY_EXISTS,
     errors.NotAuthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,

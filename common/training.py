@@ -19,6 +19,7 @@ from torch import nn
 from forsaken.common.errors import InvalidPayload
 from forsaken.common.tensors import flatten, specs_of, unflatten
 from forsaken.common.types import TrainSettings
+from forsaken.common.update_bound import clip_to_norm
 
 EVAL_BATCH = 1024
 
@@ -33,6 +34,7 @@ class LocalResult:
     num_samples: int
     mean_loss: float  # mean training loss over every sample of every epoch
     gradient_evaluations: int  # per-sample gradients: num_samples * local_epochs
+    norm: float = 0.0  # L2 norm of the update before clipping to `max_update_norm`
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +46,8 @@ class EvalResult:
 def train_local(
     model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, seed: int
 ) -> LocalResult:
-    """Train `model` in place on (x, y) and return the update it made.
+    """Train `model` in place on (x, y) and return the update it made, clipped to L2 norm
+    `cfg.max_update_norm` (the bound the server enforces on aggregates).
 
     The batch order comes from a torch Generator seeded with `seed`; nothing else is random.
     """
@@ -73,12 +76,13 @@ def train_local(
                 loss.backward()
                 optimizer.step()
                 loss_sum += loss.item() * len(batch)
-    delta = flatten(model.state_dict()) - before
+    delta, norm = clip_to_norm(flatten(model.state_dict()) - before, cfg.max_update_norm)
     return LocalResult(
         delta=delta.astype(np.float32, copy=False),
         num_samples=n,
         mean_loss=loss_sum / (n * cfg.local_epochs),
         gradient_evaluations=n * cfg.local_epochs,
+        norm=norm,
     )
 
 

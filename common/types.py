@@ -33,6 +33,8 @@ class TrainSettings:
     learning_rate: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 0.0
+    # Each local update is clipped to this L2 norm (0: no bound); see common/update_bound.py.
+    max_update_norm: float = 30.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -52,3 +54,7 @@ class TrainSettings:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if not 0.0 <= self.weight_decay < 1.0:
             raise ConfigError(f"weight_decay must be in [0, 1), got {self.weight_decay}")
+        if not 0.0 <= self.max_update_norm < float("inf"):
+            raise ConfigError(
+                f"max_update_norm must be >= 0 (0: no bound), got {self.max_update_norm}"
+            )

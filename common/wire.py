@@ -58,6 +58,7 @@ def train_settings_to_proto(cfg: TrainSettings) -> common_pb2.TrainConfig:
         learning_rate=cfg.learning_rate,
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,
+        max_update_norm=cfg.max_update_norm,
     )
 
 
@@ -68,6 +69,7 @@ def train_settings_from_proto(msg: common_pb2.TrainConfig) -> TrainSettings:
         learning_rate=float(msg.learning_rate),
         momentum=float(msg.momentum),
         weight_decay=float(msg.weight_decay),
+        max_update_norm=float(msg.max_update_norm),
     )
     cfg.validate()
     return cfg

@@ -39,6 +39,7 @@ def setup_to_proto(s: SetupInfo) -> pb.SecAggSetup:
         context=s.config.context,
         weight_scale=s.weight_scale,
         verifying_keys=list(s.verifying_keys),
+        weight=s.weight,
     )
 
 
@@ -50,7 +51,9 @@ def setup_from_proto(m: pb.SecAggSetup) -> SetupInfo:
     keys = tuple(m.verifying_keys)
     if m.active and len(keys) != params.num_clients:
         raise InvalidPayload("active secure setup needs one verifying key per client")
-    return SetupInfo(m.index, config, m.clip, m.weight_scale, keys)
+    if m.weight > m.weight_scale:
+        raise InvalidPayload("secure setup gives this client more weight than the whole round")
+    return SetupInfo(m.index, config, m.clip, m.weight_scale, keys, int(m.weight))
 
 
 def _adv_to(a: AdvertiseKeys) -> pb.SecAggAdvertiseKeys:

@@ -33,13 +33,15 @@ from forsaken.server.coordinator import (
 )
 from forsaken.server.forgetting import ForgetPolicy
 from forsaken.server.ledger import SqliteLedger
-from forsaken.server.limits import RateLimiter
+from forsaken.server.limits import CallQuota, RateLimiter
 from forsaken.server.metrics import MetricsServer, ServerMetrics
+from forsaken.server.model_guard import GuardSettings
 from forsaken.server.policy import RoundPolicy
 from forsaken.server.rpc import AdminServicer, FleetServicer
 from forsaken.server.runtime import ServerRuntime
 from forsaken.server.secure_round import SecureSettings
 from forsaken.server.sessions import SessionTable
+from forsaken.server.stream_watchdog import StreamWatchdog
 from forsaken.v1 import admin_pb2, admin_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,22 @@ class ServerConfig:
     learning_rate: float = option(_TRAIN.learning_rate, "Local SGD learning rate.")
     momentum: float = option(_TRAIN.momentum, "Local SGD momentum.")
     weight_decay: float = option(_TRAIN.weight_decay, "Local SGD weight decay.")
+    max_update_norm: float = option(
+        _TRAIN.max_update_norm,
+        "L2 bound on updates: clients clip each update to it, and the server refuses a round "
+        "whose aggregate exceeds it (twice it with a forget step) and, in plaintext rounds, "
+        "any single update over it. 0 turns the bound off.",
+    )
+    max_accuracy_drop: float = option(
+        0.2,
+        "Refuse (abort, keeping the previous model) a round whose validation accuracy falls more "
+        "than this below the best of the last 5 models; 0 turns the check off.",
+    )
+    quarantine_after: int = option(
+        3,
+        "Attributable faults (e.g. a forged sample count) after which a node is quarantined "
+        "until an operator runs `forsaken admin release`.",
+    )
     aggregation: str = option(
         "secure",
         "secure: SecAgg+ so the server learns only the sum of updates; plaintext must be "
@@ -151,6 +169,14 @@ class ServerConfig:
         "checkpoint.",
     )
     max_workers: int = option(128, "RPC worker threads (each long-polling client holds one).")
+    max_calls_per_node: int = option(
+        4,
+        "Long calls (long-polls, model downloads, uploads) one node may hold open at once; "
+        "all nodes together hold at most max_workers minus a reserve for short calls.",
+    )
+    stream_idle_timeout_s: float = option(
+        30.0, "An upload or download stream that moves no data for this long is cut off."
+    )
     exit_when_done: bool = option(False, "Exit once the target number of rounds has completed.")
     log_level: str = option("info", "Log level.", choices=("debug", "info", "warning", "error"))
     log_format: str = option("text", "Log format.", choices=("text", "json"))
@@ -174,6 +200,13 @@ class ServerConfig:
             raise ConfigError("max_payload_mb must be >= 1")
         if self.poll_timeout_s <= 0:
             raise ConfigError("poll_timeout_s must be > 0")
+        if self.max_workers < 8 or self.max_calls_per_node < 1 or self.quarantine_after < 1:
+            raise ConfigError(
+                "max_workers must be >= 8, max_calls_per_node and quarantine_after >= 1"
+            )
+        if self.stream_idle_timeout_s <= 0:
+            raise ConfigError("stream_idle_timeout_s must be > 0")
+        self.guard_settings().validate()
         if self.checkpoint_keep_last == 1 or self.checkpoint_keep_last < 0:
             # A client may still be fetching the previous round's model when a round completes.
             raise ConfigError("checkpoint_keep_last must be 0 (keep all) or at least 2")
@@ -222,7 +255,16 @@ class ServerConfig:
             learning_rate=self.learning_rate,
             momentum=self.momentum,
             weight_decay=self.weight_decay,
+            max_update_norm=self.max_update_norm,
         )
+
+    def guard_settings(self) -> GuardSettings:
+        return GuardSettings(max_drop=self.max_accuracy_drop)
+
+    def call_quota(self) -> CallQuota:
+        # Short calls (Join, Status, stage messages) always keep some threads for themselves.
+        reserve = max(4, self.max_workers // 8)
+        return CallQuota(self.max_calls_per_node, self.max_workers - reserve)
 
 
 class ModelProvider(Protocol):
@@ -263,6 +305,8 @@ class ServerDaemon:
             secure=config.secure_settings(),
             forget_policy=config.forget_policy(),
             keep_checkpoints=config.checkpoint_keep_last,
+            guard=config.guard_settings(),
+            quarantine_after=config.quarantine_after,
             now_ms=_now_ms(),
         )
         self.runtime = ServerRuntime(self.coordinator, SessionTable(), on_event=self._on_event)
@@ -274,6 +318,7 @@ class ServerDaemon:
             else None
         )
         self.done = threading.Event()
+        self.watchdog = StreamWatchdog(config.stream_idle_timeout_s)
         self.server = self._build_grpc_server()
 
     @property
@@ -288,6 +333,9 @@ class ServerDaemon:
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="rpc"),
             interceptors=[DecodeGuard()],
+            # Calls beyond this wait for no thread: they are refused (RESOURCE_EXHAUSTED) rather
+            # than queued without bound.
+            maximum_concurrent_rpcs=4 * cfg.max_workers,
             options=[
                 ("grpc.max_receive_message_length", chunk_limit),
                 ("grpc.max_send_message_length", chunk_limit),
@@ -304,6 +352,8 @@ class ServerDaemon:
                 join_limit=RateLimiter("join", cfg.join_rate_per_min, 10, time.monotonic),
                 forget_limit=RateLimiter("forget", cfg.forget_rate_per_min, 3, time.monotonic),
                 max_clients=cfg.max_clients,
+                quota=cfg.call_quota(),
+                watchdog=self.watchdog,
             ),
             server,
         )
@@ -379,6 +429,7 @@ class ServerDaemon:
             )
         self.server.start()
         self.runtime.start()
+        self.watchdog.start()
         self._refresh_forget_metrics()
         if self.metrics_server is not None:
             self.metrics_server.start()
@@ -396,6 +447,7 @@ class ServerDaemon:
         self.health.enter_graceful_shutdown()
         self.runtime.stop()
         self.server.stop(grace_s).wait()
+        self.watchdog.stop()
         if self.metrics_server is not None:
             self.metrics_server.stop()
         self.ledger.close()

@@ -25,6 +25,7 @@ from forsaken.common.errors import (
     ConfigError,
     DuplicateRequest,
     InvalidPayload,
+    MemberFault,
     PermissionDenied,
     RateLimited,
     StaleRequest,
@@ -37,9 +38,12 @@ from forsaken.common.secagg.messages import Stage as SecAggStage
 from forsaken.common.secagg.setup import SetupInfo
 from forsaken.common.tensors import TensorSpec, from_bytes, require_finite, to_bytes
 from forsaken.common.types import ModelSpec, TrainSettings
+from forsaken.common.update_bound import RELATIVE_TOLERANCE, check_aggregate, l2_norm
 from forsaken.server.checkpoints import CheckpointStore
+from forsaken.server.faults import FaultBook
 from forsaken.server.forgetting import ForgetInstruction, ForgetManager, ForgetPolicy
 from forsaken.server.ledger import ClientRecord, ForgetRecord, ForgetState, Ledger
+from forsaken.server.model_guard import GuardSettings, RegressionGuard
 from forsaken.server.policy import RoundPolicy
 from forsaken.server.retention import RetentionError, checkpoints_to_keep
 from forsaken.server.rounds import (
@@ -86,6 +90,26 @@ __all__ = [
 ]
 
 
+def lineage_accuracies(ledger: Ledger, model_sha: str, count: int) -> list[float]:
+    """Validation accuracies of `model_sha` and the models it descends from, oldest first.
+
+    Following base digests rather than round numbers skips what a `retrain` rollback left
+    behind, so the regression guard compares a retrained model with its own ancestors.
+    """
+    by_model = {
+        r.model_sha256: r for r in ledger.rounds() if r.status == "completed" and r.model_sha256
+    }
+    out: list[float] = []
+    seen: set[str] = set()
+    record = by_model.get(model_sha)
+    while record is not None and len(out) < count and record.model_sha256 not in seen:
+        seen.add(record.model_sha256 or "")  # a zero update repeats its base's digest
+        if record.test_acc is not None:
+            out.append(record.test_acc)
+        record = by_model.get(record.base_model_sha256 or "")
+    return out[::-1]
+
+
 class Coordinator:
     """Runs FedAvg rounds over whatever nodes poll it. Not thread-safe: callers serialise."""
 
@@ -100,17 +124,18 @@ class Coordinator:
         checkpoints: CheckpointStore,
         train: TrainSettings,
         evaluator: Evaluator | None = None,
-        max_update_norm: float = 1e6,
         secure: SecureSettings | None = None,
         forget_policy: ForgetPolicy | None = None,
         keep_checkpoints: int = 0,
+        guard: GuardSettings | None = None,
+        quarantine_after: int = 3,
         now_ms: int = 0,
     ) -> None:
         policy.validate()
         if secure is not None:
             secure.validate()
         self.secure = secure
-        self.forgets = ForgetManager(ledger, forget_policy or ForgetPolicy())
+        self.forgets = ForgetManager(ledger, forget_policy or ForgetPolicy(), now_ms)
         self.policy = policy
         self.model_spec = model_spec
         self.tensors = tensors
@@ -118,13 +143,20 @@ class Coordinator:
         self.ledger = ledger
         self.checkpoints = checkpoints
         self.evaluator = evaluator
-        self.max_update_norm = max_update_norm
         self.keep_checkpoints = keep_checkpoints  # 0: keep every checkpoint (server/retention.py)
         self._last_seen: dict[str, int] = {}
         self._samples: dict[str, int] = {}
+        self._most_declared: dict[str, int] = {}
+        # Liveness forgets a node that left; the forget timer needs its true last contact.
+        self._last_contact: dict[str, int] = {}  # bounds how many ids a forget may name
         self._keys: dict[str, bytes] = {}
         self._payload_cache: tuple[str, bytes] = ("", b"")
         self._revoked = {c.node_id for c in ledger.clients() if c.revoked}
+        self.faults = FaultBook(ledger, quarantine_after)
+        # (node, request id) of what the last finished round accepted, so a late retry of it
+        # is told "duplicate" rather than that the round has closed.
+        self._answered_last: frozenset[tuple[str, str]] = frozenset()
+        self._missed: frozenset[str] = frozenset()  # unanswered in this round's attempts
         self._round: OpenRound | None = None
         self._attempt = 0
         self._last_abort = ""
@@ -132,6 +164,10 @@ class Coordinator:
             initial_model, now_ms
         )
         self._finished = self._is_done()
+        guard = guard or GuardSettings()
+        self.guard = RegressionGuard(
+            guard, lineage_accuracies(ledger, self._model_sha, guard.window)
+        )
 
     # ---- start-up -------------------------------------------------------------------------
 
@@ -242,15 +278,14 @@ class Coordinator:
         now_ms: int,
         max_clients: int = 1_000_000,
     ) -> None:
+        self.check_admitted(node_id)
         existing = self.ledger.client(node_id)
-        if existing is not None and existing.revoked:
-            raise PermissionDenied(f"node {node_id} is revoked")
         live = self.live_nodes(now_ms)
         if node_id not in live and len(live) >= max_clients:
             raise RateLimited(f"the server already serves its limit of {max_clients} clients")
         first_seen = existing.first_seen_ms if existing else now_ms
         self.ledger.upsert_client(
-            ClientRecord(node_id, public_key, num_samples, first_seen, now_ms, False)
+            ClientRecord(node_id, public_key, num_samples, first_seen, now_ms)
         )
         self._keys[node_id] = public_key
         self._seen(node_id, num_samples, now_ms)
@@ -268,9 +303,27 @@ class Coordinator:
         log.warning("node %s revoked: %s", node_id, reason or "no reason given")
         return False
 
-    def check_not_revoked(self, node_id: str) -> None:
+    def check_admitted(self, node_id: str) -> None:
+        """PermissionDenied for a revoked or quarantined node, saying which and why."""
         if node_id in self._revoked:
             raise PermissionDenied(f"node {node_id} is revoked")
+        reason = self.faults.quarantine(node_id)
+        if reason:
+            raise PermissionDenied(
+                f"node {node_id} is quarantined ({reason}); an operator can lift it with "
+                f"`forsaken admin release {node_id}`"
+            )
+
+    def release(self, node_id: str) -> bool:
+        """Lift a node's quarantine; True if it was quarantined."""
+        if self.ledger.client(node_id) is None:
+            raise UnknownEntity(f"no client {node_id} has ever joined")
+        return self.faults.release(node_id)
+
+    def _fault(self, fault: MemberFault, round_: int, now_ms: int) -> None:
+        """An attributable fault: keep the node out of this round's retries, maybe for good."""
+        if self.faults.record(fault.node_id, round_, fault.reason, now_ms):
+            self._last_seen.pop(fault.node_id, None)
 
     def leave(self, node_id: str) -> None:
         """A node left cleanly: stop sampling it (an open round still waits for its deadline)."""
@@ -315,8 +368,7 @@ class Coordinator:
         instruction = self.forgets.instruction_for(node_id)
         if instruction is None:
             return None
-        total = sum(self._samples.get(n, 1) for n in rnd.selected)
-        return replace(instruction, total_weight=float(max(1, total)))
+        return replace(instruction, total_weight=float(max(1, sum(rnd.weights.values()))))
 
     def _verify_task(self, node_id: str) -> Task | None:
         rec = self.forgets.verify_for(node_id)
@@ -340,9 +392,27 @@ class Coordinator:
         sample_ids: tuple[int, ...],
         method: str,
         now_ms: int,
+        admit: Callable[[], None] | None = None,
     ) -> tuple[ForgetRecord, bool]:
         self._seen(caller, None, now_ms)
-        return self.forgets.request(caller, node_id, request_id, sample_ids, method, now_ms)
+        record = self.ledger.client(caller)
+        most = max(self._most_declared.get(caller, 0), record.num_samples if record else 0)
+        return self.forgets.request(
+            caller, node_id, request_id, sample_ids, method, now_ms, max_samples=most, admit=admit
+        )
+
+    def operator_forget(
+        self, operator: str, node_id: str, request_id: str, method: str, reason: str, now_ms: int
+    ) -> tuple[ForgetRecord, bool]:
+        """An operator asks to forget a revoked node, which can no longer ask for itself."""
+        if self.ledger.client(node_id) is None:
+            raise UnknownEntity(f"no client {node_id} has ever joined")
+        if node_id not in self._revoked:
+            raise WrongStage(
+                f"node {node_id} is not revoked: a live node keeps training on its data, so "
+                f"revoke it first (`forsaken admin revoke {node_id}`) or let it ask itself"
+            )
+        return self.forgets.operator_request(operator, node_id, request_id, method, reason, now_ms)
 
     def forget_status(self, caller: str, forget_id: str) -> ForgetRecord:
         return self.forgets.get(caller, forget_id)
@@ -379,9 +449,48 @@ class Coordinator:
     def submit(self, node_id: str, sub: Submission, now_ms: int) -> SubmitOutcome:
         """Validate and hold one node's update for the open round. The model is not touched."""
         self._seen(node_id, None, now_ms)
+        if (node_id, sub.request_id) in self._answered_last:
+            return SubmitOutcome(accepted=True, duplicate=True)
         rnd = self._open_round(node_id, sub.round, sub.task_id)
-        if rnd.secure is not None:
-            return self._submit_masked(node_id, rnd, sub)
+        try:
+            if rnd.secure is not None:
+                return self._submit_masked(node_id, rnd, sub)
+            return self._submit_plain(node_id, rnd, sub)
+        except MemberFault as fault:
+            self._fault(fault, rnd.number, now_ms)
+            raise
+
+    def admit_upload(
+        self,
+        node_id: str,
+        round_: int,
+        task_id: str,
+        request_id: str,
+        tensors: tuple[TensorSpec, ...],
+    ) -> bool:
+        """Check an upload's header against the node's open task before any of its bytes are
+        buffered, so memory per upload is bounded by what the task expects. True when it is a
+        retry of an upload already accepted (nothing more needs reading)."""
+        if (node_id, request_id) in self._answered_last:
+            return True
+        rnd = self._open_round(node_id, round_, task_id)
+        self._check_tensors(rnd, tensors)
+        return False
+
+    def _check_tensors(self, rnd: OpenRound, tensors: tuple[TensorSpec, ...]) -> None:
+        if rnd.secure is None:
+            if tuple(tensors) != self.tensors:
+                raise InvalidPayload(
+                    "update tensors do not match the model's names, shapes or dtype"
+                )
+            return
+        expected = (masked_input_spec(self.tensors),)
+        if tuple(tensors) != expected:
+            raise InvalidPayload(
+                f"a secure round takes one uint32 masked vector of {expected[0].numel} entries"
+            )
+
+    def _submit_plain(self, node_id: str, rnd: OpenRound, sub: Submission) -> SubmitOutcome:
         held = rnd.accepted.get(node_id)
         if held is not None:
             if held.request_id == sub.request_id:
@@ -391,7 +500,7 @@ class Coordinator:
             )
         if sub.base_model_sha256 != rnd.base_sha:
             raise StaleRequest("update was computed from a different model than this round's")
-        update = self._validate_update(sub)
+        update = self._validate_update(node_id, rnd, sub)
         rnd.accepted[node_id] = Accepted(sub.request_id, sub.num_samples, dict(sub.metrics), update)
         return SubmitOutcome(accepted=True, duplicate=False)
 
@@ -406,28 +515,30 @@ class Coordinator:
     ) -> SubmitOutcome:
         """A secure-aggregation stage message (keys, shares, signatures, unmask shares)."""
         self._seen(node_id, None, now_ms)
+        if (node_id, request_id) in self._answered_last:
+            return SubmitOutcome(accepted=True, duplicate=True)
         rnd = self._open_round(node_id, round_, task_id)
         if rnd.secure is None:
             raise WrongStage("this round uses plaintext aggregation")
-        duplicate = rnd.secure.receive(node_id, request_id, message)  # type: ignore[arg-type]
+        try:
+            duplicate = rnd.secure.receive(node_id, request_id, message)  # type: ignore[arg-type]
+        except MemberFault as fault:
+            self._fault(fault, rnd.number, now_ms)
+            raise
         return SubmitOutcome(accepted=True, duplicate=duplicate)
 
     def _submit_masked(self, node_id: str, rnd: OpenRound, sub: Submission) -> SubmitOutcome:
         assert rnd.secure is not None
         if sub.base_model_sha256 != rnd.base_sha:
             raise StaleRequest("update was computed from a different model than this round's")
-        expected = (masked_input_spec(self.tensors),)
-        if tuple(sub.tensors) != expected:
-            raise InvalidPayload(
-                f"a secure round takes one uint32 masked vector of {expected[0].numel} entries"
-            )
+        self._check_tensors(rnd, sub.tensors)
         vector = from_bytes(sub.payload, sub.tensors)
         duplicate = rnd.secure.receive(node_id, sub.request_id, MaskedInput(vector))
         return SubmitOutcome(accepted=True, duplicate=duplicate)
 
     def tick(self, now_ms: int) -> list[Event]:
         """Advance time: start, close or abort rounds as due."""
-        self.forgets.fail_stale(self._last_seen, now_ms)
+        self.forgets.fail_stale(self._last_contact, now_ms)
         if self._idle():
             return []
         rnd = self._round
@@ -455,13 +566,15 @@ class Coordinator:
         if secure.stage is not SecAggStage.FINISHED:
             return []
         try:
-            delta, total, survivors = secure.result()
+            res = secure.result()
         except ValueError as exc:  # e.g. every survivor had weight 0
             return [self._abort(rnd, now_ms, f"secure aggregate unusable: {exc}")]
-        if len(survivors) < self.policy.min_completed:
-            reason = f"only {len(survivors)} survivors; {self.policy.min_completed} needed"
+        if len(res.survivors) < self.policy.min_completed:
+            reason = f"only {len(res.survivors)} survivors; {self.policy.min_completed} needed"
             return [self._abort(rnd, now_ms, reason)]
-        return self._finish(rnd, delta, total, survivors, {}, now_ms)
+        return self._finish(
+            rnd, res.delta, res.total_weight, res.survivors, {}, now_ms, res.quantization_slack
+        )
 
     def _maybe_start(self, now_ms: int) -> list[Event]:
         rollback = self.forgets.begin(self._model_sha, self._completed, now_ms)
@@ -469,8 +582,14 @@ class Coordinator:
             self._roll_back(rollback)
         if self._finished and not self._forget_needs_rounds():
             return []
-        excluded = self.forgets.excluded_nodes()
-        everyone = self.live_nodes(now_ms)
+        number = self._completed + 1
+        # Quarantined nodes are refused at the edge; a node that spoiled an attempt of this
+        # round sits out its retries, so one faulty member cannot stall the federation.
+        excluded = self.forgets.excluded_nodes() | self.faults.spoiled(number)
+        everyone = [n for n in self.live_nodes(now_ms) if not self.faults.quarantine(n)]
+        # Nodes that left an earlier attempt of this round unanswered sit its retries out
+        # while enough others remain: a live but unresponsive node cannot stall the round.
+        responsive = [n for n in everyone if n not in self._missed]
         # A node that has no samples left (it forgot all of them) has nothing to train on,
         # and it no longer counts towards the quorum either.
         live = [
@@ -484,10 +603,16 @@ class Coordinator:
         )
         if len(live) < needed:
             return []
-        number = self._completed + 1
-        selected = self.policy.sample(live, number, self._attempt)
+        without_missed = [n for n in live if n in responsive]
+        if len(without_missed) >= needed:
+            live = without_missed
+        # The node uploading forget steps takes part in every round until it is done.
+        forgetter = [n for n in live if self.forgets.instruction_for(n) is not None]
+        selected = self.policy.sample(live, number, self._attempt, required=forgetter)
         deadline = now_ms + int(self.policy.round_timeout_s * 1000)
         rnd = OpenRound(number, self._attempt, selected, self._model_sha, now_ms, deadline)
+        rnd.weights = {n: max(0, self._samples.get(n, 1)) for n in selected}
+        rnd.forget_node = forgetter[0] if forgetter else ""
         self._round = rnd
         log.info(
             "round %d (attempt %d) started with %d of %d live nodes",
@@ -501,7 +626,7 @@ class Coordinator:
                 rnd.secure = SecureRound(
                     selected=selected,
                     vector_len=sum(t.numel for t in self.tensors) + 1,
-                    declared_samples=self._samples,
+                    declared_samples=rnd.weights,
                     node_keys=self._keys,
                     settings=self.secure,
                     context=f"forsaken/round/{number}/{rnd.attempt}/{self._model_sha}".encode(),
@@ -525,6 +650,8 @@ class Coordinator:
         sha = json.loads(rec.progress_json)["rollback_model"]
         self._model = from_bytes(self.checkpoints.get(sha), self.tensors)
         self._model_sha = sha
+        # From now on the guard compares retrained models with the rolled-back one.
+        self.guard.restart(self._evaluate(self._model))
         log.warning(
             "forget %s: rolled the model back to %s to retrain without node %s",
             rec.forget_id,
@@ -566,11 +693,23 @@ class Coordinator:
         participants: tuple[str, ...],
         metrics: Mapping[str, float],
         now_ms: int,
+        slack: float = 0.0,
     ) -> list[Event]:
-        """Apply the aggregate, checkpoint, then record: the new model is durable first."""
+        """Bound, apply and judge the aggregate; then checkpoint, then record."""
+        try:
+            norm = check_aggregate(
+                delta, self.train.max_update_norm, forget_round=bool(rnd.forget_node), slack=slack
+            )
+        except InvalidPayload as exc:
+            return [self._abort(rnd, now_ms, f"refused: {exc}; the previous model is kept")]
         model = (self._model + delta).astype(np.float32)
-        sha = self.checkpoints.put(to_bytes(model), {"round": rnd.number})
         evaluation = self._evaluate(model)
+        refusal = self.guard.refusal(evaluation, evaluated=self.evaluator is not None)
+        if refusal is not None:
+            return [self._abort(rnd, now_ms, refusal)]
+        metrics = {**metrics, "update_norm": norm}
+        # The new model is durable before the ledger names it.
+        sha = self.checkpoints.put(to_bytes(model), {"round": rnd.number})
         record = round_record(
             rnd,
             now_ms,
@@ -580,14 +719,20 @@ class Coordinator:
             total_samples=total,
             evaluation=evaluation,
             metrics=metrics,
+            reason=self._fault_notes(rnd.number),
         )
         # Ledger after checkpoint: a crash in between leaves an orphan blob, never a dangling row.
         self.ledger.record_round(record)
         self._model, self._model_sha, self._completed = model, sha, rnd.number
-        self.forgets.on_round_completed(participants, now_ms)
+        self.guard.committed(evaluation)
+        self._answered_last = self._answers(rnd)
+        self.forgets.on_round_completed(
+            participants, now_ms, sha, evaluation.accuracy if evaluation else None
+        )
         self._collect_checkpoints()
         self._last_acc = evaluation.accuracy if evaluation else None
         self._round, self._attempt, self._last_abort = None, 0, ""
+        self._missed = frozenset()
         events: list[Event] = [RoundCompleted(record)]
         if self._is_done() and not self._finished:
             self._finished = True
@@ -596,16 +741,37 @@ class Coordinator:
         log.info("round %d completed with %d updates (acc=%s)", rnd.number, len(participants), acc)
         return events
 
+    @staticmethod
+    def _unanswered(rnd: OpenRound) -> frozenset[str]:
+        if rnd.secure is not None:
+            return rnd.secure.missing
+        return frozenset(rnd.selected) - frozenset(rnd.accepted)
+
+    @staticmethod
+    def _answers(rnd: OpenRound) -> frozenset[tuple[str, str]]:
+        if rnd.secure is not None:
+            return rnd.secure.answered()
+        return frozenset((node, a.request_id) for node, a in rnd.accepted.items())
+
     def _abort(self, rnd: OpenRound, now_ms: int, reason: str) -> RoundAborted:
         record = round_record(
             rnd, now_ms, status="aborted", participants=tuple(sorted(rnd.accepted)), reason=reason
         )
         self.ledger.record_round(record)
+        self._missed |= self._unanswered(rnd)
         self._round, self._attempt, self._last_abort = None, rnd.attempt + 1, reason
         log.warning("round %d attempt %d aborted: %s", rnd.number, rnd.attempt, reason)
         return RoundAborted(record)
 
     # ---- helpers --------------------------------------------------------------------------
+
+    def _fault_notes(self, round_: int) -> str:
+        """What a completed round's record says about the members it left out, and why."""
+        notes = []
+        for node in sorted(self.faults.spoiled(round_)):
+            fault = self.faults.last(node)
+            notes.append(f"left out node {node}: {fault.reason if fault else 'a fault'}")
+        return "; ".join(notes)
 
     def _shortfall(self, rnd: OpenRound) -> str:
         return (
@@ -613,19 +779,31 @@ class Coordinator:
             f"{self.policy.min_completed} needed"
         )
 
-    def _validate_update(self, sub: Submission) -> np.ndarray:
-        if tuple(sub.tensors) != self.tensors:
-            raise InvalidPayload("update tensors do not match the model's names, shapes or dtype")
+    def _validate_update(self, node_id: str, rnd: OpenRound, sub: Submission) -> np.ndarray:
+        self._check_tensors(rnd, sub.tensors)
         if sub.num_samples < 0:
             raise InvalidPayload(f"num_samples must be >= 0, got {sub.num_samples}")
+        declared = max(rnd.weights.get(node_id, 0), self._samples.get(node_id, 0))
+        if sub.num_samples > declared:
+            raise MemberFault(
+                node_id, f"node {node_id} reports {sub.num_samples} samples; it declared {declared}"
+            )
         bad = [k for k, v in sub.metrics.items() if not math.isfinite(v)]
         if bad:
             raise InvalidPayload(f"metrics {sorted(bad)} are NaN or Inf")
         update = from_bytes(sub.payload, sub.tensors)
         require_finite(update)
-        norm = float(np.linalg.norm(update.astype(np.float64)))
-        if norm > self.max_update_norm:
-            raise InvalidPayload(f"update norm {norm:.3g} exceeds {self.max_update_norm:.3g}")
+        # A forget step is scaled by W / w to survive averaging: bound what it adds to the mean.
+        share = sub.num_samples / max(1, sum(rnd.weights.values()))
+        contribution = node_id == rnd.forget_node
+        norm = l2_norm(update) * (share if contribution else 1.0)
+        bound = self.train.max_update_norm
+        if bound and norm > bound * (1 + RELATIVE_TOLERANCE):
+            what = "forget step adds" if contribution else "update has"
+            raise MemberFault(
+                node_id,
+                f"node {node_id}'s {what} norm {norm:.4g}, over --max-update-norm {bound:g}",
+            )
         return update
 
     def _evaluate(self, model: np.ndarray) -> EvalResult | None:
@@ -636,8 +814,10 @@ class Coordinator:
 
     def _seen(self, node_id: str, num_samples: int | None, now_ms: int) -> None:
         self._last_seen[node_id] = now_ms
+        self._last_contact[node_id] = now_ms
         if num_samples is not None:
             self._samples[node_id] = num_samples
+            self._most_declared[node_id] = max(self._most_declared.get(node_id, 0), num_samples)
 
     def _is_done(self) -> bool:
         return self.policy.rounds > 0 and self._completed >= self.policy.rounds

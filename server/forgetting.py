@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from forsaken.common import failpoints
@@ -29,6 +29,8 @@ from forsaken.server.ledger import ForgetRecord, ForgetState, Ledger
 log = logging.getLogger(__name__)
 
 METHODS = ("forsaken", "pga", "retrain", "finetune")
+# What the server can do without the node: an operator's forget of a revoked node uses these.
+SERVER_METHODS = ("retrain", "finetune")
 # Quantities the node must report before a request may complete.
 REQUIRED_EVIDENCE = ("mia_auc", "forget_acc", "held_out_acc")
 
@@ -62,10 +64,12 @@ def _progress(rec: ForgetRecord) -> dict[str, object]:
 
 
 class ForgetManager:
-    def __init__(self, ledger: Ledger, policy: ForgetPolicy) -> None:
+    def __init__(self, ledger: Ledger, policy: ForgetPolicy, now_ms: int = 0) -> None:
         policy.validate()
         self.ledger = ledger
         self.policy = policy
+        # A node not heard from since this server started counts as heard from at the start.
+        self._started_ms = now_ms
         self._active: ForgetRecord | None = None
         self._refresh()
 
@@ -85,8 +89,16 @@ class ForgetManager:
         sample_ids: tuple[int, ...],
         method: str,
         now_ms: int,
+        *,
+        max_samples: int | None = None,
+        admit: Callable[[], None] | None = None,
     ) -> tuple[ForgetRecord, bool]:
-        """Record a request durably; (record, created). Only a node may forget its own data."""
+        """Record a request durably; (record, created). Only a node may forget its own data.
+
+        Sample ids are deduplicated and may not outnumber `max_samples`, the most the node
+        ever declared holding (the coordinator always passes it). `admit` runs once the
+        request is valid and new (a rate limit's token is spent only then); it may raise.
+        """
         owner = node_id or caller
         if owner != caller:
             raise PermissionDenied(f"node {caller} may not ask to forget node {owner}'s data")
@@ -95,17 +107,62 @@ class ForgetManager:
         method = method or self.policy.default_method
         if method not in METHODS:
             raise InvalidPayload(f"unknown method {method!r}; expected one of {list(METHODS)}")
-        if len(set(sample_ids)) != len(sample_ids):
-            raise InvalidPayload("sample_ids repeat an id")
+        ids = tuple(sorted(set(sample_ids)))
+        if max_samples is not None and len(ids) > max_samples:
+            raise InvalidPayload(
+                f"{len(ids)} distinct sample ids, but node {owner} declared at most "
+                f"{max_samples} samples"
+            )
         record = ForgetRecord(
             forget_id=uuid.uuid4().hex,
             node_id=owner,
             request_id=request_id,
             method=method,
-            sample_ids=tuple(sorted(sample_ids)),
+            sample_ids=ids,
             created_ms=now_ms,
             updated_ms=now_ms,
         )
+        return self._create(record, admit)
+
+    def operator_request(
+        self, operator: str, node_id: str, request_id: str, method: str, reason: str, now_ms: int
+    ) -> tuple[ForgetRecord, bool]:
+        """An operator's forget of all of a revoked node's data; the server verifies alone.
+
+        Only methods that need nothing from the node can serve it: `retrain` (exact) and
+        `finetune` (the node simply stops contributing, which proves nothing by itself).
+        """
+        if not request_id:
+            raise InvalidPayload("request_id is required")
+        method = method or "retrain"
+        if method not in SERVER_METHODS:
+            raise InvalidPayload(
+                f"an operator's forget can use {list(SERVER_METHODS)}, not {method!r}: the "
+                "other methods need the node itself to compute its unlearning steps"
+            )
+        record = ForgetRecord(
+            forget_id=uuid.uuid4().hex,
+            node_id=node_id,
+            request_id=request_id,
+            method=method,
+            reason=reason,
+            created_ms=now_ms,
+            updated_ms=now_ms,
+            initiated_by=f"operator:{operator}",
+        )
+        return self._create(record, None)
+
+    def _create(
+        self, record: ForgetRecord, admit: Callable[[], None] | None
+    ) -> tuple[ForgetRecord, bool]:
+        existing = [
+            f for f in self.ledger.forgets(record.node_id) if f.request_id == record.request_id
+        ]
+        if existing:
+            return existing[0], False  # a retry: same request, same answer, no token spent
+        if admit is not None:
+            admit()
+        owner, method, sample_ids = record.node_id, record.method, record.sample_ids
         stored, created = self.ledger.create_forget(record)
         self._refresh()
         if created:
@@ -152,7 +209,12 @@ class ForgetManager:
 
     def verify_for(self, node_id: str) -> ForgetRecord | None:
         rec = self.active()
-        if rec is not None and rec.node_id == node_id and rec.state is ForgetState.VERIFYING:
+        if (
+            rec is not None
+            and rec.node_id == node_id
+            and rec.state is ForgetState.VERIFYING
+            and not rec.initiated_by
+        ):
             return rec
         return None
 
@@ -188,11 +250,33 @@ class ForgetManager:
         failpoints.hit("server-after-forget-unlearning")
         return None
 
-    def on_round_completed(self, participants: tuple[str, ...], now_ms: int) -> None:
+    def on_round_completed(
+        self,
+        participants: tuple[str, ...],
+        now_ms: int,
+        model_sha256: str = "",
+        test_acc: float | None = None,
+    ) -> None:
         rec = self.active()
         if rec is None:
             return
+        self._advance(rec, participants, now_ms)
+        rec = self.active()
+        if rec is not None and rec.initiated_by and rec.state is ForgetState.VERIFYING:
+            self._complete_by_server(rec, now_ms, model_sha256, test_acc)
+
+    def _advance(self, rec: ForgetRecord, participants: tuple[str, ...], now_ms: int) -> None:
         progress = _progress(rec)
+        needs_node = rec.method in ("forsaken", "pga")
+        if rec.state is ForgetState.UNLEARNING and needs_node and rec.node_id not in participants:
+            # Rounds go on without a node that stopped taking part; after as many rounds as
+            # unlearning may take at most, its request fails and the next one can start.
+            missed = int(progress.get("rounds_missed", 0)) + 1
+            progress["rounds_missed"] = missed
+            if missed >= self.policy.max_unlearning_rounds:
+                reason = f"node {rec.node_id} took no part in {missed} unlearning rounds"
+                self._set(rec, ForgetState.FAILED, progress, now_ms, reason=reason)
+                return
         if rec.state is ForgetState.UNLEARNING:
             if rec.method == "retrain":
                 left = int(progress.get("retrain_rounds_left", 0)) - 1
@@ -272,23 +356,33 @@ class ForgetManager:
             return self.ledger.forget(forget_id)
         raise InvalidPayload(f"unknown report kind {kind!r}")
 
-    def fail_stale(self, last_seen_ms: Mapping[str, int], now_ms: int) -> None:
-        """Fail the active request if its node has been silent too long while needed."""
+    def fail_stale(self, last_contact_ms: Mapping[str, int], now_ms: int) -> None:
+        """Fail the active request if its node is needed but silent, or will not verify.
+
+        Silence is measured from the node's last real contact with the server (any call), not
+        from the request's last write, which every round rewrites. A node that keeps calling
+        but never reports its evidence fails once verification has waited as long.
+        """
         rec = self.active()
-        if rec is None or rec.state not in (ForgetState.UNLEARNING, ForgetState.VERIFYING):
+        if rec is None or rec.initiated_by:
+            return  # an operator's request needs nothing from the node
+        if rec.state not in (ForgetState.UNLEARNING, ForgetState.VERIFYING):
             return
         if rec.method in ("retrain", "finetune") and rec.state is ForgetState.UNLEARNING:
             return  # the node is not needed until verification
-        seen = last_seen_ms.get(rec.node_id, rec.updated_ms)
-        silent_s = (now_ms - max(seen, rec.updated_ms)) / 1000
-        if silent_s > self.policy.node_timeout_s:
-            self._set(
-                rec,
-                ForgetState.FAILED,
-                _progress(rec),
-                now_ms,
-                reason=f"node {rec.node_id} silent for {silent_s:.0f}s during {rec.state}",
-            )
+        limit = self.policy.node_timeout_s
+        contact = max(last_contact_ms.get(rec.node_id, self._started_ms), self._started_ms)
+        silent_s = (now_ms - contact) / 1000
+        reason = ""
+        if silent_s > limit:
+            reason = f"node {rec.node_id} silent for {silent_s:.0f}s during {rec.state}"
+        elif rec.state is ForgetState.VERIFYING:
+            since = int(_progress(rec).get("verifying_since_ms", now_ms))
+            waited_s = (now_ms - max(since, self._started_ms)) / 1000
+            if waited_s > limit:
+                reason = f"node {rec.node_id} reported no evidence in {waited_s:.0f}s"
+        if reason:
+            self._set(rec, ForgetState.FAILED, _progress(rec), now_ms, reason=reason)
 
     # ---- helpers ------------------------------------------------------------------------
 
@@ -300,6 +394,8 @@ class ForgetManager:
         now_ms: int,
         reason: str = "",
     ) -> None:
+        if state is ForgetState.VERIFYING and rec.state is not ForgetState.VERIFYING:
+            progress = {**progress, "verifying_since_ms": now_ms}
         changes: dict[str, object] = {"state": state, "progress_json": json.dumps(progress)}
         if reason:
             changes["reason"] = reason
@@ -307,6 +403,37 @@ class ForgetManager:
         self._refresh()
         if state != rec.state:
             log.info("forget %s: %s -> %s", rec.forget_id, rec.state, state)
+
+    def _complete_by_server(
+        self, rec: ForgetRecord, now_ms: int, model_sha256: str, test_acc: float | None
+    ) -> None:
+        """An operator's request: the node cannot measure anything, so the receipt states what
+        the server did and what that shows."""
+        progress = _progress(rec)
+        if rec.method == "retrain":
+            shows = (
+                "exact: the model was rolled back to the checkpoint of round "
+                f"{progress.get('rollback_to_round')}, before the node's first contribution, and "
+                "retrained without it; nothing the node sent reached the final model"
+            )
+        else:
+            shows = (
+                "nothing by itself: the node stopped contributing, but what it taught the model "
+                "earlier may remain; use retrain for a removal that can be shown"
+            )
+        evidence = {} if test_acc is None else {"validation_acc": test_acc}
+        receipt = self._receipt(rec, progress, evidence, model_sha256, now_ms)
+        receipt["verified_by"] = "server"
+        receipt["initiated_by"] = rec.initiated_by
+        receipt["reference"] = shows
+        self.ledger.update_forget(
+            rec.forget_id,
+            now_ms=now_ms,
+            state=ForgetState.COMPLETED,
+            receipt_json=json.dumps(receipt, sort_keys=True),
+        )
+        self._refresh()
+        log.info("forget %s (%s) completed by the server", rec.forget_id, rec.initiated_by)
 
     def _receipt(
         self,

@@ -179,6 +179,7 @@ class ClientRecord:
     first_seen_ms: int = 0
     last_seen_ms: int = 0
     revoked: bool = False
+    quarantine: str = ""  # why the node is quarantined (server/faults.py); empty: it is not
 
     def __post_init__(self) -> None:
         if not self.node_id:
@@ -186,6 +187,7 @@ class ClientRecord:
         _ints(self, "num_samples", "first_seen_ms", "last_seen_ms")
         _set(self, "public_key", bytes(self.public_key))
         _set(self, "revoked", bool(self.revoked))
+        _set(self, "quarantine", str(self.quarantine))
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +205,9 @@ class ForgetRecord:
     updated_ms: int = 0
     receipt_json: str = "{}"
     progress_json: str = "{}"
+    # Who asked: empty for the node itself, "operator:<name>" for an operator's forget of a
+    # node that can no longer take part (a revoked one); the server then verifies alone.
+    initiated_by: str = ""
 
     def __post_init__(self) -> None:
         _set(self, "state", _enum(ForgetState, self.state, "forget state"))

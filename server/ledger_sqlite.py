@@ -96,6 +96,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) STRICT""",
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT",
     ),
+    (
+        "ALTER TABLE clients ADD COLUMN quarantine TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE forgets ADD COLUMN initiated_by TEXT NOT NULL DEFAULT ''",
+    ),
 )
 
 _ROUND_COLS = tuple(RoundRecord.__dataclass_fields__)
@@ -295,7 +299,8 @@ class SqliteLedger(Ledger):
             c.execute(
                 _insert("clients", _CLIENT_COLS) + " ON CONFLICT (node_id) DO UPDATE SET "
                 "public_key = excluded.public_key, num_samples = excluded.num_samples, "
-                "last_seen_ms = excluded.last_seen_ms, revoked = excluded.revoked",
+                "last_seen_ms = excluded.last_seen_ms, revoked = excluded.revoked, "
+                "quarantine = excluded.quarantine",
                 tuple(getattr(rec, col) for col in _CLIENT_COLS),
             )
             row = c.execute("SELECT * FROM clients WHERE node_id = ?", (rec.node_id,)).fetchone()

@@ -38,10 +38,22 @@ class RoundPolicy:
         if self.liveness_s <= 0:
             raise ConfigError(f"liveness_s must be > 0, got {self.liveness_s}")
 
-    def sample(self, available: Sequence[str], round_: int, attempt: int) -> tuple[str, ...]:
-        """Choose the round's participants: reproducible for a seed, round and attempt."""
+    def sample(
+        self,
+        available: Sequence[str],
+        round_: int,
+        attempt: int,
+        required: Sequence[str] = (),
+    ) -> tuple[str, ...]:
+        """Choose the round's participants: reproducible for a seed, round and attempt.
+
+        `required` nodes (of `available`) are always in; the rest of the places are drawn.
+        """
         pool = sorted(available)
         want = min(len(pool), max(self.min_clients, math.ceil(self.fraction * len(pool))))
         digest = hashlib.sha256(f"sample/{self.seed}/{round_}/{attempt}".encode()).digest()
         rng = random.Random(int.from_bytes(digest[:8], "big"))
-        return tuple(sorted(rng.sample(pool, want)))
+        must = [n for n in dict.fromkeys(required) if n in pool]
+        drawn = [n for n in rng.sample(pool, want) if n not in must]
+        chosen = must + drawn[: max(0, want - len(must))]
+        return tuple(sorted(chosen))

@@ -115,6 +115,9 @@ class OpenRound:
     deadline_ms: int
     accepted: dict[str, Accepted] = field(default_factory=dict)
     secure: SecureRound | None = None
+    # Each selected node's declared sample count when the round started: its FedAvg weight.
+    weights: dict[str, int] = field(default_factory=dict)
+    forget_node: str = ""  # the node uploading a forget step in this round, if any
 
     def task_id(self, node_id: str) -> str:
         return f"r{self.number}.a{self.attempt}.{node_id[:12]}"

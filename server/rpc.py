@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 
 import grpc
 
@@ -21,9 +22,10 @@ from forsaken.common.rpc_errors import rpc_method, stream_method
 from forsaken.common.types import ModelSpec
 from forsaken.server.coordinator import Submission, Task, TaskKind
 from forsaken.server.ledger import ForgetRecord, Ledger, RoundRecord
-from forsaken.server.limits import RateLimiter
+from forsaken.server.limits import CallQuota, RateLimiter
 from forsaken.server.metrics import ServerMetrics
 from forsaken.server.runtime import ServerRuntime
+from forsaken.server.stream_watchdog import StreamWatchdog
 from forsaken.v1 import admin_pb2, admin_pb2_grpc, fleet_pb2, fleet_pb2_grpc, secagg_pb2
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         join_limit: RateLimiter | None = None,
         forget_limit: RateLimiter | None = None,
         max_clients: int = 1_000_000,
+        quota: CallQuota | None = None,
+        watchdog: StreamWatchdog | None = None,
     ) -> None:
         self.runtime = runtime
         self.model_spec = model_spec
@@ -62,10 +66,25 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         self.join_limit = join_limit
         self.forget_limit = forget_limit
         self.max_clients = max_clients
+        self.quota = quota
+        self.watchdog = watchdog
+
+    @contextmanager
+    def _long_call(
+        self, node: str, kind: str, context: grpc.ServicerContext
+    ) -> Iterator[Callable[[], None]]:
+        """Hold a quota slot for a long call and, for streams, an idle deadline; yields the
+        `touch` to call whenever the stream moves."""
+        with self.quota.hold(node, kind) if self.quota else nullcontext():
+            if self.watchdog is None or kind == "poll":
+                yield lambda: None
+                return
+            with self.watchdog.watch(context, f"{kind} of node {node}") as touch:
+                yield touch
 
     def _node(self, context: grpc.ServicerContext) -> str:
         node = self.runtime.sessions.authenticate(session_token(context))
-        self.runtime.check_not_revoked(node)
+        self.runtime.check_admitted(node)
         if self.mtls:
             # A session token is only good from the TLS identity that opened it.
             peer = tls.peer_common_name(context)
@@ -128,29 +147,37 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             if remaining is None
             else max(0.0, min(self.poll_timeout_s, remaining - 1.0))
         )
-        task = self.runtime.poll(node, max(0, request.num_samples), timeout)
+        with self._long_call(node, "poll", context):
+            task = self.runtime.poll(node, max(0, request.num_samples), timeout)
         return task_to_proto(task, self.model_spec)
 
     @stream_method
     def FetchModel(
         self, request: fleet_pb2.FetchModelRequest, context: grpc.ServicerContext
     ) -> Iterator:
-        self._node(context)
+        node = self._node(context)
         sha = request.model_sha256.hex()
-        # The payload is content-addressed by `sha` (checkpoints verify it on read), so the
-        # digest is known without hashing tens of MB again for every fetch.
-        payload = self.runtime.model_payload(sha)
-        header = PayloadHeader(self.runtime.coordinator.tensors, len(payload), bytes.fromhex(sha))
-        if self.metrics is not None:
-            self.metrics.bytes_sent.inc(len(payload))
-        yield from wire.payload_chunks(header, payload)
+        with self._long_call(node, "download", context) as touch:
+            # The payload is content-addressed by `sha` (checkpoints verify it on read), so the
+            # digest is known without hashing tens of MB again for every fetch.
+            payload = self.runtime.model_payload(sha)
+            tensors = self.runtime.coordinator.tensors
+            header = PayloadHeader(tensors, len(payload), bytes.fromhex(sha))
+            if self.metrics is not None:
+                self.metrics.bytes_sent.inc(len(payload))
+            for chunk in wire.payload_chunks(header, payload):
+                yield chunk
+                touch()  # the peer took the chunk: flow control let it through
 
     @rpc_method
     def PushUpdate(
         self, request_iterator: Iterator[fleet_pb2.UploadChunk], context: grpc.ServicerContext
     ) -> fleet_pb2.PushReply:
         node = self._node(context)
-        header, payload = self._assemble(request_iterator)
+        with self._long_call(node, "upload", context) as touch:
+            header, payload = self._assemble(node, request_iterator, touch)
+        if payload is None:  # a retry of an upload the server already has
+            return fleet_pb2.PushReply(accepted=True, duplicate=True)
         if self.metrics is not None:
             self.metrics.bytes_received.inc(len(payload))
         submission = Submission(
@@ -167,18 +194,25 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         return fleet_pb2.PushReply(accepted=outcome.accepted, duplicate=outcome.duplicate)
 
     def _assemble(
-        self, chunks: Iterator[fleet_pb2.UploadChunk]
-    ) -> tuple[fleet_pb2.UploadHeader, bytes]:
+        self, node: str, chunks: Iterator[fleet_pb2.UploadChunk], touch: Callable[[], None]
+    ) -> tuple[fleet_pb2.UploadHeader, bytes | None]:
         first = next(chunks, None)
         if first is None or first.WhichOneof("part") != "header":
             raise InvalidPayload("upload stream must start with an UploadHeader")
         header = first.header
         if not header.request_id:
             raise InvalidPayload("request_id is required")
-        assembler = PayloadAssembler(
-            wire.payload_header_from_proto(header.payload), self.max_payload_bytes
+        payload_header = wire.payload_header_from_proto(header.payload)
+        assembler = PayloadAssembler(payload_header, self.max_payload_bytes)  # checks the size
+        # Before a byte is buffered: the node must have this open task, and the header must
+        # describe exactly what that task expects, so an upload can never buffer more.
+        duplicate = self.runtime.admit_upload(
+            node, header.round, header.task_id, header.request_id, payload_header.tensors
         )
+        if duplicate:
+            return header, None
         for chunk in chunks:
+            touch()
             if chunk.WhichOneof("part") != "data":
                 raise InvalidPayload("only data chunks may follow the upload header")
             assembler.add(chunk.data)
@@ -189,10 +223,15 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         self, request: fleet_pb2.ForgetRequest, context: grpc.ServicerContext
     ) -> fleet_pb2.ForgetReply:
         node = self._node(context)
-        if self.forget_limit is not None:
-            self.forget_limit.check(node)
+        limit = self.forget_limit
         record, _ = self.runtime.forget_request(
-            node, request.node_id, request.request_id, tuple(request.sample_ids), request.method
+            node,
+            request.node_id,
+            request.request_id,
+            tuple(request.sample_ids),
+            request.method,
+            # Spent only on a valid, new request: refusals and retries cost no token.
+            admit=None if limit is None else lambda: limit.check(node),
         )
         return fleet_pb2.ForgetReply(forget_id=record.forget_id, state=str(record.state))
 
@@ -309,6 +348,7 @@ def forget_to_proto(f: ForgetRecord) -> fleet_pb2.ForgetRequestInfo:
         updated_unix_ms=f.updated_ms,
         receipt_json=f.receipt_json,
         num_samples=len(f.sample_ids),
+        initiated_by=f.initiated_by,
     )
 
 
@@ -326,7 +366,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self.secure_aggregation = secure_aggregation
         self.require_operator = require_operator
 
-    def _operator(self, context: grpc.ServicerContext) -> None:
+    def _operator(self, context: grpc.ServicerContext) -> str:
         """Only operators use the Admin API: holders of an operator certificate under mutual
         TLS; without TLS, only callers on the server's own machine (loopback), so a server
         started with --insecure never exposes it to the network."""
@@ -336,10 +376,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                     "without TLS the Admin API answers only on loopback; start the server "
                     "with --tls-* and use an operator certificate"
                 )
-            return
+            return "loopback"
         peer = tls.peer_common_name(context)
         if role_of(peer) is not Role.OPERATOR:
             raise PermissionDenied(f"the Admin API needs an operator certificate, not {peer!r}")
+        return peer
 
     @rpc_method
     def GetStatus(
@@ -376,9 +417,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.ListClientsReply:
         self._operator(context)
         live = set(self.runtime.live_nodes())
+        faults = self.runtime.coordinator.faults
         infos = []
         for c in self.ledger.clients():
             rounds = self.ledger.contributions(c.node_id)
+            last = faults.last(c.node_id)
             infos.append(
                 admin_pb2.ClientInfo(
                     node_id=c.node_id,
@@ -387,6 +430,10 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                     rounds_contributed=len(rounds),
                     first_round=rounds[0] if rounds else 0,
                     last_seen_unix_ms=c.last_seen_ms,
+                    revoked=c.revoked,
+                    quarantine=c.quarantine,
+                    recent_faults=faults.count(c.node_id),
+                    last_fault=last.reason if last else "",
                 )
             )
         return admin_pb2.ListClientsReply(clients=infos)
@@ -398,6 +445,23 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self._operator(context)
         already = self.runtime.revoke(request.node_id, request.reason)
         return admin_pb2.RevokeClientReply(already_revoked=already)
+
+    @rpc_method
+    def ReleaseClient(
+        self, request: admin_pb2.ReleaseClientRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ReleaseClientReply:
+        self._operator(context)
+        return admin_pb2.ReleaseClientReply(was_quarantined=self.runtime.release(request.node_id))
+
+    @rpc_method
+    def ForgetClient(
+        self, request: admin_pb2.ForgetClientRequest, context: grpc.ServicerContext
+    ) -> fleet_pb2.ForgetRequestInfo:
+        operator = self._operator(context)
+        record, _ = self.runtime.operator_forget(
+            operator, request.node_id, request.request_id, request.method, request.reason
+        )
+        return forget_to_proto(record)
 
     @rpc_method
     def ListForgetRequests(

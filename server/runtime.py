@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from forsaken.common.errors import Unavailable
+from forsaken.common.tensors import TensorSpec
 from forsaken.server.coordinator import (
     Coordinator,
     Event,
@@ -118,6 +119,17 @@ class ServerRuntime:
         self.tick()
         return outcome
 
+    def admit_upload(
+        self,
+        node_id: str,
+        round_: int,
+        task_id: str,
+        request_id: str,
+        tensors: tuple[TensorSpec, ...],
+    ) -> bool:
+        with self._lock:
+            return self.coordinator.admit_upload(node_id, round_, task_id, request_id, tensors)
+
     def secagg_message(
         self, node_id: str, round_: int, task_id: str, request_id: str, message: object
     ) -> SubmitOutcome:
@@ -129,11 +141,27 @@ class ServerRuntime:
         return outcome
 
     def forget_request(
-        self, caller: str, node_id: str, request_id: str, sample_ids: tuple[int, ...], method: str
+        self,
+        caller: str,
+        node_id: str,
+        request_id: str,
+        sample_ids: tuple[int, ...],
+        method: str,
+        admit: Callable[[], None] | None = None,
     ) -> tuple[ForgetRecord, bool]:
         with self._lock:
             out = self.coordinator.forget_request(
-                caller, node_id, request_id, sample_ids, method, self.now_ms()
+                caller, node_id, request_id, sample_ids, method, self.now_ms(), admit
+            )
+            self._lock.notify_all()
+        return out
+
+    def operator_forget(
+        self, operator: str, node_id: str, request_id: str, method: str, reason: str
+    ) -> tuple[ForgetRecord, bool]:
+        with self._lock:
+            out = self.coordinator.operator_forget(
+                operator, node_id, request_id, method, reason, self.now_ms()
             )
             self._lock.notify_all()
         return out
@@ -166,9 +194,15 @@ class ServerRuntime:
             self._lock.notify_all()
         return already
 
-    def check_not_revoked(self, node_id: str) -> None:
+    def check_admitted(self, node_id: str) -> None:
         with self._lock:
-            self.coordinator.check_not_revoked(node_id)
+            self.coordinator.check_admitted(node_id)
+
+    def release(self, node_id: str) -> bool:
+        with self._lock:
+            released = self.coordinator.release(node_id)
+            self._lock.notify_all()
+        return released
 
     def leave(self, node_id: str) -> None:
         with self._lock:

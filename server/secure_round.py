@@ -4,6 +4,11 @@ The protocol itself lives in `forsaken.common.secagg` as pure states; this class
 string node ids to protocol indices, keeps what each node should be told next, closes a stage
 when everyone answered or its deadline passed, and decodes the final sum into a FedAvg delta.
 The server never holds an unmasked individual update: masked inputs are summed on arrival.
+
+Weights are fixed when the round starts: each node's declared sample count is announced to it,
+must come back in the clear count slot of its masked input (else the input is refused and the
+node named), and the sum is divided by the survivors' announced weights, never by a total that
+a member could forge.
 """
 
 from __future__ import annotations
@@ -13,7 +18,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from forsaken.common.errors import ConfigError, DuplicateRequest, PermissionDenied, WrongStage
+from forsaken.common.errors import (
+    ConfigError,
+    DuplicateRequest,
+    MemberFault,
+    PermissionDenied,
+    WrongStage,
+)
 from forsaken.common.secagg.messages import (
     AdvertiseKeys,
     ConsistencySignature,
@@ -43,6 +54,14 @@ from forsaken.common.secagg.setup import SetupInfo
 log = logging.getLogger(__name__)
 
 ClientStageMessage = AdvertiseKeys | ShareKeys | ConsistencySignature | UnmaskResponse | MaskedInput
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SecureResult:
+    delta: np.ndarray  # the survivors' weighted-average update
+    total_weight: int  # the survivors' announced weights, summed: the divisor
+    survivors: tuple[str, ...]
+    quantization_slack: float  # how far rounding alone can move the delta's L2 norm
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +129,9 @@ class SecureRound:
         self.node_of = {i: node for node, i in self.index_of.items()}
         params = round_parameters(len(selected), settings)
         self.config = SecAggConfig(params, vector_len, settings.active, context)
-        # Inputs are num_samples * delta / weight_scale, so each stays within the clip range.
-        self.weight_scale = float(max(1, sum(declared_samples.get(n, 1) for n in selected)))
+        # Inputs are weight * delta / weight_scale, so each stays within the clip range.
+        self.weights = {n: max(0, int(declared_samples.get(n, 1))) for n in selected}
+        self.weight_scale = float(max(1, sum(self.weights.values())))
         keys: tuple[bytes, ...] = ()
         if settings.active:
             # Active mode signs with the nodes' long-term Ed25519 identity keys from Join.
@@ -119,11 +139,17 @@ class SecureRound:
         verifying = {i: keys[i - 1] for i in range(1, len(keys) + 1)} if keys else None
         self.state: ServerState = start_server(self.config, verifying)
         self.outbox: dict[str, ServerMessage | SetupInfo] = {
-            node: SetupInfo(i, self.config, settings.clip, self.weight_scale, keys)
+            node: SetupInfo(
+                i, self.config, settings.clip, self.weight_scale, keys, self.weights[node]
+            )
             for node, i in self.index_of.items()
         }
         self.stage_deadline_ms = first_deadline_ms
         self._answered: dict[tuple[str, Stage], str] = {}  # (node, stage) -> request id
+        self._request_ids: set[tuple[str, str]] = set()  # (node, request id) of every answer
+        self._slots: dict[str, int] = {}  # node -> the weight its masked input carries
+        self.faulted: set[str] = set()  # nodes caught sending what no honest node sends
+        self.missing: frozenset[str] = frozenset()  # nodes that left a stage unanswered
         self.started_ms = now_ms
 
     @property
@@ -142,25 +168,55 @@ class SecureRound:
         index = self.index_of.get(node)
         if index is None:
             raise PermissionDenied(f"node {node} is not part of this secure round")
+        if (node, request_id) in self._request_ids:
+            return True  # a retry, possibly of an answer to a stage that has closed since
         key = (node, self.stage)
-        seen = self._answered.get(key)
-        if seen is not None:
-            if seen == request_id:
-                return True
+        if key in self._answered:
             raise DuplicateRequest(f"node {node} already answered stage {self.stage}")
         if self.stage in (Stage.ABORTED, Stage.FINISHED):
             raise WrongStage(f"secure round is {self.stage}")
+        slot = None
+        if isinstance(message, MaskedInput) and self.stage is Stage.MASKED_INPUT:
+            slot = self._check_count_slot(node, message)
         self.state = self.state.receive(index, message)  # raises with the state unchanged
+        if slot is not None:
+            self._slots[node] = slot
         self._answered[key] = request_id
+        self._request_ids.add((node, request_id))
         return False
 
+    def _check_count_slot(self, node: str, message: MaskedInput) -> int | None:
+        """The input's weight: the one announced for the node, or 0 (it abstains)."""
+        vector = message.vector
+        if not isinstance(vector, np.ndarray) or vector.shape != (self.config.vector_len,):
+            return None  # the protocol state refuses the shape with its own message
+        claimed, weight = int(vector[-1]), self.weights[node]
+        if claimed not in (weight, 0):
+            self.faulted.add(node)
+            raise MemberFault(
+                node,
+                f"node {node}'s masked input carries sample count {claimed}, not the weight "
+                f"{weight} announced for it (or 0); the input is refused",
+            )
+        return claimed
+
+    def answered(self) -> frozenset[tuple[str, str]]:
+        """(node, request id) of every message this round accepted."""
+        return frozenset(self._request_ids)
+
     def due(self, now_ms: int) -> bool:
-        pending = getattr(self.state, "pending", frozenset())
-        return not pending or now_ms >= self.stage_deadline_ms
+        """The stage may close: everyone answered but nodes caught faulting (whose answers
+        will never be accepted), or the deadline passed."""
+        waiting = self._pending() - self.faulted
+        return not waiting or now_ms >= self.stage_deadline_ms
+
+    def _pending(self) -> frozenset[str]:
+        return frozenset(self.node_of[i] for i in getattr(self.state, "pending", frozenset()))
 
     def close_stage(self, now_ms: int) -> None:
         """Close the current stage and queue the next stage's messages."""
         before = self.stage
+        self.missing |= self._pending()
         self.state, outbound = self.state.close()
         self.outbox = {self.node_of[i]: msg for i, msg in outbound.items()}
         self.stage_deadline_ms = now_ms + int(self.settings.stage_timeout_s * 1000)
@@ -172,14 +228,21 @@ class SecureRound:
     def abort_reason(self) -> str | None:
         return self.state.reason if isinstance(self.state, ServerAborted) else None
 
-    def result(self) -> tuple[np.ndarray, int, tuple[str, ...]]:
-        """(weighted-average delta, total samples, survivors) once the round has finished."""
+    def result(self) -> SecureResult:
+        """The weighted-average delta of the survivors, once the round has finished."""
         assert isinstance(self.state, ServerFinished)
         res = self.state.result
-        summed, total_samples = dequantize_sum(
-            res.vector, len(res.survivors), self.settings.clip, self.config.params.bits
-        )
-        if total_samples < 1:
-            raise ValueError("secure sum reports no samples")
-        delta = (summed * (self.weight_scale / total_samples)).astype(np.float32)
-        return delta, total_samples, tuple(sorted(self.node_of[i] for i in res.survivors))
+        bits, n = self.config.params.bits, len(res.survivors)
+        summed, slot_total = dequantize_sum(res.vector, n, self.settings.clip, bits)
+        survivors = tuple(sorted(self.node_of[i] for i in res.survivors))
+        total = sum(self._slots[s] for s in survivors)
+        if slot_total != total:  # every slot was checked on arrival; this is a last guard
+            raise ValueError(f"count slots sum to {slot_total}, the checked slots to {total}")
+        if total < 1:
+            raise ValueError("the survivors have no samples")
+        factor = self.weight_scale / total
+        delta = (summed * factor).astype(np.float32)
+        # Stochastic rounding moves each entry of each input by less than one grid step.
+        step = 2.0 * self.settings.clip / ((1 << bits) - 1)
+        slack = float(np.sqrt(summed.size)) * n * step * factor
+        return SecureResult(delta, total, survivors, slack)

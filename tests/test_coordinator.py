@@ -267,3 +267,14 @@ def test_operator_neighbour_count_is_made_valid_for_the_sparse_graph() -> None:
     params = round_parameters(10, SecureSettings(neighbors=5))
     assert params.neighbors == 6 and params.threshold > params.neighbors // 2
     assert round_parameters(4, SecureSettings(neighbors=7)).neighbors == 3  # complete graph
+
+
+def test_sampling_always_includes_required_nodes_and_keeps_the_size() -> None:
+    policy = RoundPolicy(rounds=0, min_clients=2, fraction=0.3, min_completed=2)
+    pool = [f"n{i}" for i in range(10)]
+    plain = policy.sample(pool, 4, 0)
+    assert len(plain) == 3
+    missing = next(n for n in pool if n not in plain)
+    forced = policy.sample(pool, 4, 0, required=[missing])
+    assert missing in forced and len(forced) == 3
+    assert policy.sample(pool, 4, 0, required=["not-live"]) == plain

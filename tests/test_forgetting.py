@@ -35,8 +35,14 @@ def test_request_is_durable_idempotent_and_own_data_only() -> None:
         fm.get("b", rec.forget_id)
     with pytest.raises(InvalidPayload, match="unknown method"):
         fm.request("a", "", "req-3", (), "magic", 13)
-    with pytest.raises(InvalidPayload, match="repeat"):
-        fm.request("a", "", "req-4", (1, 1), "", 13)
+    # Repeated ids are one id; more distinct ids than the node ever declared is refused.
+    twice, _ = fm.request("a", "", "req-4", (1, 1, 7), "", 13, max_samples=2)
+    assert twice.sample_ids == (1, 7)
+    with pytest.raises(
+        InvalidPayload, match="3 distinct sample ids, but node a declared at most 2"
+    ):
+        fm.request("a", "", "req-5", (1, 2, 3), "", 14, max_samples=2)
+    assert len(ledger.forgets()) == 2  # the refused request left nothing behind
 
 
 def test_forsaken_lifecycle_to_a_receipt() -> None:
@@ -137,3 +143,48 @@ def test_manager_resumes_from_the_ledger() -> None:
     restarted = ForgetManager(ledger, ForgetPolicy())
     assert restarted.active() is not None and restarted.active().forget_id == rec.forget_id
     assert restarted.instruction_for("a") is not None
+
+
+def test_operator_forget_needs_a_server_side_method_and_completes_without_the_node() -> None:
+    ledger, fm = setup()
+    with pytest.raises(InvalidPayload, match="need the node itself"):
+        fm.operator_request("admin", "a", "op", "forsaken", "", 1)
+    rec, created = fm.operator_request("admin", "a", "op", "retrain", "left the consortium", 1)
+    assert created and rec.initiated_by == "operator:admin" and rec.method == "retrain"
+    assert fm.operator_request("admin", "a", "op", "retrain", "", 2)[0].forget_id == rec.forget_id
+    fm.begin(SHA, 5, 3)
+    assert fm.verify_for("a") is None  # nobody asks the node for evidence
+    fm.fail_stale({}, 10**9)  # nor does its silence matter
+    assert fm.active() is not None and fm.active().state is ForgetState.UNLEARNING
+    for r in range(10):
+        fm.on_round_completed(("b",), 10 + r, SHA, 0.9)
+    done = ledger.forget(rec.forget_id)
+    assert done.state is ForgetState.COMPLETED
+    receipt = json.loads(done.receipt_json)
+    assert receipt["verified_by"] == "server" and receipt["evidence"] == {"validation_acc": 0.9}
+    assert receipt["reference"].startswith("exact:")
+
+
+def test_silence_is_measured_from_the_nodes_last_contact_not_the_rows_last_write() -> None:
+    ledger, fm = setup()  # node timeout: see setup()
+    rec, _ = fm.request("a", "", "r", (), "forsaken", 0)
+    fm.begin(SHA, 5, 0)
+    timeout_ms = int(fm.policy.node_timeout_s * 1000)
+    # Rounds keep completing without the node; each rewrites the row.
+    for r in range(1, 4):
+        fm.on_round_completed(("b",), r * timeout_ms // 4, SHA, 0.9)
+    fm.fail_stale({"a": 0}, timeout_ms + 1)
+    failed = ledger.forget(rec.forget_id)
+    assert failed.state is ForgetState.FAILED and "node a silent for" in failed.reason
+
+
+def test_a_node_that_takes_no_part_in_unlearning_rounds_fails_its_request() -> None:
+    ledger, fm = setup()
+    rec, _ = fm.request("a", "", "r", (), "forsaken", 0)
+    second, _ = fm.request("b", "", "r", (), "forsaken", 1)
+    fm.begin(SHA, 5, 2)
+    for r in range(fm.policy.max_unlearning_rounds):
+        fm.on_round_completed(("b", "c"), 10 + r, SHA, 0.9)
+    failed = ledger.forget(rec.forget_id)
+    assert failed.state is ForgetState.FAILED and "took no part in" in failed.reason
+    assert fm.active() is not None and fm.active().forget_id == second.forget_id

@@ -577,16 +577,33 @@ def _crafted(method: str) -> st.SearchStrategy[Message] | None:
             node_id=st.one_of(ids, st.just(""), st.just("operator:admin")),
             reason=small_text,
         ),
+        # Likewise never a joined node: releasing or forgetting one would be legitimate.
+        "ReleaseClient": lambda: st.builds(
+            admin_pb2.ReleaseClientRequest, node_id=st.one_of(ids, st.just(""))
+        ),
+        "ForgetClient": lambda: st.builds(
+            admin_pb2.ForgetClientRequest,
+            node_id=st.one_of(ids, st.just("")),
+            request_id=ids,
+            method=st.one_of(st.sampled_from(["", "retrain", "finetune", "forsaken"]), small_text),
+            reason=small_text,
+        ),
     }
     make = crafted.get(method)
     return None if make is None else make()
 
 
+def _with_short_node_id(message: Message) -> Message:
+    """Node ids are 32 hex characters: 31 can never name a node our Joins created."""
+    message.node_id = message.node_id[:31]  # type: ignore[attr-defined]
+    return message
+
+
 def requests_for(method: str) -> st.SearchStrategy[Message]:
     _, cls, _ = METHODS[method]
     generic = generic_message(cls.DESCRIPTOR)
-    if method == "RevokeClient":  # random node ids only (see _crafted)
-        generic = generic.map(lambda m: admin_pb2.RevokeClientRequest(node_id=m.node_id[:31]))
+    if method in ("RevokeClient", "ReleaseClient", "ForgetClient"):  # random ids (see _crafted)
+        generic = generic.map(lambda m: _with_short_node_id(m))
     crafted = _crafted(method)
     return generic if crafted is None else st.one_of(crafted, generic)
 
@@ -735,9 +752,15 @@ def test_every_rpc_is_fuzzed() -> None:
         METHODS
     )
     assert {"SendSecAgg", "Leave"} <= set(METHODS)
-    assert {"GetStatus", "ListRounds", "ListClients", "ListForgetRequests", "RevokeClient"} == (
-        ADMIN_METHODS & set(METHODS)
-    )
+    assert {
+        "GetStatus",
+        "ListRounds",
+        "ListClients",
+        "ListForgetRequests",
+        "RevokeClient",
+        "ReleaseClient",
+        "ForgetClient",
+    } == (ADMIN_METHODS & set(METHODS))
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -535,3 +536,30 @@ def test_not_a_database(tmp_path: Path) -> None:
         SqliteLedger(path)
     with pytest.raises(ConfigError):
         SqliteLedger(tmp_path / "missing-dir" / "l.db")
+
+
+def test_a_ledger_of_the_first_schema_opens_with_its_records_and_new_defaults(
+    tmp_path: Path,
+) -> None:
+    """A state directory written before quarantines and operator forgets still opens."""
+    path = tmp_path / "old.db"
+    raw = sqlite3.connect(path)
+    for statement in ledger_sqlite.MIGRATIONS[0]:
+        raw.execute(statement)
+    raw.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    raw.execute("INSERT INTO schema_version (version) VALUES (1)")
+    raw.execute("INSERT INTO clients VALUES ('a', x'00', 5, 1, 2, 0)")
+    raw.execute(
+        "INSERT INTO forgets VALUES ('f1', 'a', 'r1', 'retrain', '[]', 'requested', '', 3, 3, "
+        "'{}', '{}')"
+    )
+    raw.commit()
+    raw.close()
+    with SqliteLedger(path) as led:
+        assert led.schema_version() == len(ledger_sqlite.MIGRATIONS)
+        (a,) = led.clients()
+        assert (a.node_id, a.num_samples, a.quarantine) == ("a", 5, "")
+        f1 = led.forget("f1")
+        assert f1.method == "retrain" and f1.initiated_by == ""
+        led.upsert_client(dataclasses.replace(a, quarantine="3 faults"))
+        assert led.client("a").quarantine == "3 faults"

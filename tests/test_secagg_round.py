@@ -199,3 +199,21 @@ def test_masks_cancel_for_any_dropout_set_or_the_round_aborts(
     else:
         assert report.result is None
         assert "threshold" in report.server.reason
+
+
+def test_the_count_slot_travels_in_the_clear_and_everything_else_is_masked() -> None:
+    n, d = 5, 2000
+    params = choose_parameters(n, 0.0, 0.0)
+    config = SecAggConfig(params, d + 1)
+    zeros = np.zeros(d, dtype=np.float32)
+    inputs = {i: quantize(zeros, 7 * i, CLIP, params.bits, seed(b"c", i), n) for i in range(1, 6)}
+    seeds = {i: seed(b"s", i) for i in range(1, n + 1)}
+    report = run_round(config, inputs, seeds, {}, watch=1)
+    state, _ = start_client(ClientIdentity(config, 1, seeds[1]), inputs[1])
+    for message in report.watched[:2]:
+        state, reply = state.handle(message)
+    assert isinstance(reply, MaskedInput)
+    assert int(reply.vector[-1]) == 7  # the server can read and check it on arrival
+    assert _looks_uniform(reply.vector[:-1])
+    assert report.result is not None and int(report.result.vector[-1]) == 7 * 15
+    assert np.array_equal(report.result.vector, plain_sum(inputs, report.result.survivors))

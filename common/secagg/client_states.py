@@ -268,7 +268,8 @@ class ClientAwaitShares:
         terms = [(self_seed, 1)] + [
             (pair_seed, mask_sign(me, j)) for (j, _), pair_seed in zip(peers, seeds, strict=True)
         ]
-        masked = apply_masks(self.quantized_input.copy(), terms)
+        masked = self.quantized_input.copy()
+        apply_masks(masked[: self.identity.config.masked_len], terms)  # the count stays clear
         cls = ClientAwaitConsistency if self.identity.config.active else ClientAwaitUnmask
         nxt = cls(self.identity, sid, self.keys, self.graph, MappingProxyType(held))
         return nxt, MaskedInput(masked)

@@ -63,6 +63,9 @@ class SecAggConfig:
     """Everything both sides must agree on for one round; its encoding enters the session id.
 
     `vector_len` counts uint32 entries of a masked input, the sample-count slot included.
+    That last slot travels in the clear: the count is public (the server announces each
+    client's weight), and a clear slot lets the server check every client's count on arrival
+    and name the one that lies, instead of finding a wrong total after unmasking.
     `context` is opaque caller data (for example the round id) bound into every key.
     """
 
@@ -74,6 +77,11 @@ class SecAggConfig:
     def __post_init__(self) -> None:
         if self.vector_len < 1:
             raise ConfigError("vector_len must be positive")
+
+    @property
+    def masked_len(self) -> int:
+        """Entries the masks cover: all but the public sample-count slot at the end."""
+        return self.vector_len - 1
 
     def encode(self) -> bytes:
         """Canonical bytes of the configuration (fixed-width fields, length-prefixed context)."""

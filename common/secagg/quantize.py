@@ -4,7 +4,8 @@ Bonawitz et al. mask vectors over Z_R; we use R = 2^32 so that masking is native
 wrap-around arithmetic. A float vector is clipped to [-clip, clip] and mapped affinely onto the
 integers 0..2^b - 1 with unbiased stochastic rounding; with n * (2^b - 1) < 2^32 the sum of n such
 vectors never wraps, so the server can decode the exact sum of the encoded values. The sample
-count rides along as the last entry so that weighted averaging needs no plaintext counts.
+count rides along as the last entry, unmasked: counts are public, and the server checks each one
+against the weight it announced before the input joins the sum.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ removes what they left in the sum (Bonawitz et al. Fig. 4, Round 4, server side)
     = sum_{i in U3} x_i  (mod 2^32)
 
 Pairwise masks between two survivors cancel by themselves, so the server expands one mask per
-survivor plus one per (dropped, surviving neighbour) link.
+survivor plus one per (dropped, surviving neighbour) link. Masks cover every entry but the last,
+the public sample-count slot (`SecAggConfig.masked_len`).
 """
 
 from __future__ import annotations
@@ -137,8 +138,9 @@ def unmask_sum(
     if isinstance(terms, str):
         return terms
     result = total.copy()  # `total` belongs to an earlier state, which must stay valid
+    body = result[:-1]  # the last entry, the summed sample counts, was never masked
     if executor is not None and workers > 1:
-        np.add(result, net_mask_parallel(terms, result.size, executor, workers), out=result)
+        np.add(body, net_mask_parallel(terms, body.size, executor, workers), out=body)
     else:
-        apply_masks(result, terms)
+        apply_masks(body, terms)
     return AggregateResult(result, survivors, dropped)

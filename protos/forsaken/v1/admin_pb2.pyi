@@ -8,6 +8,30 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ReleaseClientRequest(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+
+class ReleaseClientReply(_message.Message):
+    __slots__ = ("was_quarantined",)
+    WAS_QUARANTINED_FIELD_NUMBER: _ClassVar[int]
+    was_quarantined: bool
+    def __init__(self, was_quarantined: _Optional[bool] = ...) -> None: ...
+
+class ForgetClientRequest(_message.Message):
+    __slots__ = ("node_id", "request_id", "method", "reason")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    request_id: str
+    method: str
+    reason: str
+    def __init__(self, node_id: _Optional[str] = ..., request_id: _Optional[str] = ..., method: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class RevokeClientRequest(_message.Message):
     __slots__ = ("node_id", "reason")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -101,20 +125,28 @@ class ListClientsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ClientInfo(_message.Message):
-    __slots__ = ("node_id", "connected", "num_samples", "rounds_contributed", "first_round", "last_seen_unix_ms")
+    __slots__ = ("node_id", "connected", "num_samples", "rounds_contributed", "first_round", "last_seen_unix_ms", "revoked", "quarantine", "recent_faults", "last_fault")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_CONTRIBUTED_FIELD_NUMBER: _ClassVar[int]
     FIRST_ROUND_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINE_FIELD_NUMBER: _ClassVar[int]
+    RECENT_FAULTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_FAULT_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     connected: bool
     num_samples: int
     rounds_contributed: int
     first_round: int
     last_seen_unix_ms: int
-    def __init__(self, node_id: _Optional[str] = ..., connected: _Optional[bool] = ..., num_samples: _Optional[int] = ..., rounds_contributed: _Optional[int] = ..., first_round: _Optional[int] = ..., last_seen_unix_ms: _Optional[int] = ...) -> None: ...
+    revoked: bool
+    quarantine: str
+    recent_faults: int
+    last_fault: str
+    def __init__(self, node_id: _Optional[str] = ..., connected: _Optional[bool] = ..., num_samples: _Optional[int] = ..., rounds_contributed: _Optional[int] = ..., first_round: _Optional[int] = ..., last_seen_unix_ms: _Optional[int] = ..., revoked: _Optional[bool] = ..., quarantine: _Optional[str] = ..., recent_faults: _Optional[int] = ..., last_fault: _Optional[str] = ...) -> None: ...
 
 class ListClientsReply(_message.Message):
     __slots__ = ("clients",)

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from forsaken.v1 import admin_pb2 as forsaken_dot_v1_dot_admin__pb2
+from forsaken.v1 import fleet_pb2 as forsaken_dot_v1_dot_fleet__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -60,6 +61,16 @@ class AdminStub:
                 request_serializer=forsaken_dot_v1_dot_admin__pb2.RevokeClientRequest.SerializeToString,
                 response_deserializer=forsaken_dot_v1_dot_admin__pb2.RevokeClientReply.FromString,
                 _registered_method=True)
+        self.ReleaseClient = channel.unary_unary(
+                '/forsaken.v1.Admin/ReleaseClient',
+                request_serializer=forsaken_dot_v1_dot_admin__pb2.ReleaseClientRequest.SerializeToString,
+                response_deserializer=forsaken_dot_v1_dot_admin__pb2.ReleaseClientReply.FromString,
+                _registered_method=True)
+        self.ForgetClient = channel.unary_unary(
+                '/forsaken.v1.Admin/ForgetClient',
+                request_serializer=forsaken_dot_v1_dot_admin__pb2.ForgetClientRequest.SerializeToString,
+                response_deserializer=forsaken_dot_v1_dot_fleet__pb2.ForgetRequestInfo.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -97,6 +108,22 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReleaseClient(self, request, context):
+        """Lift the quarantine the server put a node in after repeated faults. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForgetClient(self, request, context):
+        """Forget all of a revoked node's data (it can no longer ask itself), by a method the server
+        runs alone; recorded as a forget request with a server-made receipt. Idempotent by
+        (node_id, request_id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +151,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.RevokeClient,
                     request_deserializer=forsaken_dot_v1_dot_admin__pb2.RevokeClientRequest.FromString,
                     response_serializer=forsaken_dot_v1_dot_admin__pb2.RevokeClientReply.SerializeToString,
+            ),
+            'ReleaseClient': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseClient,
+                    request_deserializer=forsaken_dot_v1_dot_admin__pb2.ReleaseClientRequest.FromString,
+                    response_serializer=forsaken_dot_v1_dot_admin__pb2.ReleaseClientReply.SerializeToString,
+            ),
+            'ForgetClient': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetClient,
+                    request_deserializer=forsaken_dot_v1_dot_admin__pb2.ForgetClientRequest.FromString,
+                    response_serializer=forsaken_dot_v1_dot_fleet__pb2.ForgetRequestInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -262,6 +299,60 @@ class Admin:
             '/forsaken.v1.Admin/RevokeClient',
             forsaken_dot_v1_dot_admin__pb2.RevokeClientRequest.SerializeToString,
             forsaken_dot_v1_dot_admin__pb2.RevokeClientReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseClient(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/forsaken.v1.Admin/ReleaseClient',
+            forsaken_dot_v1_dot_admin__pb2.ReleaseClientRequest.SerializeToString,
+            forsaken_dot_v1_dot_admin__pb2.ReleaseClientReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetClient(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/forsaken.v1.Admin/ForgetClient',
+            forsaken_dot_v1_dot_admin__pb2.ForgetClientRequest.SerializeToString,
+            forsaken_dot_v1_dot_fleet__pb2.ForgetRequestInfo.FromString,
             options,
             channel_credentials,
             insecure,

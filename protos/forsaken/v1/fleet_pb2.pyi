@@ -187,7 +187,7 @@ class ForgetStatusRequest(_message.Message):
     def __init__(self, forget_id: _Optional[str] = ...) -> None: ...
 
 class ForgetRequestInfo(_message.Message):
-    __slots__ = ("forget_id", "node_id", "method", "state", "reason", "created_unix_ms", "updated_unix_ms", "receipt_json", "num_samples")
+    __slots__ = ("forget_id", "node_id", "method", "state", "reason", "created_unix_ms", "updated_unix_ms", "receipt_json", "num_samples", "initiated_by")
     FORGET_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -197,6 +197,7 @@ class ForgetRequestInfo(_message.Message):
     UPDATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_JSON_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    INITIATED_BY_FIELD_NUMBER: _ClassVar[int]
     forget_id: str
     node_id: str
     method: str
@@ -206,7 +207,8 @@ class ForgetRequestInfo(_message.Message):
     updated_unix_ms: int
     receipt_json: str
     num_samples: int
-    def __init__(self, forget_id: _Optional[str] = ..., node_id: _Optional[str] = ..., method: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., updated_unix_ms: _Optional[int] = ..., receipt_json: _Optional[str] = ..., num_samples: _Optional[int] = ...) -> None: ...
+    initiated_by: str
+    def __init__(self, forget_id: _Optional[str] = ..., node_id: _Optional[str] = ..., method: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., updated_unix_ms: _Optional[int] = ..., receipt_json: _Optional[str] = ..., num_samples: _Optional[int] = ..., initiated_by: _Optional[str] = ...) -> None: ...
 
 class LeaveRequest(_message.Message):
     __slots__ = ("request_id",)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SecAggSetup(_message.Message):
-    __slots__ = ("index", "num_clients", "neighbors", "threshold", "bits", "clip", "vector_len", "active", "context", "weight_scale", "verifying_keys")
+    __slots__ = ("index", "num_clients", "neighbors", "threshold", "bits", "clip", "vector_len", "active", "context", "weight_scale", "verifying_keys", "weight")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     NUM_CLIENTS_FIELD_NUMBER: _ClassVar[int]
     NEIGHBORS_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,7 @@ class SecAggSetup(_message.Message):
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_SCALE_FIELD_NUMBER: _ClassVar[int]
     VERIFYING_KEYS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
     index: int
     num_clients: int
     neighbors: int
@@ -30,7 +31,8 @@ class SecAggSetup(_message.Message):
     context: bytes
     weight_scale: float
     verifying_keys: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, index: _Optional[int] = ..., num_clients: _Optional[int] = ..., neighbors: _Optional[int] = ..., threshold: _Optional[int] = ..., bits: _Optional[int] = ..., clip: _Optional[float] = ..., vector_len: _Optional[int] = ..., active: _Optional[bool] = ..., context: _Optional[bytes] = ..., weight_scale: _Optional[float] = ..., verifying_keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    weight: int
+    def __init__(self, index: _Optional[int] = ..., num_clients: _Optional[int] = ..., neighbors: _Optional[int] = ..., threshold: _Optional[int] = ..., bits: _Optional[int] = ..., clip: _Optional[float] = ..., vector_len: _Optional[int] = ..., active: _Optional[bool] = ..., context: _Optional[bytes] = ..., weight_scale: _Optional[float] = ..., verifying_keys: _Optional[_Iterable[bytes]] = ..., weight: _Optional[int] = ...) -> None: ...
 
 class SecAggAdvertiseKeys(_message.Message):
     __slots__ = ("index", "cipher_public_key", "mask_public_key", "signature")
