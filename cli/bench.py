@@ -253,24 +253,12 @@ class _Outbox:
 
 
 async def _aio_join(stub: Any, identity: Any, params: int) -> bytes:
-    import uuid
-
+    from forsaken.common import wire
     from forsaken.v1 import fleet_pb2
 
-    request_id, now_ms = uuid.uuid4().hex, int(time.time() * 1000)
-    reply = await stub.Join(
-        fleet_pb2.JoinRequest(
-            request_id=request_id,
-            public_key=identity.public_key,
-            timestamp_ms=now_ms,
-            signature=identity.sign_join(request_id, now_ms, 100),
-            num_samples=100,
-            dataset="synthetic",
-            input_shape=[params],
-            num_classes=1,
-        ),
-        timeout=60,
-    )
+    challenge = await stub.JoinChallenge(fleet_pb2.JoinChallengeRequest(), timeout=60)
+    request = wire.join_request(identity, challenge.challenge, 100, "synthetic", (params,), 1)
+    reply = await stub.Join(request, timeout=60)
     return bytes(reply.session_token)
 
 

@@ -7,7 +7,6 @@ RPC failures are translated into domain errors so the daemon loop decides what t
 from __future__ import annotations
 
 import hashlib
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -201,17 +200,11 @@ class FleetConnection:
     def join(
         self, num_samples: int, dataset: str, input_shape: tuple[int, ...], num_classes: int
     ) -> str:
-        request_id = uuid.uuid4().hex
-        now_ms = int(time.time() * 1000)
-        request = fleet_pb2.JoinRequest(
-            request_id=request_id,
-            public_key=self.identity.public_key,
-            timestamp_ms=now_ms,
-            signature=self.identity.sign_join(request_id, now_ms, num_samples),
-            num_samples=num_samples,
-            dataset=dataset,
-            input_shape=list(input_shape),
-            num_classes=num_classes,
+        challenge = self._call(
+            lambda: self.stub.JoinChallenge(fleet_pb2.JoinChallengeRequest(), timeout=30)
+        ).challenge
+        request = wire.join_request(
+            self.identity, challenge, num_samples, dataset, input_shape, num_classes
         )
         reply = self._call(lambda: self.stub.Join(request, timeout=30))
         self.token = reply.session_token

@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from forsaken.common.errors import ConfigError, NotAuthenticated
 from forsaken.common.fsutil import atomic_write
 
-JOIN_CONTEXT = b"forsaken/join/v1"
+JOIN_CONTEXT = b"forsaken/join/v2"  # v2: the signature covers the server's challenge
+CHALLENGE_BYTES = 32
 KEY_FILE = "node_key.ed25519"
 
 
@@ -59,13 +60,17 @@ def node_id_for(public_key: bytes) -> str:
     return hashlib.sha256(b"forsaken/node-id/v1" + public_key).hexdigest()[:32]
 
 
-def join_message(request_id: str, timestamp_ms: int, num_samples: int) -> bytes:
+def join_message(request_id: str, timestamp_ms: int, num_samples: int, challenge: bytes) -> bytes:
+    """What a node signs to join: bound to a single-use server challenge, so a captured Join
+    cannot be replayed, and to the request and its claims."""
     rid = request_id.encode()
     return (
         JOIN_CONTEXT
         + struct.pack(">I", len(rid))
         + rid
         + struct.pack(">qq", timestamp_ms, num_samples)
+        + struct.pack(">I", len(challenge))
+        + challenge
     )
 
 
@@ -92,8 +97,10 @@ class NodeIdentity:
             serialization.NoEncryption(),
         )
 
-    def sign_join(self, request_id: str, timestamp_ms: int, num_samples: int) -> bytes:
-        return self.private_key.sign(join_message(request_id, timestamp_ms, num_samples))
+    def sign_join(
+        self, request_id: str, timestamp_ms: int, num_samples: int, challenge: bytes
+    ) -> bytes:
+        return self.private_key.sign(join_message(request_id, timestamp_ms, num_samples, challenge))
 
     @classmethod
     def generate(cls) -> NodeIdentity:
@@ -120,13 +127,18 @@ class NodeIdentity:
 
 
 def verify_join(
-    public_key: bytes, signature: bytes, request_id: str, timestamp_ms: int, num_samples: int
+    public_key: bytes,
+    signature: bytes,
+    request_id: str,
+    timestamp_ms: int,
+    num_samples: int,
+    challenge: bytes,
 ) -> str:
     """Check a signed Join; return the node id. Raises NotAuthenticated on any failure."""
     node_id = node_id_for(public_key)
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(
-            signature, join_message(request_id, timestamp_ms, num_samples)
+            signature, join_message(request_id, timestamp_ms, num_samples, challenge)
         )
     except (InvalidSignature, ValueError):
         raise NotAuthenticated("join signature does not verify") from None

@@ -5,10 +5,13 @@ Pairs of `x_to_proto` / `x_from_proto` functions; the core never sees generated 
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 
 from forsaken.common.chunking import DEFAULT_CHUNK_BYTES, PayloadHeader, split
 from forsaken.common.errors import InvalidPayload
+from forsaken.common.identity import NodeIdentity
 from forsaken.common.tensors import TensorSpec
 from forsaken.common.types import ModelSpec, TrainSettings
 from forsaken.v1 import common_pb2, fleet_pb2
@@ -48,6 +51,30 @@ def model_spec_to_proto(spec: ModelSpec) -> common_pb2.ModelSpec:
 def model_spec_from_proto(msg: common_pb2.ModelSpec) -> ModelSpec:
     return ModelSpec(
         msg.architecture, tuple(int(d) for d in msg.input_shape), int(msg.num_classes), msg.dataset
+    )
+
+
+def join_request(
+    identity: NodeIdentity,
+    challenge: bytes,
+    num_samples: int,
+    dataset: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+) -> fleet_pb2.JoinRequest:
+    """A signed Join for the server's `challenge`, with a fresh request id and timestamp."""
+    request_id = uuid.uuid4().hex
+    now_ms = int(time.time() * 1000)
+    return fleet_pb2.JoinRequest(
+        request_id=request_id,
+        public_key=identity.public_key,
+        timestamp_ms=now_ms,
+        signature=identity.sign_join(request_id, now_ms, num_samples, challenge),
+        num_samples=num_samples,
+        dataset=dataset,
+        input_shape=list(input_shape),
+        num_classes=num_classes,
+        challenge=challenge,
     )
 
 

@@ -70,11 +70,13 @@ def _adv_from(m: pb.SecAggAdvertiseKeys) -> AdvertiseKeys:
 
 
 def _share_to(e: EncryptedShare) -> pb.SecAggEncryptedShare:
-    return pb.SecAggEncryptedShare(sender=e.sender, recipient=e.recipient, ciphertext=e.ciphertext)
+    return pb.SecAggEncryptedShare(
+        sender=e.sender, recipient=e.recipient, ciphertext=e.ciphertext, commitment=e.commitment
+    )
 
 
 def _share_from(m: pb.SecAggEncryptedShare) -> EncryptedShare:
-    return EncryptedShare(m.sender, m.recipient, m.ciphertext)
+    return EncryptedShare(m.sender, m.recipient, m.ciphertext, m.commitment)
 
 
 def server_message_to_proto(msg: ServerMessage | SetupInfo) -> pb.SecAggServerMessage:
@@ -132,7 +134,11 @@ def client_message_to_proto(
     if isinstance(msg, AdvertiseKeys):
         out.advertise.CopyFrom(_adv_to(msg))
     elif isinstance(msg, ShareKeys):
-        out.share_keys.CopyFrom(pb.SecAggShareKeys(shares=[_share_to(e) for e in msg.shares]))
+        out.share_keys.CopyFrom(
+            pb.SecAggShareKeys(
+                shares=[_share_to(e) for e in msg.shares], seed_commitment=msg.seed_commitment
+            )
+        )
     elif isinstance(msg, ConsistencySignature):
         out.consistency.CopyFrom(pb.SecAggConsistencySignature(signature=msg.signature))
     elif isinstance(msg, UnmaskResponse):
@@ -141,7 +147,8 @@ def client_message_to_proto(
                 shares=[
                     pb.SecAggRevealedShare(owner=s.owner, kind=int(s.kind), share=s.share)
                     for s in msg.shares
-                ]
+                ],
+                complaints=list(msg.complaints),
             )
         )
     else:
@@ -154,7 +161,9 @@ def client_message_from_proto(m: pb.SecAggClientMessage) -> ClientStage:
     if kind == "advertise":
         return _adv_from(m.advertise)
     if kind == "share_keys":
-        return ShareKeys(tuple(_share_from(e) for e in m.share_keys.shares))
+        return ShareKeys(
+            tuple(_share_from(e) for e in m.share_keys.shares), m.share_keys.seed_commitment
+        )
     if kind == "consistency":
         return ConsistencySignature(m.consistency.signature)
     if kind == "unmask":
@@ -165,5 +174,5 @@ def client_message_from_proto(m: pb.SecAggClientMessage) -> ClientStage:
             except ValueError:
                 raise InvalidPayload(f"unknown share kind {s.kind}") from None
             shares.append(RevealedShare(s.owner, share_kind, s.share))
-        return UnmaskResponse(tuple(shares))
+        return UnmaskResponse(tuple(shares), tuple(m.unmask.complaints))
     raise InvalidPayload("secure-aggregation message carries no stage")

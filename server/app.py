@@ -31,7 +31,9 @@ from forsaken.server.coordinator import (
     RoundAborted,
     RoundCompleted,
 )
+from forsaken.server.enrollment import load_allow_list
 from forsaken.server.forgetting import ForgetPolicy
+from forsaken.server.join_challenges import ChallengeBook
 from forsaken.server.ledger import SqliteLedger
 from forsaken.server.limits import CallQuota, RateLimiter
 from forsaken.server.metrics import MetricsServer, ServerMetrics
@@ -131,6 +133,11 @@ class ServerConfig:
     )
     insecure: bool = option(
         False, "Allow plaintext gRPC on a non-loopback --listen address (logs a warning)."
+    )
+    allow_nodes: str = option(
+        "",
+        "File of node ids allowed to join (one per line, # comments); empty: any node with a "
+        "valid Join (and, under mutual TLS, a certificate from --tls-ca) may join.",
     )
     metrics_listen: str = option(
         "", "Serve Prometheus metrics at http://HOST:PORT/metrics; empty turns it off."
@@ -354,6 +361,8 @@ class ServerDaemon:
                 max_clients=cfg.max_clients,
                 quota=cfg.call_quota(),
                 watchdog=self.watchdog,
+                challenges=ChallengeBook(time.time),
+                enrolled=load_allow_list(cfg.allow_nodes) if cfg.allow_nodes else None,
             ),
             server,
         )
@@ -426,6 +435,11 @@ class ServerDaemon:
             log.warning(
                 "PLAINTEXT gRPC on %s (--insecure): traffic and node identities are not protected",
                 self.config.listen,
+            )
+        if not self.mtls and not self.config.allow_nodes:
+            log.warning(
+                "no mutual TLS and no --allow-nodes list: anyone who makes a key may join, so "
+                "this federation cannot bound how many members one party controls"
             )
         self.server.start()
         self.runtime.start()

@@ -562,7 +562,11 @@ class Coordinator:
             return []
         secure.close_stage(now_ms)
         if secure.abort_reason is not None:
-            return [self._abort(rnd, now_ms, f"secure aggregation aborted: {secure.abort_reason}")]
+            reason = f"secure aggregation aborted: {secure.abort_reason}"
+            for node in sorted(secure.culprits):  # the evidence names them: keep them out
+                self.faults.record(node, rnd.number, secure.abort_reason, now_ms)
+            self._missed |= secure.suspects  # cannot be told apart: both sit the retry out
+            return [self._abort(rnd, now_ms, reason)]
         if secure.stage is not SecAggStage.FINISHED:
             return []
         try:

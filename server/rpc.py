@@ -21,6 +21,7 @@ from forsaken.common.identity import verify_join
 from forsaken.common.rpc_errors import rpc_method, stream_method
 from forsaken.common.types import ModelSpec
 from forsaken.server.coordinator import Submission, Task, TaskKind
+from forsaken.server.join_challenges import ChallengeBook
 from forsaken.server.ledger import ForgetRecord, Ledger, RoundRecord
 from forsaken.server.limits import CallQuota, RateLimiter
 from forsaken.server.metrics import ServerMetrics
@@ -56,6 +57,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         max_clients: int = 1_000_000,
         quota: CallQuota | None = None,
         watchdog: StreamWatchdog | None = None,
+        challenges: ChallengeBook | None = None,
+        enrolled: frozenset[str] | None = None,
     ) -> None:
         self.runtime = runtime
         self.model_spec = model_spec
@@ -68,6 +71,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         self.max_clients = max_clients
         self.quota = quota
         self.watchdog = watchdog
+        self.challenges = challenges or ChallengeBook(time.time)
+        self.enrolled = enrolled  # None: any node with a valid Join (and certificate) may join
 
     @contextmanager
     def _long_call(
@@ -93,6 +98,15 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         return node
 
     @rpc_method
+    def JoinChallenge(
+        self, request: fleet_pb2.JoinChallengeRequest, context: grpc.ServicerContext
+    ) -> fleet_pb2.JoinChallengeReply:
+        challenge, expires = self.challenges.issue()
+        return fleet_pb2.JoinChallengeReply(
+            challenge=challenge, expires_unix_ms=int(expires * 1000)
+        )
+
+    @rpc_method
     def Join(
         self, request: fleet_pb2.JoinRequest, context: grpc.ServicerContext
     ) -> fleet_pb2.JoinReply:
@@ -106,9 +120,17 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             request.request_id,
             request.timestamp_ms,
             request.num_samples,
+            request.challenge,
         )
+        # Spent only by a Join that verifies: nobody can burn another node's challenge.
+        self.challenges.redeem(request.challenge)
         if self.mtls and (peer := tls.peer_common_name(context)) != node_id:
             raise PermissionDenied(f"TLS certificate {peer!r} does not belong to node {node_id}")
+        if self.enrolled is not None and node_id not in self.enrolled:
+            raise PermissionDenied(
+                f"node {node_id} is not enrolled in this federation (see the server's "
+                "--allow-nodes file)"
+            )
         self._check_shape(request)
         if self.join_limit is not None:
             self.join_limit.check(node_id)

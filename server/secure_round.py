@@ -50,6 +50,7 @@ from forsaken.common.secagg.server_states import (
     start_server,
 )
 from forsaken.common.secagg.setup import SetupInfo
+from forsaken.common.secagg.unmask import ShareFault
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,8 @@ class SecureRound:
         self._slots: dict[str, int] = {}  # node -> the weight its masked input carries
         self.faulted: set[str] = set()  # nodes caught sending what no honest node sends
         self.missing: frozenset[str] = frozenset()  # nodes that left a stage unanswered
+        self.culprits: frozenset[str] = frozenset()  # whom an abort's evidence names
+        self.suspects: frozenset[str] = frozenset()  # who an abort cannot clear
         self.started_ms = now_ms
 
     @property
@@ -178,7 +181,11 @@ class SecureRound:
         slot = None
         if isinstance(message, MaskedInput) and self.stage is Stage.MASKED_INPUT:
             slot = self._check_count_slot(node, message)
-        self.state = self.state.receive(index, message)  # raises with the state unchanged
+        try:
+            self.state = self.state.receive(index, message)  # raises with the state unchanged
+        except ShareFault as fault:
+            self.faulted.add(node)
+            raise MemberFault(node, str(fault).replace(f"client {index}", f"node {node}")) from None
         if slot is not None:
             self._slots[node] = slot
         self._answered[key] = request_id
@@ -218,6 +225,9 @@ class SecureRound:
         before = self.stage
         self.missing |= self._pending()
         self.state, outbound = self.state.close()
+        if isinstance(self.state, ServerAborted):
+            self.culprits = frozenset(self.node_of[i] for i in self.state.culprits)
+            self.suspects = frozenset(self.node_of[i] for i in self.state.suspects)
         self.outbox = {self.node_of[i]: msg for i, msg in outbound.items()}
         self.stage_deadline_ms = now_ms + int(self.settings.stage_timeout_s * 1000)
         log.info(
@@ -226,7 +236,13 @@ class SecureRound:
 
     @property
     def abort_reason(self) -> str | None:
-        return self.state.reason if isinstance(self.state, ServerAborted) else None
+        """The abort's reason, with protocol indices replaced by node ids."""
+        if not isinstance(self.state, ServerAborted):
+            return None
+        reason = self.state.reason
+        for i, node in sorted(self.node_of.items(), reverse=True):  # "client 12" before "1"
+            reason = reason.replace(f"client {i}", f"node {node}")
+        return reason
 
     def result(self) -> SecureResult:
         """The weighted-average delta of the survivors, once the round has finished."""

@@ -44,7 +44,7 @@ from forsaken.client.transport import SESSION_KEY, FleetConnection
 from forsaken.common import errors
 from forsaken.common.identity import NodeIdentity
 from forsaken.common.rpc_errors import rpc_method
-from forsaken.v1 import admin_pb2, admin_pb2_grpc, common_pb2, fleet_pb2, secagg_pb2
+from forsaken.v1 import admin_pb2, admin_pb2_grpc, common_pb2, fleet_pb2, fleet_pb2_grpc, secagg_pb2
 from tests.cluster import Cluster
 from tests.test_tls_auth import spawn_detached
 
@@ -272,8 +272,15 @@ class Fuzzer:
         req.public_key = ident.public_key
         req.timestamp_ms = int(time.time() * 1000) + action.join_skew_ms
         signed = action.join_signed_samples
+        stub = fleet_pb2_grpc.FleetStub(self.channel)
+        req.challenge = stub.JoinChallenge(
+            fleet_pb2.JoinChallengeRequest(), timeout=CALL_TIMEOUT_S
+        ).challenge
         req.signature = ident.sign_join(
-            req.request_id, req.timestamp_ms, req.num_samples if signed is None else signed
+            req.request_id,
+            req.timestamp_ms,
+            req.num_samples if signed is None else signed,
+            req.challenge,
         )
         return replace(action, requests=(req,))
 

@@ -14,9 +14,14 @@ def test_signed_join_verifies_and_binds_every_field(tmp_path: Path) -> None:
     ident = NodeIdentity.load_or_create(tmp_path)
     assert NodeIdentity.load_or_create(tmp_path).node_id == ident.node_id  # stable
     assert (tmp_path / "node_key.ed25519").stat().st_mode & 0o777 == 0o600
-    sig = ident.sign_join("r1", 1000, 50)
-    assert verify_join(ident.public_key, sig, "r1", 1000, 50) == ident.node_id
-    for args in (("r2", 1000, 50), ("r1", 1001, 50), ("r1", 1000, 51)):
+    sig = ident.sign_join("r1", 1000, 50, b"c" * 32)
+    assert verify_join(ident.public_key, sig, "r1", 1000, 50, b"c" * 32) == ident.node_id
+    for args in (
+        ("r2", 1000, 50, b"c" * 32),
+        ("r1", 1001, 50, b"c" * 32),
+        ("r1", 1000, 51, b"c" * 32),
+        ("r1", 1000, 50, b"d" * 32),  # another challenge: a replay elsewhere
+    ):
         with pytest.raises(NotAuthenticated, match="does not verify"):
             verify_join(ident.public_key, sig, *args)
 
@@ -36,7 +41,7 @@ def test_small_order_and_non_canonical_keys_name_no_node(key: bytes) -> None:
         node_id_for(key)
     # A forged (R, S=0) signature is refused before it is ever checked.
     with pytest.raises(NotAuthenticated):
-        verify_join(key, key + bytes(32), "r", 0, 0)
+        verify_join(key, key + bytes(32), "r", 0, 0, b"")
 
 
 def test_wrong_length_keys_are_refused() -> None:

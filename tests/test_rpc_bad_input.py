@@ -198,12 +198,18 @@ def test_unknown_client_and_bad_credentials(cluster: Cluster) -> None:
     )
     ident = NodeIdentity.generate()
     now = int(time.time() * 1000)
+
+    def challenge() -> bytes:
+        return stub.JoinChallenge(fleet_pb2.JoinChallengeRequest(), timeout=10).challenge
+
+    fresh = challenge()
     forged = fleet_pb2.JoinRequest(
         request_id="j",
         public_key=ident.public_key,
         timestamp_ms=now,
-        signature=NodeIdentity.generate().sign_join("j", now, 1),
+        signature=NodeIdentity.generate().sign_join("j", now, 1, fresh),
         num_samples=1,
+        challenge=fresh,
     )
     expect(
         grpc.StatusCode.UNAUTHENTICATED,
@@ -219,17 +225,34 @@ def test_unknown_client_and_bad_credentials(cluster: Cluster) -> None:
         request_id="j",
         public_key=ident.public_key,
         timestamp_ms=old,
-        signature=ident.sign_join("j", old, 1),
+        signature=ident.sign_join("j", old, 1, fresh),
         num_samples=1,
+        challenge=fresh,
     )
     expect(grpc.StatusCode.UNAUTHENTICATED, "timestamp", lambda: stub.Join(stale, timeout=10))
+    invented = bytes(32)
+    unchallenged = fleet_pb2.JoinRequest(
+        request_id="j",
+        public_key=ident.public_key,
+        timestamp_ms=now,
+        signature=ident.sign_join("j", now, 1, invented),
+        num_samples=1,
+        challenge=invented,
+    )
+    expect(
+        grpc.StatusCode.UNAUTHENTICATED,
+        "challenge unknown or already used",
+        lambda: stub.Join(unchallenged, timeout=10),
+    )
+    fresh = challenge()  # the forged Join above did not spend it: only a verified Join does
     wrong = fleet_pb2.JoinRequest(
         request_id="j",
         public_key=ident.public_key,
         timestamp_ms=now,
-        signature=ident.sign_join("j", now, 1),
+        signature=ident.sign_join("j", now, 1, fresh),
         num_samples=1,
         input_shape=[1, 28, 28],
+        challenge=fresh,
     )
     expect(grpc.StatusCode.INVALID_ARGUMENT, "expects", lambda: stub.Join(wrong, timeout=10))
 

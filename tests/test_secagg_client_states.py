@@ -204,31 +204,54 @@ def test_relayed_shares_yield_a_masked_input() -> None:
         states[1].handle(KeysBroadcast(()))
 
 
-def test_tampered_share_aborts() -> None:
+def _complaint(state: Any, message: RelayedShares) -> int:
+    """A share that does not open (or does not match its commitment) is its dealer's fault:
+    the client goes on without it, holds nothing of that dealer, and will say so at
+    unmasking. Returns the one dealer complained about."""
+    nxt, reply = state.handle(message)
+    assert isinstance(reply, MaskedInput), nxt
+    assert isinstance(nxt, ClientAwaitUnmask)
+    (dealer,) = nxt.complaints
+    assert dealer not in nxt.held
+    survivors = tuple(sorted(nxt.keys))
+    _, response = nxt.handle(UnmaskRequest(survivors, ()))
+    assert response is not None and response.complaints == (dealer,)
+    assert dealer not in {s.owner for s in response.shares}
+    return dealer
+
+
+def test_tampered_share_is_a_complaint_about_its_dealer() -> None:
     states, inbox = round_one()
     share = inbox[1][0]
     bad = bytearray(share.ciphertext)
     bad[20] ^= 0x40
     tampered = [dataclasses.replace(share, ciphertext=bytes(bad)), *inbox[1][1:]]
-    assert "failed to decrypt" in _abort_reason(states[1], RelayedShares(tuple(tampered)))
+    assert _complaint(states[1], RelayedShares(tuple(tampered))) == share.sender
 
 
-def test_share_replayed_from_another_session_aborts() -> None:
+def test_share_that_differs_from_its_commitment_is_a_complaint() -> None:
+    states, inbox = round_one()
+    share = inbox[1][0]
+    lying = dataclasses.replace(share, commitment=bytes(64))
+    assert _complaint(states[1], RelayedShares((lying, *inbox[1][1:]))) == share.sender
+
+
+def test_share_replayed_from_another_session_is_a_complaint() -> None:
     states, inbox = round_one()
     _, old_inbox = round_one(SecAggConfig(CONFIG.params, D + 1, context=b"earlier round"))
     replayed = RelayedShares((old_inbox[1][0], *inbox[1][1:]))
-    assert "failed to decrypt" in _abort_reason(states[1], replayed)
+    assert _complaint(states[1], replayed) == old_inbox[1][0].sender
 
 
-def test_share_reflected_back_to_its_sender_aborts() -> None:
+def test_share_reflected_back_to_its_sender_is_a_complaint() -> None:
     """Client 1's own share to j, relabelled as j's share to 1: same key, wrong direction."""
     states, broadcast = round_zero()
     state, own = states[1].handle(broadcast)
     _, inbox = round_one()
     first = own.shares[0]
-    reflected = EncryptedShare(first.recipient, 1, first.ciphertext)
+    reflected = EncryptedShare(first.recipient, 1, first.ciphertext, first.commitment)
     rest = [s for s in inbox[1] if s.sender != first.recipient]
-    assert "failed to decrypt" in _abort_reason(state, RelayedShares((reflected, *rest)))
+    assert _complaint(state, RelayedShares((reflected, *rest))) == first.recipient
 
 
 def test_duplicate_unknown_or_misaddressed_shares_abort() -> None:

@@ -370,8 +370,9 @@ def aborted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Aborted]:
         assert (params.neighbors, params.threshold) == (2, 2)
         index = assign_indices(ids.values())
         first = min(index[ids[i]] for i in range(3) if i != DROPPER)
+        node = next(n for n, i in index.items() if i == first)  # reasons name nodes by id
         reason = (
-            f"secure aggregation aborted: cannot unmask client {first}: only 1 of its "
+            f"secure aggregation aborted: cannot unmask node {node}: only 1 of its "
             f"neighbours sent masked input; threshold is {params.threshold}"
         )
         yield Aborted(cluster, gate, ids, reason, status, log)

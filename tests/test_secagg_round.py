@@ -82,10 +82,11 @@ def test_unmasked_sum_is_exact_for_100_clients(
     assert samples == sum(10 * i for i in result.survivors)
     float_sum = np.sum([np.clip(updates[i], -CLIP, CLIP) for i in result.survivors], axis=0)
     assert np.max(np.abs(decoded - float_sum)) < 1e-4
-    # Upload of a client that took part throughout: keys (4 + 32 + 32 bytes), one sealed share
-    # (4 + 4 + 156) and one revealed share (4 + 4 + 66) per neighbour, and the masked vector.
+    # Upload of a client that took part throughout: keys (4 + 32 + 32 bytes), its seed
+    # commitment (32), one sealed share with its commitment (4 + 4 + 156 + 64) and one revealed
+    # share (4 + 4 + 66) per neighbour, and the masked vector.
     full = next(i for i in range(1, N + 1) if i not in report.silent)
-    assert report.bytes_up[full] == 68 + params.neighbors * (164 + 74) + 4 * (D + 1)
+    assert report.bytes_up[full] == 68 + 32 + params.neighbors * (228 + 74) + 4 * (D + 1)
 
 
 @pytest.mark.parametrize(

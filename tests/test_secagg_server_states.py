@@ -35,6 +35,7 @@ from forsaken.common.secagg.server_states import (
     ServerFinished,
     start_server,
 )
+from forsaken.common.secagg.unmask import ShareFault
 
 N, K, T, D = 8, 4, 3, 5
 CONFIG = SecAggConfig(SecAggParams(N, K, T, 20), D + 1)
@@ -297,22 +298,74 @@ def test_too_few_unmask_responses_abort_cleanly() -> None:
     assert "cannot reconstruct" in final.reason and "threshold is 3" in final.reason
 
 
-def test_a_corrupted_revealed_share_is_detected() -> None:
-    r, responses = _at_unmasking()
+def _corrupted(response: UnmaskResponse) -> UnmaskResponse:
+    return UnmaskResponse(
+        tuple(
+            dataclasses.replace(s, share=(int.from_bytes(s.share, "big") + 1).to_bytes(66, "big"))
+            for s in response.shares
+        )
+    )
+
+
+def test_a_corrupted_revealed_share_is_refused_naming_the_revealer() -> None:
+    r = Round()
+    r.start()
+    r.step()
+    r.step()  # nobody drops: each owner's k = 4 neighbours hold its shares
+    responses = {i: r.clients[i].handle(m)[1] for i, m in r.pending_messages.items()}
     state = r.server
+    with pytest.raises(ShareFault, match="client 1 revealed a share of client") as info:
+        state.receive(1, _corrupted(responses[1]))
+    assert info.value.index == 1
     for i, response in responses.items():
-        if i == 1:
-            response = UnmaskResponse(
-                tuple(
-                    dataclasses.replace(
-                        s, share=(int.from_bytes(s.share, "big") + 1).to_bytes(66, "big")
-                    )
-                    for s in response.shares
-                )
-            )
-        state = state.receive(i, response)
+        if i != 1:
+            state = state.receive(i, response)
+    assert state.pending == frozenset({1})  # its lie left no trace
     final, _ = state.close()
-    assert isinstance(final, ServerAborted) and "inconsistent" in final.reason
+    # Three honest holders of each owner remain, and t = 3: the exact sum, without the liar.
+    assert isinstance(final, ServerFinished)
+    expected = sum(x(i).astype(np.int64) for i in range(1, N + 1)) % (1 << 32)
+    assert np.array_equal(final.result.vector, expected.astype(np.uint32))
+
+
+def test_a_dealer_whose_shares_fit_no_secret_is_named() -> None:
+    """Shares that match the dealer's commitments but not the seed it committed to."""
+    r = Round()
+    r.start()
+    for i in range(1, N + 1):
+        r.clients[i], share_keys = r.clients[i].handle(r.pending_messages[i])
+        if i == 1:
+            share_keys = dataclasses.replace(share_keys, seed_commitment=bytes(32))
+        r.server = r.server.receive(i, share_keys)
+    r.server, r.pending_messages = r.server.close()
+    r.step()  # masked inputs
+    state = r.server
+    for i, m in r.pending_messages.items():
+        state = state.receive(i, r.clients[i].handle(m)[1])
+    final, _ = state.close()
+    assert isinstance(final, ServerAborted) and final.culprits == (1,)
+    assert "client 1's shares do not reconstruct the self-mask seed it committed to" in final.reason
+
+
+def test_complaints_name_a_dealer_two_holders_agree_on_and_only_suspect_a_lone_one() -> None:
+    for count in (2, 1):
+        r = Round()
+        r.start()
+        r.step()
+        r.step()
+        state = r.server
+        complainers = state.masked.graph[1][:count]  # holders of client 1's shares
+        culprits = (1,) if count == 2 else ()
+        suspects = () if count == 2 else tuple(sorted((1, *complainers)))
+        for i, m in r.pending_messages.items():
+            response = r.clients[i].handle(m)[1]
+            if i in complainers:
+                shares = tuple(s for s in response.shares if s.owner != 1)
+                response = UnmaskResponse(shares, (1,))
+            state = state.receive(i, response)
+        final, _ = state.close()
+        assert isinstance(final, ServerAborted), final
+        assert (final.culprits, final.suspects) == (culprits, suspects), final
 
 
 def test_revealed_shares_stay_out_of_reprs() -> None:

@@ -33,7 +33,12 @@ from forsaken.common.secagg.messages import (
 from forsaken.common.secagg.quantize import dequantize_sum
 from forsaken.common.secagg.setup import SetupInfo
 from forsaken.common.secagg.transcript import session_id
-from forsaken.common.secagg.unmask import collect_unmask_shares, unmask_sum
+from forsaken.common.secagg.unmask import (
+    UnmaskFailure,
+    collect_unmask_shares,
+    commitments_of,
+    unmask_sum,
+)
 from forsaken.common.tensors import from_bytes
 from forsaken.server.app import ServerConfig, ServerDaemon
 from forsaken.server.checkpoints import FileCheckpointStore
@@ -211,8 +216,11 @@ def test_server_holds_only_masked_vectors_that_sum_to_the_aggregate(
     everyone = tuple(sorted(adverts))
     session = session_id(setup.config, tuple(adverts[i] for i in everyone))
     graph = build_graph(everyone, setup.config.params.neighbors, session)
+    commitments = commitments_of(shares)
     revealed = {
-        i: collect_unmask_shares(m, graph[i], frozenset(everyone), frozenset(everyone))
+        i: collect_unmask_shares(
+            m, i, graph[i], frozenset(everyone), frozenset(everyone), commitments, session
+        )
         for i, m in unmasks.items()
     }
     result = unmask_sum(
@@ -224,8 +232,9 @@ def test_server_holds_only_masked_vectors_that_sum_to_the_aggregate(
         dropped=(),
         revealed=revealed,
         threshold=setup.config.params.threshold,
+        commitments=commitments,
     )
-    assert not isinstance(result, str), result
+    assert not isinstance(result, UnmaskFailure), result
     assert np.array_equal(result.vector, plain_sum)
     expected = aggregate_model(start, plain_sum, N, setup)
     assert done["model_sha256"] == sha256_of(expected)

@@ -9,11 +9,13 @@ must say what happened.
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from forsaken.common import errors, wire
 from forsaken.common.chunking import header_for
 from forsaken.common.identity import NodeIdentity
 from forsaken.common.secagg.client_states import ClientDone
-from forsaken.common.secagg.messages import MaskedInput
+from forsaken.common.secagg.messages import MaskedInput, ShareKeys
 from forsaken.common.secagg.setup import SetupInfo
 from forsaken.common.tensors import TensorSpec
 from forsaken.status import admin_channel
@@ -94,6 +96,80 @@ class CountForger(threading.Thread):
                         node.answer(task, message)
             except (grpc.RpcError, AssertionError, errors.ForsakenError):
                 continue  # the round moved on without it
+
+
+class GarbageDealer(CountForger):
+    """Plays honestly except that every share it deals is random bytes: no neighbour can open
+    them, so the round cannot unmask its input; the server must name it and go on."""
+
+    def run(self) -> None:
+        node = self.node
+        while not self.stop.is_set():
+            try:
+                task = node.conn.pull(SAMPLES)
+            except errors.PermissionDenied as exc:
+                self.denied = str(exc)
+                return
+            except errors.ForsakenError:
+                time.sleep(0.2)
+                continue
+            if not isinstance(task, SecAggTask):
+                continue
+            seen = (task.task_id, type(task.message).__name__)
+            if seen in self.handled:
+                time.sleep(0.1)
+                continue
+            self.handled.add(seen)
+            try:
+                if isinstance(task.message, SetupInfo):
+                    node.answer(task, node.begin(task))
+                elif node.state is not None and not isinstance(node.state, ClientDone):
+                    message = node.step(task)
+                    if isinstance(message, ShareKeys):
+                        message = ShareKeys(
+                            tuple(
+                                replace(s, ciphertext=secrets.token_bytes(len(s.ciphertext)))
+                                for s in message.shares
+                            ),
+                            message.seed_commitment,
+                        )
+                    node.answer(task, message)
+            except (grpc.RpcError, AssertionError, errors.ForsakenError):
+                continue
+
+
+def test_a_member_dealing_garbage_shares_is_named_and_every_round_completes(
+    tmp_path: Path,
+) -> None:
+    rounds = 20
+    c = Cluster(tmp_path, **{**FEDERATION, "rounds": rounds, "stage-timeout-s": 5})
+    try:
+        c.start_server()
+        for i in range(3):
+            c.start_client(i, 4, seed=3)
+        c.wait_for(lambda s: len(s["clients"]) == 3, 120, "the honest clients to join")
+        dealer = GarbageDealer(c.address)
+        dealer.start()
+        status = c.wait_for(lambda s: s["completed_rounds"] >= rounds, 600, f"{rounds} rounds")
+        dealer.stop.set()
+    finally:
+        c.stop()
+    culprit = dealer.node.node_id
+    completed = c.completed(status)
+    assert [r["round"] for r in completed] == list(range(1, rounds + 1))
+    assert all(culprit not in r["participants"] for r in completed)
+    named = [r for r in status["rounds"] if r["status"] == "aborted" and culprit in r["reason"]]
+    # Each of its rounds aborted once, naming it, and the retry went on without it; after
+    # three faults it was quarantined and no round waited on it again.
+    assert len(named) == 3, [r["reason"] for r in status["rounds"]]
+    for r in named:
+        assert "could not open the shares of a surviving client" in r["reason"]
+        assert f"node {culprit} by 3" in r["reason"]
+    retried = {r["round"] for r in named}
+    assert all(r["round"] in retried or r["attempt"] == 0 for r in completed)
+    assert "quarantined" in dealer.denied
+    (record,) = [cl for cl in status["clients"] if cl["node_id"] == culprit]
+    assert record["quarantine"].startswith("3 faults")
 
 
 def final_accuracy(c: Cluster) -> tuple[float, dict[str, Any]]:
@@ -322,3 +398,37 @@ def forget_with_owner(c: Cluster, index: int) -> dict[str, Any]:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return json.loads(done.stdout[done.stdout.index("{") :])
+
+
+# ---- replayed Joins and enrollment ----------------------------------------------------------
+
+
+def test_a_replayed_join_is_refused_and_never_touches_the_victims_session(tmp_path: Path) -> None:
+    node_ids = [NodeIdentity.generate() for _ in range(2)]
+    allow = tmp_path / "allow.txt"
+    allow.write_text(f"# the one enrolled node\n{node_ids[0].node_id}\n")
+    c = Cluster(tmp_path, rounds=0, **{"allow-nodes": allow})
+    try:
+        c.start_server()
+        victim = FleetConnection(c.address, node_ids[0])
+        stub = fleet_pb2_grpc.FleetStub(victim.channel)
+        challenge = stub.JoinChallenge(fleet_pb2.JoinChallengeRequest(), timeout=10).challenge
+        captured = wire.join_request(node_ids[0], challenge, SAMPLES, *DIGITS)
+        token = stub.Join(captured, timeout=10).session_token
+        with pytest.raises(grpc.RpcError) as replay:
+            stub.Join(captured, timeout=10)  # byte for byte what the victim sent
+        assert replay.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert "already used" in (replay.value.details() or "")
+        # The victim's session is untouched: its token still works.
+        task = stub.PullTask(
+            fleet_pb2.PullTaskRequest(num_samples=SAMPLES),
+            metadata=((SESSION_KEY, token),),
+            timeout=30,
+        )
+        assert task.kind in (fleet_pb2.TASK_KIND_WAIT, fleet_pb2.TASK_KIND_SECAGG)
+        # A node that is not on the allow-list cannot join at all.
+        stranger = FleetConnection(c.address, node_ids[1])
+        with pytest.raises(errors.PermissionDenied, match="is not enrolled"):
+            stranger.join(SAMPLES, *DIGITS)
+    finally:
+        c.stop()

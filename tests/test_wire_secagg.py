@@ -31,10 +31,10 @@ from forsaken.v1 import secagg_pb2
 
 CONFIG = SecAggConfig(SecAggParams(3, 2, 2, 30), 11, active=True, context=b"round 1")
 ADV = AdvertiseKeys(1, b"c" * 32, b"m" * 32, b"s" * 64)
-SHARE = EncryptedShare(1, 2, b"x" * 156)
+SHARE = EncryptedShare(1, 2, b"x" * 156, b"h" * 64)
 
 SERVER_MESSAGES = [
-    SetupInfo(2, CONFIG, 16.0, 123.0, (b"a" * 32, b"b" * 32, b"c" * 32)),
+    SetupInfo(2, CONFIG, 16.0, 123.0, (b"a" * 32, b"b" * 32, b"c" * 32), 41),
     KeysBroadcast((ADV, AdvertiseKeys(2, b"d" * 32, b"e" * 32))),
     RelayedShares((SHARE,)),
     ConsistencyRequest((1, 3)),
@@ -42,13 +42,14 @@ SERVER_MESSAGES = [
 ]
 CLIENT_MESSAGES = [
     ADV,
-    ShareKeys((SHARE, EncryptedShare(1, 3, b"y" * 156))),
+    ShareKeys((SHARE, EncryptedShare(1, 3, b"y" * 156, b"k" * 64)), b"b" * 32),
     ConsistencySignature(b"z" * 64),
     UnmaskResponse(
         (
             RevealedShare(2, ShareKind.MASK_KEY, b"q" * 66),
             RevealedShare(3, ShareKind.SELF_MASK_SEED, b"r" * 66),
-        )
+        ),
+        (4, 5),
     ),
 ]
 

@@ -99,6 +99,15 @@ class ClientDone:
         raise WrongStage(f"round finished; got {type(message).__name__}")
 
 
+def share_commitment(
+    session: bytes, dealer: int, holder: int, mask_share: bytes, seed_share: bytes
+) -> bytes:
+    """What `EncryptedShare.commitment` must be for the two shares dealer -> holder."""
+    return crypto.commit_share(
+        session, dealer, holder, ShareKind.MASK_KEY, mask_share
+    ) + crypto.commit_share(session, dealer, holder, ShareKind.SELF_MASK_SEED, seed_share)
+
+
 def _expect(message: object, kind: type, stage: Stage) -> None:
     if not isinstance(message, kind):
         raise WrongStage(f"{stage} expects {kind.__name__}, got {type(message).__name__}")
@@ -205,13 +214,15 @@ class ClientAwaitKeys:
                     j,
                     _SHARE_PLAINTEXT.pack(me, j, mask_shares[j], seed_shares[j]),
                 ),
+                share_commitment(sid, me, j, mask_shares[j], seed_shares[j]),
             )
             for j in neighbours
         )
         nxt = ClientAwaitShares(
             self.identity, self.quantized_input, sid, keys, graph, MappingProxyType(share_keys)
         )
-        return nxt, ShareKeys(shares)
+        seed = crypto.commit_seed(sid, me, self.identity.secret(_SELF_MASK_SEED))
+        return nxt, ShareKeys(shares, seed)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -236,6 +247,9 @@ class ClientAwaitShares:
         sender, recipient, mask_share, seed_share = _SHARE_PLAINTEXT.unpack(plain)
         if (sender, recipient) != (share.sender, me):
             raise crypto.DecryptionError("share did not authenticate")
+        expected = share_commitment(self.session, sender, me, mask_share, seed_share)
+        if share.commitment != expected:
+            raise crypto.DecryptionError("share does not match its dealer's commitment")
         return mask_share, seed_share
 
     def handle(self, message: object) -> tuple[ClientState, MaskedInput | None]:
@@ -244,18 +258,21 @@ class ClientAwaitShares:
         assert isinstance(message, RelayedShares)
         me, t = self.identity.index, self.identity.config.params.threshold
         held: dict[int, tuple[bytes, bytes]] = {}
+        complaints: set[int] = set()
         for share in message.shares:
             if share.recipient != me or share.sender not in self.share_keys:
                 return ClientAborted(
                     f"share from {share.sender} to {share.recipient} "
                     "is not from a neighbour to this client"
                 ), None
-            if share.sender in held:
+            if share.sender in held or share.sender in complaints:
                 return ClientAborted(f"two shares from client {share.sender}"), None
             try:
                 held[share.sender] = self._open(share)
             except crypto.DecryptionError:
-                return ClientAborted(f"share from client {share.sender} failed to decrypt"), None
+                # The dealer's fault, not ours: hold nothing of it, mask without it, and say
+                # so at unmasking, where the server can weigh the complaints and name it.
+                complaints.add(share.sender)
         if len(held) < t:
             return ClientAborted(f"only {len(held)} neighbours shared keys, threshold is {t}"), None
         sid, mask_sk = self.session, self.identity.secret(_MASK_KEY)
@@ -271,7 +288,9 @@ class ClientAwaitShares:
         masked = self.quantized_input.copy()
         apply_masks(masked[: self.identity.config.masked_len], terms)  # the count stays clear
         cls = ClientAwaitConsistency if self.identity.config.active else ClientAwaitUnmask
-        nxt = cls(self.identity, sid, self.keys, self.graph, MappingProxyType(held))
+        nxt = cls(
+            self.identity, sid, self.keys, self.graph, MappingProxyType(held), frozenset(complaints)
+        )
         return nxt, MaskedInput(masked)
 
 
@@ -299,6 +318,7 @@ class ClientAwaitConsistency:
     keys: Mapping[int, AdvertiseKeys]
     graph: Mapping[int, tuple[int, ...]] = field(repr=False)
     held: Mapping[int, tuple[bytes, bytes]] = field(repr=False)
+    complaints: frozenset[int] = frozenset()
     stage: ClassVar[Stage] = Stage.MASKED_INPUT
 
     def handle(self, message: object) -> tuple[ClientState, ConsistencySignature | None]:
@@ -312,7 +332,13 @@ class ClientAwaitConsistency:
         statement = survivors_statement(self.session, message.survivors)
         signature = crypto.sign(self.identity.signing_key, statement)
         nxt = ClientAwaitUnmask(
-            self.identity, self.session, self.keys, self.graph, self.held, message.survivors
+            self.identity,
+            self.session,
+            self.keys,
+            self.graph,
+            self.held,
+            self.complaints,
+            message.survivors,
         )
         return nxt, ConsistencySignature(signature)
 
@@ -326,6 +352,7 @@ class ClientAwaitUnmask:
     keys: Mapping[int, AdvertiseKeys]
     graph: Mapping[int, tuple[int, ...]] = field(repr=False)
     held: Mapping[int, tuple[bytes, bytes]] = field(repr=False)
+    complaints: frozenset[int] = frozenset()  # neighbours whose share to us was bad
     signed_survivors: tuple[int, ...] | None = None  # active mode: the list signed in Round 3
     stage: ClassVar[Stage] = Stage.UNMASKING
 
@@ -346,7 +373,7 @@ class ClientAwaitUnmask:
         for j in self.graph[me]:
             if j in self.held and j not in listed:
                 return f"neighbour {j} shared keys but is neither surviving nor dropped"
-            if j not in self.held and j in listed:
+            if j not in self.held and j not in self.complaints and j in listed:
                 return f"neighbour {j} never shared keys with this client"
         if self.identity.config.active:
             return self._check_signatures(msg)
@@ -392,7 +419,7 @@ class ClientAwaitUnmask:
                 revealed.append(RevealedShare(j, ShareKind.SELF_MASK_SEED, seed_share))
             else:
                 revealed.append(RevealedShare(j, ShareKind.MASK_KEY, mask_share))
-        return ClientDone(), UnmaskResponse(tuple(revealed))
+        return ClientDone(), UnmaskResponse(tuple(revealed), tuple(sorted(self.complaints)))
 
 
 ClientState = (

@@ -14,6 +14,7 @@ Primitives (Bonawitz et al., CCS 2017, §4 "cryptographic primitives"):
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Callable, Sequence
 
@@ -30,16 +31,21 @@ from forsaken.common.errors import InvalidPayload
 
 __all__ = [
     "CLIENT_COINS_LABEL",
+    "COMMITMENT_BYTES",
     "KEY_BYTES",
     "PAIRMASK_LABEL",
+    "SEED_COMMIT_LABEL",
     "SELFMASK_LABEL",
     "SHAREKEY_LABEL",
     "SHARE_AD_LABEL",
+    "SHARE_COMMIT_LABEL",
     "SIGNATURE_BYTES",
     "DecryptionError",
     "agree_pairwise_seed",
     "agree_pairwise_seeds",
     "check_public_key",
+    "commit_seed",
+    "commit_share",
     "derive_self_mask_seed",
     "derive_share_key",
     "derive_share_keys",
@@ -65,6 +71,9 @@ SHAREKEY_LABEL = b"forsaken/secagg/sharekey/v1"
 SELFMASK_LABEL = b"forsaken/secagg/selfmask/v1"
 CLIENT_COINS_LABEL = b"forsaken/secagg/client-coins/v1"
 SHARE_AD_LABEL = b"forsaken/secagg/share-ad/v1"
+SHARE_COMMIT_LABEL = b"forsaken/secagg/share-commit/v1"
+SEED_COMMIT_LABEL = b"forsaken/secagg/seed-commit/v1"
+COMMITMENT_BYTES = 32
 
 KEY_BYTES = 32  # X25519 keys, AES-256 keys, mask seeds
 SIGNATURE_BYTES = 64  # Ed25519
@@ -200,6 +209,20 @@ def derive_subkey(seed: bytes, purpose: bytes) -> bytes:
     """A 32-byte key for one named purpose from a client's round seed (its private coins)."""
     _check_key(seed, "round seed")
     return hkdf_sha256(seed, b"", CLIENT_COINS_LABEL + b"/" + purpose)
+
+
+def commit_share(session_id: bytes, owner: int, holder: int, kind: int, share: bytes) -> bytes:
+    """A binding, hiding commitment to one Shamir share: SHA-256 over the session, the two
+    indices, the kind and the share. A share is a uniform 521-bit field element, so its hash
+    reveals nothing of it; a different share cannot match."""
+    digest = hashlib.sha256(SHARE_COMMIT_LABEL + session_id)
+    digest.update(struct.pack(">III", owner, holder, kind) + share)
+    return digest.digest()
+
+
+def commit_seed(session_id: bytes, owner: int, seed: bytes) -> bytes:
+    """A commitment to a dealt secret (a uniform 32-byte seed), checked after reconstruction."""
+    return hashlib.sha256(SEED_COMMIT_LABEL + session_id + struct.pack(">I", owner) + seed).digest()
 
 
 def _share_nonce_and_ad(session_id: bytes, sender: int, recipient: int) -> tuple[bytes, bytes]:

@@ -79,18 +79,29 @@ class KeysBroadcast:
 
 @dataclass(frozen=True, slots=True)
 class EncryptedShare:
-    """AES-GCM of (sender, recipient, s^SK share, b share) under c_{sender,recipient}."""
+    """AES-GCM of (sender, recipient, s^SK share, b share) under c_{sender,recipient}.
+
+    `commitment` is H(s^SK share) || H(b share) in the clear (`crypto.commit_share`, 64 bytes):
+    the recipient checks what it decrypts against it, and the server every share revealed to
+    it, so a share that is wrong can be pinned on the client that dealt it or revealed it.
+    """
 
     sender: int
     recipient: int
     ciphertext: bytes
+    commitment: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
 class ShareKeys:
-    """Round 1, client -> server: one encrypted share for each of the sender's neighbours."""
+    """Round 1, client -> server: one encrypted share for each of the sender's neighbours.
+
+    `seed_commitment` is H(b) (`crypto.commit_seed`): the server checks the self-mask seed it
+    reconstructs against it, which catches a dealer whose shares do not fit one polynomial.
+    """
 
     shares: tuple[EncryptedShare, ...]
+    seed_commitment: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,9 +164,14 @@ class RevealedShare:
 
 @dataclass(frozen=True, slots=True)
 class UnmaskResponse:
-    """Round 4, client -> server: b-shares of surviving and s^SK-shares of dropped neighbours."""
+    """Round 4, client -> server: b-shares of surviving and s^SK-shares of dropped neighbours.
+
+    `complaints` lists neighbours whose share to this client failed to decrypt or did not match
+    its commitment: the client holds nothing of theirs, and left them out of its masks.
+    """
 
     shares: tuple[RevealedShare, ...]
+    complaints: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, eq=False)

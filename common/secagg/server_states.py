@@ -53,7 +53,13 @@ from forsaken.common.secagg.transcript import (
     session_id,
     survivors_statement,
 )
-from forsaken.common.secagg.unmask import collect_unmask_shares, unmask_sum
+from forsaken.common.secagg.unmask import (
+    Commitments,
+    UnmaskFailure,
+    collect_unmask_shares,
+    commitments_of,
+    unmask_sum,
+)
 
 __all__ = [
     "ServerAborted",
@@ -111,9 +117,16 @@ def _with(received: Mapping[int, object], index: int, value: object) -> Mapping:
 
 @dataclass(frozen=True, slots=True)
 class ServerAborted:
-    """Terminal: the round cannot finish; `reason` says why (safe to show to operators)."""
+    """Terminal: the round cannot finish; `reason` says why (safe to show to operators).
+
+    `culprits` are clients the evidence pins the failure on (a dealer whose shares do not open
+    or do not fit its commitments); `suspects` are pairs the server cannot tell apart (one
+    client's lone complaint about another): neither should take part in a retry.
+    """
 
     reason: str
+    culprits: tuple[int, ...] = ()
+    suspects: tuple[int, ...] = ()
     stage: ClassVar[Stage] = Stage.ABORTED
 
     def receive(self, index: int, message: object) -> ServerState:
@@ -223,6 +236,10 @@ class ServerCollectShares:
             raise InvalidPayload("shares must address each neighbour once, in index order")
         if any(len(s.ciphertext) != _SEALED_SHARE_BYTES for s in message.shares):
             raise InvalidPayload(f"a sealed share must be {_SEALED_SHARE_BYTES} bytes")
+        if any(len(s.commitment) != 2 * crypto.COMMITMENT_BYTES for s in message.shares):
+            raise InvalidPayload(f"a share commitment must be {2 * crypto.COMMITMENT_BYTES} bytes")
+        if len(message.seed_commitment) != crypto.COMMITMENT_BYTES:
+            raise InvalidPayload(f"the seed commitment must be {crypto.COMMITMENT_BYTES} bytes")
         return replace(self, received=_with(self.received, index, message))
 
     def close(self) -> tuple[ServerState, Outbound]:
@@ -255,6 +272,7 @@ class ServerCollectShares:
             u2,
             None,
             frozenset(),
+            commitments_of(self.received),
         )
         return nxt, outbound
 
@@ -271,6 +289,7 @@ class ServerCollectMasked:
     shared: frozenset[int]  # U2
     total: _RunningSum | None = field(repr=False)  # the masked inputs so far, or None
     received: frozenset[int] = frozenset()
+    commitments: Commitments = field(default_factory=Commitments, repr=False)
     stage: ClassVar[Stage] = Stage.MASKED_INPUT
 
     @property
@@ -379,6 +398,8 @@ class ServerCollectUnmask:
     asked: frozenset[int]  # who received an UnmaskRequest
     # responder -> {owner: share as a field element}; secret material, so kept out of repr
     received: Mapping[int, Mapping[int, int]] = field(repr=False)
+    # responder -> the owners it complains of
+    complaints: Mapping[int, frozenset[int]] = field(default_factory=lambda: _EMPTY)
     stage: ClassVar[Stage] = Stage.UNMASKING
 
     @property
@@ -390,8 +411,20 @@ class ServerCollectUnmask:
         assert isinstance(message, UnmaskResponse)
         _admit(index, self.asked, self.received)
         m = self.masked
-        shares = collect_unmask_shares(message, m.graph[index], m.shared, frozenset(self.survivors))
-        return replace(self, received=_with(self.received, index, shares))
+        shares = collect_unmask_shares(
+            message,
+            index,
+            m.graph[index],
+            m.shared,
+            frozenset(self.survivors),
+            m.commitments,
+            m.session,
+        )
+        return replace(
+            self,
+            received=_with(self.received, index, shares),
+            complaints=_with(self.complaints, index, frozenset(message.complaints)),
+        )
 
     def close(
         self, executor: Executor | None = None, workers: int = 1
@@ -413,11 +446,13 @@ class ServerCollectUnmask:
             dropped=self.dropped,
             revealed=self.received,
             threshold=m.config.params.threshold,
+            commitments=m.commitments,
+            complaints=self.complaints,
             executor=executor,
             workers=workers,
         )
-        if isinstance(outcome, str):
-            return ServerAborted(outcome), {}
+        if isinstance(outcome, UnmaskFailure):
+            return ServerAborted(outcome.reason, outcome.culprits, outcome.suspects), {}
         return ServerFinished(outcome), {}
 
 

@@ -24,8 +24,20 @@ TASK_KIND_STOP: TaskKind
 TASK_KIND_SECAGG: TaskKind
 TASK_KIND_VERIFY: TaskKind
 
+class JoinChallengeRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class JoinChallengeReply(_message.Message):
+    __slots__ = ("challenge", "expires_unix_ms")
+    CHALLENGE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    challenge: bytes
+    expires_unix_ms: int
+    def __init__(self, challenge: _Optional[bytes] = ..., expires_unix_ms: _Optional[int] = ...) -> None: ...
+
 class JoinRequest(_message.Message):
-    __slots__ = ("request_id", "public_key", "timestamp_ms", "signature", "num_samples", "dataset", "input_shape", "num_classes")
+    __slots__ = ("request_id", "public_key", "timestamp_ms", "signature", "num_samples", "dataset", "input_shape", "num_classes", "challenge")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +46,7 @@ class JoinRequest(_message.Message):
     DATASET_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     public_key: bytes
     timestamp_ms: int
@@ -42,7 +55,8 @@ class JoinRequest(_message.Message):
     dataset: str
     input_shape: _containers.RepeatedScalarFieldContainer[int]
     num_classes: int
-    def __init__(self, request_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., timestamp_ms: _Optional[int] = ..., signature: _Optional[bytes] = ..., num_samples: _Optional[int] = ..., dataset: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ...) -> None: ...
+    challenge: bytes
+    def __init__(self, request_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., timestamp_ms: _Optional[int] = ..., signature: _Optional[bytes] = ..., num_samples: _Optional[int] = ..., dataset: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ..., challenge: _Optional[bytes] = ...) -> None: ...
 
 class JoinReply(_message.Message):
     __slots__ = ("node_id", "session_token", "model", "poll_timeout_s")

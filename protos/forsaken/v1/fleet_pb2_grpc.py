@@ -39,6 +39,11 @@ class FleetStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.JoinChallenge = channel.unary_unary(
+                '/forsaken.v1.Fleet/JoinChallenge',
+                request_serializer=forsaken_dot_v1_dot_fleet__pb2.JoinChallengeRequest.SerializeToString,
+                response_deserializer=forsaken_dot_v1_dot_fleet__pb2.JoinChallengeReply.FromString,
+                _registered_method=True)
         self.Join = channel.unary_unary(
                 '/forsaken.v1.Fleet/Join',
                 request_serializer=forsaken_dot_v1_dot_fleet__pb2.JoinRequest.SerializeToString,
@@ -92,9 +97,16 @@ class FleetServicer:
     `x-forsaken-session` metadata key.
     """
 
-    def Join(self, request, context):
+    def JoinChallenge(self, request, context):
         """Register (or re-register) a node. Idempotent by request_id.
+        A fresh, single-use challenge that the next Join must sign (it expires in a minute).
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Join(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -159,6 +171,11 @@ class FleetServicer:
 
 def add_FleetServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'JoinChallenge': grpc.unary_unary_rpc_method_handler(
+                    servicer.JoinChallenge,
+                    request_deserializer=forsaken_dot_v1_dot_fleet__pb2.JoinChallengeRequest.FromString,
+                    response_serializer=forsaken_dot_v1_dot_fleet__pb2.JoinChallengeReply.SerializeToString,
+            ),
             'Join': grpc.unary_unary_rpc_method_handler(
                     servicer.Join,
                     request_deserializer=forsaken_dot_v1_dot_fleet__pb2.JoinRequest.FromString,
@@ -217,6 +234,33 @@ class Fleet:
     Every call except Join carries the session token from JoinReply in the
     `x-forsaken-session` metadata key.
     """
+
+    @staticmethod
+    def JoinChallenge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/forsaken.v1.Fleet/JoinChallenge',
+            forsaken_dot_v1_dot_fleet__pb2.JoinChallengeRequest.SerializeToString,
+            forsaken_dot_v1_dot_fleet__pb2.JoinChallengeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def Join(request,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66orsaken/v1/secagg.proto\x12\x0b\x66orsaken.v1\"\xe6\x01\n\x0bSecAggSetup\x12\r\n\x05index\x18\x01 \x01(\r\x12\x13\n\x0bnum_clients\x18\x02 \x01(\r\x12\x11\n\tneighbors\x18\x03 \x01(\r\x12\x11\n\tthreshold\x18\x04 \x01(\r\x12\x0c\n\x04\x62its\x18\x05 \x01(\r\x12\x0c\n\x04\x63lip\x18\x06 \x01(\x01\x12\x12\n\nvector_len\x18\x07 \x01(\x04\x12\x0e\n\x06\x61\x63tive\x18\x08 \x01(\x08\x12\x0f\n\x07\x63ontext\x18\t \x01(\x0c\x12\x14\n\x0cweight_scale\x18\n \x01(\x01\x12\x16\n\x0everifying_keys\x18\x0b \x03(\x0c\x12\x0e\n\x06weight\x18\x0c \x01(\x04\"k\n\x13SecAggAdvertiseKeys\x12\r\n\x05index\x18\x01 \x01(\r\x12\x19\n\x11\x63ipher_public_key\x18\x02 \x01(\x0c\x12\x17\n\x0fmask_public_key\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"E\n\x13SecAggKeysBroadcast\x12.\n\x04keys\x18\x01 \x03(\x0b\x32 .forsaken.v1.SecAggAdvertiseKeys\"M\n\x14SecAggEncryptedShare\x12\x0e\n\x06sender\x18\x01 \x01(\r\x12\x11\n\trecipient\x18\x02 \x01(\r\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\"D\n\x0fSecAggShareKeys\x12\x31\n\x06shares\x18\x01 \x03(\x0b\x32!.forsaken.v1.SecAggEncryptedShare\"H\n\x13SecAggRelayedShares\x12\x31\n\x06shares\x18\x01 \x03(\x0b\x32!.forsaken.v1.SecAggEncryptedShare\"-\n\x18SecAggConsistencyRequest\x12\x11\n\tsurvivors\x18\x01 \x03(\r\"/\n\x1aSecAggConsistencySignature\x12\x11\n\tsignature\x18\x01 \x01(\x0c\";\n\x17SecAggSurvivorSignature\x12\r\n\x05index\x18\x01 \x01(\r\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"s\n\x13SecAggUnmaskRequest\x12\x11\n\tsurvivors\x18\x01 \x03(\r\x12\x0f\n\x07\x64ropped\x18\x02 \x03(\r\x12\x38\n\nsignatures\x18\x03 \x03(\x0b\x32$.forsaken.v1.SecAggSurvivorSignature\"A\n\x13SecAggRevealedShare\x12\r\n\x05owner\x18\x01 \x01(\r\x12\x0c\n\x04kind\x18\x02 \x01(\r\x12\r\n\x05share\x18\x03 \x01(\x0c\"H\n\x14SecAggUnmaskResponse\x12\x30\n\x06shares\x18\x01 \x03(\x0b\x32 .forsaken.v1.SecAggRevealedShare\"\xa1\x02\n\x13SecAggServerMessage\x12)\n\x05setup\x18\x01 \x01(\x0b\x32\x18.forsaken.v1.SecAggSetupH\x00\x12\x30\n\x04keys\x18\x02 \x01(\x0b\x32 .forsaken.v1.SecAggKeysBroadcastH\x00\x12\x32\n\x06shares\x18\x03 \x01(\x0b\x32 .forsaken.v1.SecAggRelayedSharesH\x00\x12<\n\x0b\x63onsistency\x18\x04 \x01(\x0b\x32%.forsaken.v1.SecAggConsistencyRequestH\x00\x12\x32\n\x06unmask\x18\x05 \x01(\x0b\x32 .forsaken.v1.SecAggUnmaskRequestH\x00\x42\x07\n\x05stage\"\xb2\x02\n\x13SecAggClientMessage\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x03\x12\x35\n\tadvertise\x18\x04 \x01(\x0b\x32 .forsaken.v1.SecAggAdvertiseKeysH\x00\x12\x32\n\nshare_keys\x18\x05 \x01(\x0b\x32\x1c.forsaken.v1.SecAggShareKeysH\x00\x12>\n\x0b\x63onsistency\x18\x06 \x01(\x0b\x32\'.forsaken.v1.SecAggConsistencySignatureH\x00\x12\x33\n\x06unmask\x18\x07 \x01(\x0b\x32!.forsaken.v1.SecAggUnmaskResponseH\x00\x42\x07\n\x05stage\"\x1e\n\tSecAggAck\x12\x11\n\tduplicate\x18\x01 \x01(\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66orsaken/v1/secagg.proto\x12\x0b\x66orsaken.v1\"\xe6\x01\n\x0bSecAggSetup\x12\r\n\x05index\x18\x01 \x01(\r\x12\x13\n\x0bnum_clients\x18\x02 \x01(\r\x12\x11\n\tneighbors\x18\x03 \x01(\r\x12\x11\n\tthreshold\x18\x04 \x01(\r\x12\x0c\n\x04\x62its\x18\x05 \x01(\r\x12\x0c\n\x04\x63lip\x18\x06 \x01(\x01\x12\x12\n\nvector_len\x18\x07 \x01(\x04\x12\x0e\n\x06\x61\x63tive\x18\x08 \x01(\x08\x12\x0f\n\x07\x63ontext\x18\t \x01(\x0c\x12\x14\n\x0cweight_scale\x18\n \x01(\x01\x12\x16\n\x0everifying_keys\x18\x0b \x03(\x0c\x12\x0e\n\x06weight\x18\x0c \x01(\x04\"k\n\x13SecAggAdvertiseKeys\x12\r\n\x05index\x18\x01 \x01(\r\x12\x19\n\x11\x63ipher_public_key\x18\x02 \x01(\x0c\x12\x17\n\x0fmask_public_key\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"E\n\x13SecAggKeysBroadcast\x12.\n\x04keys\x18\x01 \x03(\x0b\x32 .forsaken.v1.SecAggAdvertiseKeys\"a\n\x14SecAggEncryptedShare\x12\x0e\n\x06sender\x18\x01 \x01(\r\x12\x11\n\trecipient\x18\x02 \x01(\r\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\x12\x12\n\ncommitment\x18\x04 \x01(\x0c\"]\n\x0fSecAggShareKeys\x12\x31\n\x06shares\x18\x01 \x03(\x0b\x32!.forsaken.v1.SecAggEncryptedShare\x12\x17\n\x0fseed_commitment\x18\x02 \x01(\x0c\"H\n\x13SecAggRelayedShares\x12\x31\n\x06shares\x18\x01 \x03(\x0b\x32!.forsaken.v1.SecAggEncryptedShare\"-\n\x18SecAggConsistencyRequest\x12\x11\n\tsurvivors\x18\x01 \x03(\r\"/\n\x1aSecAggConsistencySignature\x12\x11\n\tsignature\x18\x01 \x01(\x0c\";\n\x17SecAggSurvivorSignature\x12\r\n\x05index\x18\x01 \x01(\r\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"s\n\x13SecAggUnmaskRequest\x12\x11\n\tsurvivors\x18\x01 \x03(\r\x12\x0f\n\x07\x64ropped\x18\x02 \x03(\r\x12\x38\n\nsignatures\x18\x03 \x03(\x0b\x32$.forsaken.v1.SecAggSurvivorSignature\"A\n\x13SecAggRevealedShare\x12\r\n\x05owner\x18\x01 \x01(\r\x12\x0c\n\x04kind\x18\x02 \x01(\r\x12\r\n\x05share\x18\x03 \x01(\x0c\"\\\n\x14SecAggUnmaskResponse\x12\x30\n\x06shares\x18\x01 \x03(\x0b\x32 .forsaken.v1.SecAggRevealedShare\x12\x12\n\ncomplaints\x18\x02 \x03(\r\"\xa1\x02\n\x13SecAggServerMessage\x12)\n\x05setup\x18\x01 \x01(\x0b\x32\x18.forsaken.v1.SecAggSetupH\x00\x12\x30\n\x04keys\x18\x02 \x01(\x0b\x32 .forsaken.v1.SecAggKeysBroadcastH\x00\x12\x32\n\x06shares\x18\x03 \x01(\x0b\x32 .forsaken.v1.SecAggRelayedSharesH\x00\x12<\n\x0b\x63onsistency\x18\x04 \x01(\x0b\x32%.forsaken.v1.SecAggConsistencyRequestH\x00\x12\x32\n\x06unmask\x18\x05 \x01(\x0b\x32 .forsaken.v1.SecAggUnmaskRequestH\x00\x42\x07\n\x05stage\"\xb2\x02\n\x13SecAggClientMessage\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x03\x12\x35\n\tadvertise\x18\x04 \x01(\x0b\x32 .forsaken.v1.SecAggAdvertiseKeysH\x00\x12\x32\n\nshare_keys\x18\x05 \x01(\x0b\x32\x1c.forsaken.v1.SecAggShareKeysH\x00\x12>\n\x0b\x63onsistency\x18\x06 \x01(\x0b\x32\'.forsaken.v1.SecAggConsistencySignatureH\x00\x12\x33\n\x06unmask\x18\x07 \x01(\x0b\x32!.forsaken.v1.SecAggUnmaskResponseH\x00\x42\x07\n\x05stage\"\x1e\n\tSecAggAck\x12\x11\n\tduplicate\x18\x01 \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,27 +38,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SECAGGKEYSBROADCAST']._serialized_start=383
   _globals['_SECAGGKEYSBROADCAST']._serialized_end=452
   _globals['_SECAGGENCRYPTEDSHARE']._serialized_start=454
-  _globals['_SECAGGENCRYPTEDSHARE']._serialized_end=531
-  _globals['_SECAGGSHAREKEYS']._serialized_start=533
-  _globals['_SECAGGSHAREKEYS']._serialized_end=601
-  _globals['_SECAGGRELAYEDSHARES']._serialized_start=603
-  _globals['_SECAGGRELAYEDSHARES']._serialized_end=675
-  _globals['_SECAGGCONSISTENCYREQUEST']._serialized_start=677
-  _globals['_SECAGGCONSISTENCYREQUEST']._serialized_end=722
-  _globals['_SECAGGCONSISTENCYSIGNATURE']._serialized_start=724
-  _globals['_SECAGGCONSISTENCYSIGNATURE']._serialized_end=771
-  _globals['_SECAGGSURVIVORSIGNATURE']._serialized_start=773
-  _globals['_SECAGGSURVIVORSIGNATURE']._serialized_end=832
-  _globals['_SECAGGUNMASKREQUEST']._serialized_start=834
-  _globals['_SECAGGUNMASKREQUEST']._serialized_end=949
-  _globals['_SECAGGREVEALEDSHARE']._serialized_start=951
-  _globals['_SECAGGREVEALEDSHARE']._serialized_end=1016
-  _globals['_SECAGGUNMASKRESPONSE']._serialized_start=1018
-  _globals['_SECAGGUNMASKRESPONSE']._serialized_end=1090
-  _globals['_SECAGGSERVERMESSAGE']._serialized_start=1093
-  _globals['_SECAGGSERVERMESSAGE']._serialized_end=1382
-  _globals['_SECAGGCLIENTMESSAGE']._serialized_start=1385
-  _globals['_SECAGGCLIENTMESSAGE']._serialized_end=1691
-  _globals['_SECAGGACK']._serialized_start=1693
-  _globals['_SECAGGACK']._serialized_end=1723
+  _globals['_SECAGGENCRYPTEDSHARE']._serialized_end=551
+  _globals['_SECAGGSHAREKEYS']._serialized_start=553
+  _globals['_SECAGGSHAREKEYS']._serialized_end=646
+  _globals['_SECAGGRELAYEDSHARES']._serialized_start=648
+  _globals['_SECAGGRELAYEDSHARES']._serialized_end=720
+  _globals['_SECAGGCONSISTENCYREQUEST']._serialized_start=722
+  _globals['_SECAGGCONSISTENCYREQUEST']._serialized_end=767
+  _globals['_SECAGGCONSISTENCYSIGNATURE']._serialized_start=769
+  _globals['_SECAGGCONSISTENCYSIGNATURE']._serialized_end=816
+  _globals['_SECAGGSURVIVORSIGNATURE']._serialized_start=818
+  _globals['_SECAGGSURVIVORSIGNATURE']._serialized_end=877
+  _globals['_SECAGGUNMASKREQUEST']._serialized_start=879
+  _globals['_SECAGGUNMASKREQUEST']._serialized_end=994
+  _globals['_SECAGGREVEALEDSHARE']._serialized_start=996
+  _globals['_SECAGGREVEALEDSHARE']._serialized_end=1061
+  _globals['_SECAGGUNMASKRESPONSE']._serialized_start=1063
+  _globals['_SECAGGUNMASKRESPONSE']._serialized_end=1155
+  _globals['_SECAGGSERVERMESSAGE']._serialized_start=1158
+  _globals['_SECAGGSERVERMESSAGE']._serialized_end=1447
+  _globals['_SECAGGCLIENTMESSAGE']._serialized_start=1450
+  _globals['_SECAGGCLIENTMESSAGE']._serialized_end=1756
+  _globals['_SECAGGACK']._serialized_start=1758
+  _globals['_SECAGGACK']._serialized_end=1788
 # @@protoc_insertion_point(module_scope)

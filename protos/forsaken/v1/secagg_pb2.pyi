@@ -53,20 +53,24 @@ class SecAggKeysBroadcast(_message.Message):
     def __init__(self, keys: _Optional[_Iterable[_Union[SecAggAdvertiseKeys, _Mapping]]] = ...) -> None: ...
 
 class SecAggEncryptedShare(_message.Message):
-    __slots__ = ("sender", "recipient", "ciphertext")
+    __slots__ = ("sender", "recipient", "ciphertext", "commitment")
     SENDER_FIELD_NUMBER: _ClassVar[int]
     RECIPIENT_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    COMMITMENT_FIELD_NUMBER: _ClassVar[int]
     sender: int
     recipient: int
     ciphertext: bytes
-    def __init__(self, sender: _Optional[int] = ..., recipient: _Optional[int] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
+    commitment: bytes
+    def __init__(self, sender: _Optional[int] = ..., recipient: _Optional[int] = ..., ciphertext: _Optional[bytes] = ..., commitment: _Optional[bytes] = ...) -> None: ...
 
 class SecAggShareKeys(_message.Message):
-    __slots__ = ("shares",)
+    __slots__ = ("shares", "seed_commitment")
     SHARES_FIELD_NUMBER: _ClassVar[int]
+    SEED_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
     shares: _containers.RepeatedCompositeFieldContainer[SecAggEncryptedShare]
-    def __init__(self, shares: _Optional[_Iterable[_Union[SecAggEncryptedShare, _Mapping]]] = ...) -> None: ...
+    seed_commitment: bytes
+    def __init__(self, shares: _Optional[_Iterable[_Union[SecAggEncryptedShare, _Mapping]]] = ..., seed_commitment: _Optional[bytes] = ...) -> None: ...
 
 class SecAggRelayedShares(_message.Message):
     __slots__ = ("shares",)
@@ -115,10 +119,12 @@ class SecAggRevealedShare(_message.Message):
     def __init__(self, owner: _Optional[int] = ..., kind: _Optional[int] = ..., share: _Optional[bytes] = ...) -> None: ...
 
 class SecAggUnmaskResponse(_message.Message):
-    __slots__ = ("shares",)
+    __slots__ = ("shares", "complaints")
     SHARES_FIELD_NUMBER: _ClassVar[int]
+    COMPLAINTS_FIELD_NUMBER: _ClassVar[int]
     shares: _containers.RepeatedCompositeFieldContainer[SecAggRevealedShare]
-    def __init__(self, shares: _Optional[_Iterable[_Union[SecAggRevealedShare, _Mapping]]] = ...) -> None: ...
+    complaints: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, shares: _Optional[_Iterable[_Union[SecAggRevealedShare, _Mapping]]] = ..., complaints: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SecAggServerMessage(_message.Message):
     __slots__ = ("setup", "keys", "shares", "consistency", "unmask")
