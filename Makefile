@@ -2,7 +2,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# torch: the CPU build by default (see deploy/install-torch.sh); `make venv TORCH_VARIANT=cu128`
+# installs that CUDA build instead, `TORCH_VARIANT=pypi` PyPI's default wheel.
+TORCH_VARIANT ?= cpu
+export TORCH_VARIANT
+STAMP := $(VENV)/.installed-torch-$(TORCH_VARIANT)
 PROTO_DIR := protos/forsaken/v1
 PROTOS := $(wildcard $(PROTO_DIR)/*.proto)
 
@@ -10,9 +14,10 @@ PROTOS := $(wildcard $(PROTO_DIR)/*.proto)
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml deploy/install-torch.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	sh deploy/install-torch.sh $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
@@ -57,9 +62,10 @@ BENCH_ARGS ?=
 
 .PHONY: bench-compare bench-compare-quick
 
-$(BENCH_STAMP): pyproject.toml cli/compare/flower_app/pyproject.toml
+$(BENCH_STAMP): pyproject.toml cli/compare/flower_app/pyproject.toml deploy/install-torch.sh
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	sh deploy/install-torch.sh $(BENCH_VENV)/bin/python
 	$(BENCH_VENV)/bin/python -m pip install -q flwr==$(FLWR_VERSION) torch==2.13.0 numpy \
 		scikit-learn mlxtend
 	$(BENCH_VENV)/bin/python -m pip install -q --no-deps -e . -e cli/compare/flower_app
