@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-torch-$(TORCH_VARIANT)
 PROTO_DIR := protos/forsaken/v1
 PROTOS := $(wildcard $(PROTO_DIR)/*.proto)
 
-.PHONY: venv proto proto-check lint test test-fast demo bench docs clean
+.PHONY: venv proto proto-check lint test test-fast test-deploy demo bench docs clean
 
 venv: $(STAMP)
 
@@ -39,6 +39,16 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m "not slow"
+
+# The deployment, end to end: a Docker engine (started if none runs), the image built from
+# deploy/Dockerfile, the compose cluster to its rounds and a completed ForgetMe, then
+# `down -v`. Skips, loudly, where no engine can start. DEPLOY_ARGS: see
+# `python deploy/cluster_check.py --help` (e.g. --base-image python:3.11-slim-bookworm).
+DEPLOY_TIMEOUT ?= 900
+DEPLOY_ARGS ?=
+
+test-deploy: $(STAMP)
+	timeout -k 60 $(DEPLOY_TIMEOUT) $(BIN)/python deploy/cluster_check.py $(DEPLOY_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/forsaken demo
