@@ -104,7 +104,7 @@ class Log:
     def summary(self) -> None:
         self.say("summary:")
         for i, (name, took, outcome) in enumerate(self.steps, 1):
-            self.say(f"  {i:2d}. {name:<44} {outcome:>7} {took:7.1f}s")
+            self.say(f"  {i:2d}. {name:<62} {outcome:>7} {took:7.1f}s")
         self.say(f"  total {self.elapsed():.1f}s")
 
 
