@@ -2,17 +2,22 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# torch: the CPU build by default (see deploy/install-torch.sh); `make venv TORCH_VARIANT=cu128`
+# installs that CUDA build instead, `TORCH_VARIANT=pypi` PyPI's default wheel.
+TORCH_VARIANT ?= cpu
+export TORCH_VARIANT
+STAMP := $(VENV)/.installed-torch-$(TORCH_VARIANT)
 PROTO_DIR := protos/forsaken/v1
 PROTOS := $(wildcard $(PROTO_DIR)/*.proto)
 
-.PHONY: venv proto proto-check lint test test-fast demo bench docs clean
+.PHONY: venv proto proto-check lint test test-fast test-deploy demo bench docs clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml deploy/install-torch.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	sh deploy/install-torch.sh $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
@@ -34,6 +39,16 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m "not slow"
+
+# The deployment, end to end: a Docker engine (started if none runs), the image built from
+# deploy/Dockerfile, the compose cluster to its rounds and a completed ForgetMe, then
+# `down -v`. Skips, loudly, where no engine can start. DEPLOY_ARGS: see
+# `python deploy/cluster_check.py --help` (e.g. --base-image python:3.11-slim-bookworm).
+DEPLOY_TIMEOUT ?= 900
+DEPLOY_ARGS ?=
+
+test-deploy: $(STAMP)
+	timeout -k 60 $(DEPLOY_TIMEOUT) $(BIN)/python deploy/cluster_check.py $(DEPLOY_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/forsaken demo
@@ -57,9 +72,10 @@ BENCH_ARGS ?=
 
 .PHONY: bench-compare bench-compare-quick
 
-$(BENCH_STAMP): pyproject.toml cli/compare/flower_app/pyproject.toml
+$(BENCH_STAMP): pyproject.toml cli/compare/flower_app/pyproject.toml deploy/install-torch.sh
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	sh deploy/install-torch.sh $(BENCH_VENV)/bin/python
 	$(BENCH_VENV)/bin/python -m pip install -q flwr==$(FLWR_VERSION) torch==2.13.0 numpy \
 		scikit-learn mlxtend
 	$(BENCH_VENV)/bin/python -m pip install -q --no-deps -e . -e cli/compare/flower_app

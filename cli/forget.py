@@ -101,7 +101,18 @@ def run_forget(args: argparse.Namespace) -> int:
         )
         if not args.wait:
             return 0
-        info = _wait(stub, request_id, reply.forget_id, args.timeout, console)
+        try:
+            info = _wait(stub, request_id, reply.forget_id, args.timeout, console)
+        except grpc.RpcError as exc:
+            # The daemon went away while we waited (it stopped, or the federation finished);
+            # the request itself is on record and goes on without this command.
+            console.print(
+                f"[red]lost the client daemon at {address} while waiting: "
+                f"{exc.code().name}: {exc.details()}[/red]\n"
+                f"request {request_id} is on record: once the daemon runs again, the same "
+                f"command with --request-id {request_id} --wait picks it up"
+            )
+            return 1
     if info is None:
         console.print("[red]timed out waiting for the request[/red]")
         return 1

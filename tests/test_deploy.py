@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import functools
 import io
+import itertools
 import json
 import os
 import posixpath
@@ -16,6 +17,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -165,23 +167,83 @@ def dockerfile_healthcheck() -> list[str]:
     return json.loads(value[value.index("CMD ") + 4 :])
 
 
+def stage_of(ins: list[tuple[str, str]], name: str) -> list[tuple[str, str]]:
+    """The instructions of one build stage, from its FROM to the next."""
+    starts = [i for i, (kw, _) in enumerate(ins) if kw == "FROM"]
+    for i, j in itertools.pairwise([*starts, len(ins)]):
+        if ins[i][1].split()[-1] == name:
+            return ins[i:j]
+    raise AssertionError(f"no stage {name}")
+
+
 def test_dockerfile_shape() -> None:
     ins = dockerfile_instructions()
-    stages = [rest for kw, rest in ins if kw == "FROM"]
-    assert len(stages) == 2 and stages[0].endswith("AS builder"), stages
-    runtime = ins[[kw for kw, _ in ins].index("FROM", 1) :]
-    assert any(kw == "COPY" and rest.startswith("--from=builder") for kw, rest in runtime)
+    stages = [rest.split() for kw, rest in ins if kw == "FROM"]
+    # A build argument chooses the base image, a registry's python image by default.
+    assert stages[0] == ["${BASE_IMAGE}", "AS", "base"]
+    (default,) = [rest for kw, rest in ins if kw == "ARG" and rest.startswith("BASE_IMAGE=")]
+    assert default == "BASE_IMAGE=python:3.11-slim-bookworm"
+    assert [s[0] for s in stages[1:]] == ["base", "base"]
+    runtime = stage_of(ins, "runtime")
+    assert runtime == ins[[i for i, (kw, _) in enumerate(ins) if kw == "FROM"][-1] :]
+    copies = [rest for kw, rest in runtime if kw == "COPY"]
+    # The runtime stage takes only the venv from the build stage: no pip install, no tools.
+    assert copies == ["--from=builder /opt/forsaken /opt/forsaken"]
+    assert not [rest for kw, rest in runtime if kw == "RUN" and "pip" in rest]
     users = [rest for kw, rest in runtime if kw == "USER"]
     assert users and users[-1] not in ("root", "0", "0:0")
     assert dockerfile_entrypoint() == ["forsaken"]
-    text = DOCKERFILE.read_text()
-    assert "https://download.pytorch.org/whl/cpu" in text and "torch==2.13.0" in text
-    assert "--extra-index-url" in text
-    # Everything the build stage copies exists in the repository.
+    builder = " ".join(rest for _, rest in stage_of(ins, "builder"))
+    assert "install-torch.sh" in builder and "ARG TORCH_VARIANT=cpu" in DOCKERFILE.read_text()
+    assert "pip uninstall" in builder and "image_smoke.py" in builder
+    # Everything the stages copy exists in the repository and is in the build context.
+    ignore = (ROOT / ".dockerignore").read_text().split()
     for kw, rest in ins:
         if kw == "COPY" and not rest.startswith("--from"):
             for source in rest.split()[:-1]:
                 assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
+                top = source.rstrip("/")
+                assert f"!{top}" in ignore or f"!{top.split('/')[0]}" in ignore, source
+
+
+def test_torch_installer_prefers_cpu_and_local_wheels(tmp_path: Path) -> None:
+    """deploy/install-torch.sh: CPU build from the PyTorch CPU index by default, a local wheel
+    first (no index asked), and a variable for a CUDA build. Exercised with a stub `python`
+    that records the pip commands it gets."""
+    script = ROOT / "deploy" / "install-torch.sh"
+    log = tmp_path / "calls"
+    stub = tmp_path / "python"
+    stub.write_text(
+        "#!/bin/sh\n"
+        f'echo "$@" >> {log}\n'
+        # `import importlib.metadata`: no torch yet. pip --no-index: no local wheel.
+        'case "$*" in *--no-index*) exit 1 ;; -c*) exit 1 ;; esac\n'
+        "exit 0\n"
+    )
+    stub.chmod(0o755)
+
+    def calls(**env: str) -> list[str]:
+        log.write_text("")
+        proc = subprocess.run(
+            ["sh", str(script), str(stub)],
+            env={"PATH": os.environ["PATH"], **env},
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return [c for c in log.read_text().splitlines() if c.startswith("-m pip")]
+
+    default = calls()
+    assert default[0] == "-m pip install -q --no-index --no-deps torch==2.13.0+cpu"
+    assert default[1] == (
+        "-m pip install -q --no-deps --index-url https://download.pytorch.org/whl/cpu "
+        "torch==2.13.0+cpu"
+    )
+    cuda = calls(TORCH_VARIANT="cu128")
+    assert cuda[-1].endswith(
+        "--index-url https://download.pytorch.org/whl/cu128 torch==2.13.0+cu128"
+    )
+    assert calls(TORCH_VARIANT="pypi") == ["-m pip install -q torch==2.13.0"]
 
 
 # --- the tests against the compose file --------------------------------------------------------
@@ -189,7 +251,10 @@ def test_dockerfile_shape() -> None:
 
 def test_compose_file_is_valid_and_wired(config: dict[str, Any]) -> None:
     services = config["services"]
-    assert set(services) == {"certs", "server", *CLIENTS}
+    assert set(services) == {"certs", "server", "operator", *CLIENTS}
+    # The operator's tools start only on `run`, and read the PKI without writing it.
+    assert services["operator"]["profiles"] == ["tools"]
+    assert mounts(services["operator"]) == {"/pki": "pki"}
     server = services["server"]
     assert server["depends_on"]["certs"]["condition"] == "service_completed_successfully"
     assert server["healthcheck"]["test"][0] == "CMD"
@@ -322,7 +387,7 @@ def health_server(creds: grpc.ServerCredentials) -> Iterator[tuple[int, health.H
 def test_healthcheck_is_shared_and_works_over_mtls(config: dict[str, Any], tmp_path: Path) -> None:
     probe = dockerfile_healthcheck()
     assert config["services"]["server"]["healthcheck"]["test"] == ["CMD", *probe]
-    assert probe[:2] == ["python", "-c"]
+    assert probe == ["python", "-m", "forsaken.health"]
     tls_dir = config["services"]["server"]["environment"]["FORSAKEN_HEALTH_TLS_DIR"]
     assert tls_dir in mounts(config["services"]["server"])
     fed = certs.init_federation(tmp_path, ["server"], clients=0)
@@ -333,8 +398,9 @@ def test_healthcheck_is_shared_and_works_over_mtls(config: dict[str, Any], tmp_p
         if with_tls:
             env["FORSAKEN_HEALTH_TLS_DIR"] = str(fed.server_dir)
         return subprocess.run(
-            [sys.executable, *probe[1:]], env=env, capture_output=True, text=True, timeout=60
-        )
+            [sys.executable, *probe[1:]], env=env, capture_output=True, text=True, timeout=60,
+            cwd=tmp_path,
+        )  # fmt: skip
 
     with health_server(tls.server_credentials(fed.server_dir)) as (port, servicer):
         ok = run_probe(port, with_tls=True)
@@ -345,3 +411,52 @@ def test_healthcheck_is_shared_and_works_over_mtls(config: dict[str, Any], tmp_p
     for failed in (plaintext, not_serving):
         assert failed.returncode == 1
         assert "Traceback" not in failed.stderr, failed.stderr
+
+
+def test_client_probe_checks_the_owner_api(config: dict[str, Any], tmp_path: Path) -> None:
+    """The clients' health check asks a real client daemon's Owner API; a daemon that retries
+    an unreachable server is healthy (restarting it would not help), a stopped one is not."""
+    test = config["services"]["client-0"]["healthcheck"]["test"]
+    assert test[:4] == ["CMD", "python", "-m", "forsaken.health"]
+    assert test[test.index("--owner") + 1] == flag(service_argv(config["services"]["client-0"]),
+                                                   "--state-dir")  # fmt: skip
+    from forsaken.procs import free_port
+
+    state = tmp_path / "client"
+    probe = [sys.executable, "-m", "forsaken.health", "--owner", str(state)]
+    missing = subprocess.run(probe, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "has not started" in missing.stderr
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "forsaken", "client", "--server", f"127.0.0.1:{free_port()}",
+         "--state-dir", str(state), "--dataset", "digits", "--owner-listen", "127.0.0.1:0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            ok = subprocess.run(probe, capture_output=True, text=True, timeout=60)
+            if ok.returncode == 0 or time.monotonic() > deadline or daemon.poll() is not None:
+                break
+            time.sleep(0.5)
+        assert ok.returncode == 0, (ok.stderr, daemon.poll())
+        assert "retrying" in ok.stdout
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+    gone = subprocess.run(probe, capture_output=True, text=True, timeout=60)
+    assert gone.returncode == 1 and "Owner API" in gone.stderr
+    assert "Traceback" not in gone.stderr
+
+
+def test_restart_policy_lets_a_finished_federation_end(config: dict[str, Any]) -> None:
+    """A client exits 0 once the federation has finished: it must stay down then (a client
+    that `unless-stopped` brought back rejoined and exited again, 33 times in 28 minutes),
+    and come back, a bounded number of times, only when it failed."""
+    services = config["services"]
+    for name in CLIENTS:
+        assert services[name]["restart"].startswith("on-failure:"), services[name]["restart"]
+        assert 0 < int(services[name]["restart"].split(":")[1]) <= 5
+    assert services["server"]["restart"] == "unless-stopped"
+    assert services["certs"]["restart"] == "no"
+    for name in ("server", *CLIENTS):
+        assert services[name]["read_only"] is True
