@@ -37,6 +37,10 @@ from forsaken.common.training import evaluate, load_vector, train_local
 log = logging.getLogger(__name__)
 
 UNLEARNING_STATES = ("submitting", "requested", "unlearning")
+TERMINAL_STATES = ("completed", "failed")
+# After the federation finishes, keep the Owner API up this long past the end of a forget
+# request, so an owner waiting on it (`forsaken forget --wait`) sees how it ended.
+OWNER_LINGER_S = 10.0
 
 
 @dataclass
@@ -84,6 +88,7 @@ class ClientDaemon:
         self.backoff = Backoff(max_s=max_backoff_s)
         self.max_payload_bytes = max_payload_bytes
         self.stop_event = threading.Event()
+        self._forget_ended_at: float | None = None  # when a forget request last ended
         self.connected = False
         self._rng = random.Random()
         self._model: torch.nn.Module | None = None
@@ -129,6 +134,8 @@ class ClientDaemon:
                 self.connected = True
                 self.backoff.reset()
                 if isinstance(task, StopTask):
+                    if self._linger_for_owner():
+                        continue
                     log.info("server says the federation has finished; exiting")
                     return 0
                 if isinstance(task, WaitTask):
@@ -244,7 +251,24 @@ class ClientDaemon:
                     return f
         raise errors.UnknownEntity(f"no forget request {request_id}")
 
+    def _linger_for_owner(self) -> bool:
+        """At the federation's end: learn how open forget requests ended, and stay a little
+        while after one ended so its owner can read the outcome. True: do not exit yet."""
+        with self._lock:
+            stale = [
+                f for f in self.state.forgets if f.forget_id and f.state not in TERMINAL_STATES
+            ]
+        for f in stale:
+            self._update_forget(f.request_id, state=self.conn.forget_status(f.forget_id).state)
+        ended = self._forget_ended_at
+        if ended is None or time.monotonic() - ended > OWNER_LINGER_S:
+            return False
+        self.stop_event.wait(1.0)
+        return True
+
     def _update_forget(self, request_id: str, **changes: str) -> None:
+        if changes.get("state") in TERMINAL_STATES:
+            self._forget_ended_at = time.monotonic()
         with self._lock:
             forgets = tuple(
                 replace(f, **changes) if f.request_id == request_id else f

@@ -319,6 +319,7 @@ class ServerDaemon:
         self.runtime = ServerRuntime(self.coordinator, SessionTable(), on_event=self._on_event)
         self.metrics = ServerMetrics.create()
         self.metrics.clients_connected.set_function(lambda: len(self.runtime.live_nodes()))
+        self.coordinator.faults.on_fault = lambda _: self.metrics.member_faults.inc()
         self.metrics_server = (
             MetricsServer(self.metrics.registry, config.metrics_listen)
             if config.metrics_listen
@@ -407,6 +408,8 @@ class ServerDaemon:
         self._refresh_forget_metrics()
         if isinstance(event, RoundCompleted | RoundAborted):
             self.metrics.round_finished(event.record.status, event.record.duration_s)
+        if isinstance(event, RoundAborted):
+            self.metrics.round_aborted(event.cause)
         if isinstance(event, RoundCompleted):
             r = event.record
             acc = "n/a" if r.test_acc is None else f"{r.test_acc:.4f}"

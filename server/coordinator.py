@@ -47,6 +47,7 @@ from forsaken.server.model_guard import GuardSettings, RegressionGuard
 from forsaken.server.policy import RoundPolicy
 from forsaken.server.retention import RetentionError, checkpoints_to_keep
 from forsaken.server.rounds import (
+    AbortCause,
     Accepted,
     EvalResult,
     Evaluator,
@@ -566,13 +567,15 @@ class Coordinator:
             for node in sorted(secure.culprits):  # the evidence names them: keep them out
                 self.faults.record(node, rnd.number, secure.abort_reason, now_ms)
             self._missed |= secure.suspects  # cannot be told apart: both sit the retry out
-            return [self._abort(rnd, now_ms, reason)]
+            return [self._abort(rnd, now_ms, reason, AbortCause.SECAGG)]
         if secure.stage is not SecAggStage.FINISHED:
             return []
         try:
             res = secure.result()
         except ValueError as exc:  # e.g. every survivor had weight 0
-            return [self._abort(rnd, now_ms, f"secure aggregate unusable: {exc}")]
+            return [
+                self._abort(rnd, now_ms, f"secure aggregate unusable: {exc}", AbortCause.SECAGG)
+            ]
         if len(res.survivors) < self.policy.min_completed:
             reason = f"only {len(res.survivors)} survivors; {self.policy.min_completed} needed"
             return [self._abort(rnd, now_ms, reason)]
@@ -638,7 +641,8 @@ class Coordinator:
                     first_deadline_ms=deadline,
                 )
             except ConfigError as exc:
-                return [self._abort(rnd, now_ms, f"cannot set up secure aggregation: {exc}")]
+                reason = f"cannot set up secure aggregation: {exc}"
+                return [self._abort(rnd, now_ms, reason, AbortCause.SECAGG)]
         return [RoundStarted(number, rnd.attempt, selected)]
 
     def _idle(self) -> bool:
@@ -705,12 +709,13 @@ class Coordinator:
                 delta, self.train.max_update_norm, forget_round=bool(rnd.forget_node), slack=slack
             )
         except InvalidPayload as exc:
-            return [self._abort(rnd, now_ms, f"refused: {exc}; the previous model is kept")]
+            reason = f"refused: {exc}; the previous model is kept"
+            return [self._abort(rnd, now_ms, reason, AbortCause.REFUSED)]
         model = (self._model + delta).astype(np.float32)
         evaluation = self._evaluate(model)
         refusal = self.guard.refusal(evaluation, evaluated=self.evaluator is not None)
         if refusal is not None:
-            return [self._abort(rnd, now_ms, refusal)]
+            return [self._abort(rnd, now_ms, refusal, AbortCause.REFUSED)]
         metrics = {**metrics, "update_norm": norm}
         # The new model is durable before the ledger names it.
         sha = self.checkpoints.put(to_bytes(model), {"round": rnd.number})
@@ -757,7 +762,13 @@ class Coordinator:
             return rnd.secure.answered()
         return frozenset((node, a.request_id) for node, a in rnd.accepted.items())
 
-    def _abort(self, rnd: OpenRound, now_ms: int, reason: str) -> RoundAborted:
+    def _abort(
+        self,
+        rnd: OpenRound,
+        now_ms: int,
+        reason: str,
+        cause: AbortCause = AbortCause.SHORTFALL,
+    ) -> RoundAborted:
         record = round_record(
             rnd, now_ms, status="aborted", participants=tuple(sorted(rnd.accepted)), reason=reason
         )
@@ -765,7 +776,7 @@ class Coordinator:
         self._missed |= self._unanswered(rnd)
         self._round, self._attempt, self._last_abort = None, rnd.attempt + 1, reason
         log.warning("round %d attempt %d aborted: %s", rnd.number, rnd.attempt, reason)
-        return RoundAborted(record)
+        return RoundAborted(record, cause)
 
     # ---- helpers --------------------------------------------------------------------------
 

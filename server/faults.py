@@ -11,6 +11,7 @@ fault counts are not, so a restart forgives faults short of a quarantine.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from forsaken.common.errors import ConfigError, UnknownEntity
@@ -34,12 +35,16 @@ class FaultBook:
         self.ledger = ledger
         self.quarantine_after = quarantine_after
         self._faults: dict[str, list[Fault]] = {}
+        self.on_fault: Callable[[Fault], None] | None = None  # e.g. a metrics counter
         self._quarantined = {c.node_id: c.quarantine for c in ledger.clients() if c.quarantine}
 
     def record(self, node_id: str, round_: int, reason: str, now_ms: int) -> bool:
         """Note one fault; True when it puts the node in quarantine."""
         faults = self._faults.setdefault(node_id, [])
-        faults.append(Fault(node_id, round_, reason, now_ms))
+        fault = Fault(node_id, round_, reason, now_ms)
+        faults.append(fault)
+        if self.on_fault is not None:
+            self.on_fault(fault)
         del faults[: -self.quarantine_after]  # only the latest few matter
         log.warning("fault by node %s in round %d: %s", node_id, round_, reason)
         if len(faults) < self.quarantine_after or node_id in self._quarantined:

@@ -80,6 +80,8 @@ class ServerMetrics:
     round_aborts: Counter
     forget_requests: Gauge
     secagg_aborts: Counter
+    rounds_refused: Counter
+    member_faults: Counter
 
     @classmethod
     def create(cls, registry: Registry | None = None) -> ServerMetrics:
@@ -113,12 +115,28 @@ class ServerMetrics:
                 "forsaken_secagg_aborts_total",
                 "Secure-aggregation sessions aborted (for example, fewer than t survivors).",
             ),
+            rounds_refused=r.counter(
+                "forsaken_rounds_refused_total",
+                "Round attempts whose aggregate was refused (over the norm bound, or validation "
+                "collapsed); the previous model was kept.",
+            ),
+            member_faults=r.counter(
+                "forsaken_member_faults_total",
+                "Attributable member faults (e.g. a forged sample count, a lying share).",
+            ),
         )
         for status in ROUND_STATUSES:
             metrics.rounds.labels(status.value)
         for state in FORGET_STATES:
             metrics.forget_requests.labels(state.value)
         return metrics
+
+    def round_aborted(self, cause: str) -> None:
+        """Why an attempt aborted, beyond the status counter: secure sessions, refusals."""
+        if cause == "secagg":
+            self.secagg_aborts.inc()
+        elif cause == "refused":
+            self.rounds_refused.inc()
 
     def round_finished(self, status: RoundStatus, duration_s: float) -> None:
         """Record one round attempt (a ledger `RoundRecord`'s status and duration); keeps the

@@ -83,9 +83,16 @@ class RoundCompleted:
     record: RoundRecord
 
 
+class AbortCause(StrEnum):
+    SHORTFALL = "shortfall"  # too few updates by the deadline
+    SECAGG = "secagg"  # the secure-aggregation session could not finish
+    REFUSED = "refused"  # an aggregate the server would not apply (norm bound, regression)
+
+
 @dataclass(frozen=True, slots=True)
 class RoundAborted:
     record: RoundRecord
+    cause: AbortCause = AbortCause.SHORTFALL
 
 
 @dataclass(frozen=True, slots=True)

@@ -198,3 +198,37 @@ def test_client_dropping_out_mid_unlearning_fails_with_a_reason(tmp_path: Path) 
         assert request["receipt_json"] == "{}"
     finally:
         c.stop()
+
+
+def test_an_owner_waiting_at_the_federations_end_still_sees_its_receipt(tmp_path: Path) -> None:
+    """The request ends as the federation does: the client stays up long enough for its
+    owner's `forget --wait` to read the outcome instead of losing the daemon mid-wait."""
+    c = Cluster(tmp_path, **{**SERVER, "rounds": 2, "min-clients": 4, "recovery-rounds": 1})
+    try:
+        c.start_server()
+        for i in range(3):
+            c.start_client(i, 4)
+        c.wait_for(lambda s: len(s["clients"]) == 3, 90, "three clients (no round yet)")
+        waiting = subprocess.Popen(
+            forsaken_command(
+                "forget",
+                "--client",
+                str(c.root / "client-0"),
+                "--json",
+                "--wait",
+                "--timeout",
+                "120",
+                "--method",
+                "finetune",
+            ),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        c.wait_for(lambda s: len(s["forget_requests"]) == 1, 60, "the request on record")
+        c.start_client(3, 4)  # now the two rounds run, and the request with them
+        out, _ = waiting.communicate(timeout=180)
+        assert waiting.returncode == 0, out
+        assert json.loads(out[out.index("{") :])["state"] == "completed"
+        assert c.clients[0].wait(timeout=60) == 0  # and then it did exit, cleanly
+    finally:
+        c.stop()

@@ -42,6 +42,13 @@ SAMPLES = {
     ("forsaken_forget_requests", ("state",)),
     ("forsaken_secagg_aborts_total", ()),
 }
+# Added since, on purpose, for the defences against untrusted members.
+ADDED = {
+    "forsaken_rounds_refused_total": "counter",
+    "forsaken_member_faults_total": "counter",
+}
+FAMILIES |= ADDED
+SAMPLES |= {(name, ()) for name in ADDED}
 BUCKETS = ("0.5", "1.0", "2.5", "5.0", "10.0", "30.0", "60.0", "120.0", "300.0", "600.0")
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$")
