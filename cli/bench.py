@@ -127,9 +127,10 @@ def _light_client(address: str, params: int, seed: int, ready: Any) -> None:
     """A client that does no training: it fetches the model and pushes a fixed random update."""
     import uuid
 
-    from forsaken.client.transport import FleetConnection, StopTask, TrainTask
+    from forsaken.client.transport import FleetConnection
     from forsaken.common import errors
     from forsaken.common.identity import NodeIdentity
+    from forsaken.common.tasks import StopTask, TrainTask
     from forsaken.common.tensors import TensorSpec, to_bytes
 
     conn = FleetConnection(address, NodeIdentity.generate())
@@ -205,7 +206,7 @@ def bench_round(clients: int, sizes: list[int], rounds: int) -> dict[str, Any]:
                     ready.acquire(timeout=120)
                 finished = threading.Event()
                 while not finished.wait(0.1):
-                    if daemon.runtime.status().phase.value == "finished":
+                    if daemon.runtime.read(lambda c, now: c.status(now)).phase.value == "finished":
                         break
                 records = [
                     r for r in daemon.ledger.rounds() if r.status == "completed" and r.round > 0
@@ -295,11 +296,11 @@ async def _aio_client(address: str, params: int, seed: int, stop_at: float) -> d
     import grpc
 
     from forsaken.client.secure import SecureSessions
-    from forsaken.client.transport import task_from_proto
     from forsaken.common import errors
     from forsaken.common.identity import NodeIdentity
     from forsaken.common.secagg.client_states import ClientDone
     from forsaken.common.secagg.setup import SetupInfo
+    from forsaken.common.wire_tasks import task_from_proto
     from forsaken.v1 import fleet_pb2, fleet_pb2_grpc
 
     stats = {"rounds": 0, "refused": 0, "retries": 0, "neighbors": 0}

@@ -17,20 +17,14 @@ import torch
 from forsaken.client.forgetting import ForgetExecutor
 from forsaken.client.secure import SecureSessions
 from forsaken.client.state import ClientState, LocalForget, StateFile
-from forsaken.client.transport import (
-    FleetConnection,
-    SecAggTask,
-    StopTask,
-    TrainTask,
-    VerifyTask,
-    WaitTask,
-)
+from forsaken.client.transport import FleetConnection
 from forsaken.common import errors, failpoints
 from forsaken.common.models import build_model
 from forsaken.common.partition import ClientData
 from forsaken.common.secagg.client_states import ClientDone
 from forsaken.common.secagg.setup import SetupInfo
 from forsaken.common.simulation import client_round_seed
+from forsaken.common.tasks import SecAggTask, StopTask, TrainTask, VerifyTask, WaitTask
 from forsaken.common.tensors import flatten, from_bytes, specs_of, to_bytes
 from forsaken.common.training import evaluate, load_vector, train_local
 
@@ -312,7 +306,7 @@ class ClientDaemon:
             order.sample_ids,
             vector,
             task.round,
-            order.total_weight,
+            task.total_weight,
         )
         metrics = {**step.metrics, "gradient_evaluations": float(step.gradient_evaluations)}
         # Report before uploading, so the server knows the verdict when this round closes.

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
@@ -17,11 +16,13 @@ import grpc
 from forsaken.common import errors, tls, wire, wire_secagg
 from forsaken.common.chunking import PayloadAssembler, PayloadHeader, header_for
 from forsaken.common.identity import NodeIdentity
+from forsaken.common.tasks import AnyTask, SecAggTask, TrainTask
 from forsaken.common.tensors import TensorSpec
-from forsaken.common.types import ModelSpec, TrainSettings
+from forsaken.common.types import ModelSpec
+from forsaken.common.wire_tasks import task_from_proto
 from forsaken.v1 import fleet_pb2, fleet_pb2_grpc
 
-SESSION_KEY = "x-forsaken-session-bin"
+SESSION_KEY = wire.SESSION_KEY
 _CHUNK_LIMIT = 8 << 20
 
 # gRPC status -> the domain error the daemon reacts to.
@@ -52,105 +53,6 @@ def _translate(exc: grpc.RpcError) -> errors.ForsakenError:
     detail = exc.details() if hasattr(exc, "details") else str(exc)
     cls = _ERROR_FOR.get(code, RemoteError)
     return cls(f"{code.name}: {detail}")
-
-
-@dataclass(frozen=True, slots=True)
-class ForgetOrder:
-    """The server asks this node to run its forget engine instead of training this round."""
-
-    forget_id: str
-    method: str
-    sample_ids: tuple[int, ...]
-    total_weight: float
-
-
-@dataclass(frozen=True, slots=True)
-class RoundTask:
-    """What every task of a training round carries: which round, on which model, how to train.
-
-    Only its subclasses are handed out, so an `isinstance` check against one of them still tells
-    plain training from a secure-aggregation stage.
-    """
-
-    task_id: str
-    round: int
-    model_sha256: str
-    settings: TrainSettings
-    deadline_ms: int
-    seed: int
-    # Keyword-only so that it may keep its default while subclasses add required fields.
-    forget: ForgetOrder | None = field(default=None, kw_only=True)
-
-
-@dataclass(frozen=True, slots=True)
-class TrainTask(RoundTask):
-    """A plain round: train (or run the forget engine) and push the update unmasked."""
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyTask:
-    """Measure forgetting evidence on a model and report it."""
-
-    forget_id: str
-    model_sha256: str
-
-
-@dataclass(frozen=True, slots=True)
-class SecAggTask(RoundTask):
-    """A secure-aggregation stage; `message` is a SetupInfo for the round's first stage."""
-
-    message: object
-
-
-@dataclass(frozen=True, slots=True)
-class WaitTask:
-    retry_after_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class StopTask:
-    pass
-
-
-AnyTask = TrainTask | SecAggTask | VerifyTask | WaitTask | StopTask
-
-
-def task_from_proto(task: fleet_pb2.Task) -> AnyTask:
-    """The domain task a PullTask reply stands for (one decoder for every client)."""
-    forget = None
-    if task.HasField("forget"):
-        forget = ForgetOrder(
-            task.forget.forget_id,
-            task.forget.method,
-            tuple(task.forget.sample_ids),
-            task.forget.total_weight,
-        )
-    if task.kind == fleet_pb2.TASK_KIND_VERIFY:
-        return VerifyTask(task.forget_id, task.model_sha256.hex())
-    if task.kind == fleet_pb2.TASK_KIND_TRAIN:
-        return TrainTask(
-            forget=forget,
-            task_id=task.task_id,
-            round=task.round,
-            model_sha256=task.model_sha256.hex(),
-            settings=wire.train_settings_from_proto(task.train),
-            deadline_ms=task.deadline_unix_ms,
-            seed=task.seed,
-        )
-    if task.kind == fleet_pb2.TASK_KIND_SECAGG:
-        return SecAggTask(
-            forget=forget,
-            task_id=task.task_id,
-            round=task.round,
-            model_sha256=task.model_sha256.hex(),
-            settings=wire.train_settings_from_proto(task.train),
-            deadline_ms=task.deadline_unix_ms,
-            seed=task.seed,
-            message=wire_secagg.server_message_from_proto(task.secagg),
-        )
-    if task.kind == fleet_pb2.TASK_KIND_STOP:
-        return StopTask()
-    return WaitTask(task.retry_after_s)
 
 
 class FleetConnection:

@@ -16,6 +16,9 @@ from forsaken.common.tensors import TensorSpec
 from forsaken.common.types import ModelSpec, TrainSettings
 from forsaken.v1 import common_pb2, fleet_pb2
 
+# The gRPC metadata key under which a node presents the session token its Join returned.
+SESSION_KEY = "x-forsaken-session-bin"
+
 
 def tensor_spec_to_proto(spec: TensorSpec) -> common_pb2.TensorSpec:
     return common_pb2.TensorSpec(name=spec.name, shape=list(spec.shape), dtype=spec.dtype)

@@ -23,14 +23,7 @@ from forsaken.common.rpc_errors import DecodeGuard
 from forsaken.common.tensors import TensorSpec
 from forsaken.common.types import ModelSpec, TrainSettings
 from forsaken.server.checkpoints import FileCheckpointStore
-from forsaken.server.coordinator import (
-    Coordinator,
-    EvalResult,
-    Event,
-    Finished,
-    RoundAborted,
-    RoundCompleted,
-)
+from forsaken.server.coordinator import Coordinator
 from forsaken.server.enrollment import load_allow_list
 from forsaken.server.forgetting import ForgetPolicy
 from forsaken.server.join_challenges import ChallengeBook
@@ -39,6 +32,7 @@ from forsaken.server.limits import CallQuota, RateLimiter
 from forsaken.server.metrics import MetricsServer, ServerMetrics
 from forsaken.server.model_guard import GuardSettings
 from forsaken.server.policy import RoundPolicy
+from forsaken.server.rounds import EvalResult, Event, Finished, RoundAborted, RoundCompleted
 from forsaken.server.rpc import AdminServicer, FleetServicer
 from forsaken.server.runtime import ServerRuntime
 from forsaken.server.secure_round import SecureSettings
@@ -318,8 +312,10 @@ class ServerDaemon:
         )
         self.runtime = ServerRuntime(self.coordinator, SessionTable(), on_event=self._on_event)
         self.metrics = ServerMetrics.create()
-        self.metrics.clients_connected.set_function(lambda: len(self.runtime.live_nodes()))
-        self.coordinator.faults.on_fault = lambda _: self.metrics.member_faults.inc()
+        self.metrics.clients_connected.set_function(
+            lambda: len(self.runtime.read(lambda c, now: c.registry.live(now)))
+        )
+        self.coordinator.registry.faults.on_fault = lambda _: self.metrics.member_faults.inc()
         self.metrics_server = (
             MetricsServer(self.metrics.registry, config.metrics_listen)
             if config.metrics_listen

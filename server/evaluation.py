@@ -15,7 +15,7 @@ from forsaken.common.models import build_model, default_architecture
 from forsaken.common.tensors import TensorSpec, flatten, specs_of
 from forsaken.common.training import evaluate, load_vector
 from forsaken.common.types import ModelSpec
-from forsaken.server.coordinator import EvalResult
+from forsaken.server.rounds import EvalResult
 
 
 @dataclass

@@ -65,6 +65,13 @@ class FaultBook:
         """Nodes that faulted in round `round_`: left out of its further attempts."""
         return frozenset(n for n, fs in self._faults.items() if fs and fs[-1].round == round_)
 
+    def notes(self, round_: int) -> str:
+        """What a completed round's record says about the members it left out, and why."""
+        return "; ".join(
+            f"left out node {node}: {self._faults[node][-1].reason}"
+            for node in sorted(self.spoiled(round_))
+        )
+
     def quarantine(self, node_id: str) -> str | None:
         """Why the node is quarantined, or None."""
         return self._quarantined.get(node_id)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from forsaken.common import failpoints
 from forsaken.common.errors import InvalidPayload, PermissionDenied, StaleRequest
+from forsaken.common.tasks import ForgetOrder
 from forsaken.server.ledger import ForgetRecord, ForgetState, Ledger
 
 log = logging.getLogger(__name__)
@@ -47,16 +48,6 @@ class ForgetPolicy:
             raise InvalidPayload(f"default forget method must be one of {METHODS}")
         if self.recovery_rounds < 0 or self.max_unlearning_rounds < 1:
             raise InvalidPayload("recovery_rounds must be >= 0, max_unlearning_rounds >= 1")
-
-
-@dataclass(frozen=True, slots=True)
-class ForgetInstruction:
-    """What the forgetting node's task carries in an unlearning round."""
-
-    forget_id: str
-    method: str
-    sample_ids: tuple[int, ...]
-    total_weight: float = 0.0
 
 
 def _progress(rec: ForgetRecord) -> dict[str, object]:
@@ -199,13 +190,13 @@ class ForgetManager:
             return frozenset({rec.node_id})
         return frozenset()
 
-    def instruction_for(self, node_id: str) -> ForgetInstruction | None:
+    def instruction_for(self, node_id: str) -> ForgetOrder | None:
         rec = self.active()
         if rec is None or rec.node_id != node_id or rec.state is not ForgetState.UNLEARNING:
             return None
         if rec.method not in ("forsaken", "pga"):
             return None
-        return ForgetInstruction(rec.forget_id, rec.method, rec.sample_ids)
+        return ForgetOrder(rec.forget_id, rec.method, rec.sample_ids)
 
     def verify_for(self, node_id: str) -> ForgetRecord | None:
         rec = self.active()

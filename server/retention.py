@@ -15,10 +15,14 @@ nobody can need any more go.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 
 from forsaken.common.errors import UnknownEntity
+from forsaken.server.checkpoints import CheckpointStore
 from forsaken.server.ledger import ForgetRecord, Ledger
+
+log = logging.getLogger(__name__)
 
 # Keys under which a forget request's progress and receipt name models.
 _PROGRESS_MODELS = ("model_before", "rollback_model")
@@ -87,3 +91,24 @@ def checkpoints_to_keep(ledger: Ledger, keep_last: int) -> set[str]:
         | rollback_anchors(ledger)
         | forget_models(ledger.forgets())
     )
+
+
+def collect(
+    ledger: Ledger, checkpoints: CheckpointStore, keep_last: int, completed: int, current: str
+) -> None:
+    """After a round is on record: delete the checkpoints nothing can need any more.
+
+    The keep set asks the ledger about every client, so it runs every keep_last / 2 rounds
+    (at most 1.5 x keep_last recent checkpoints on disk), not after each. 0 keeps everything.
+    """
+    if not keep_last or completed % max(1, keep_last // 2):
+        return
+    try:
+        keep = checkpoints_to_keep(ledger, keep_last) | {current}
+        removed = checkpoints.gc(keep)
+    except (RetentionError, OSError) as exc:
+        # Housekeeping: a failure here must not fail the round that was just recorded.
+        log.warning("checkpoint collection skipped: %s", exc)
+        return
+    if removed:
+        log.info("collected %d old checkpoint(s); %d kept", len(removed), len(keep))

@@ -11,11 +11,8 @@ from enum import StrEnum
 
 import numpy as np
 
-from forsaken.common.secagg.messages import ServerMessage
-from forsaken.common.secagg.setup import SetupInfo
 from forsaken.common.tensors import TensorSpec
-from forsaken.common.types import ModelSpec, TrainSettings
-from forsaken.server.forgetting import ForgetInstruction
+from forsaken.common.types import ModelSpec
 from forsaken.server.ledger import RoundRecord
 from forsaken.server.secure_round import SecureRound
 
@@ -24,27 +21,6 @@ class Phase(StrEnum):
     WAITING = "waiting"
     TRAINING = "training"
     FINISHED = "finished"
-
-
-class TaskKind(StrEnum):
-    TRAIN = "train"
-    SECAGG = "secagg"
-    VERIFY = "verify"
-    STOP = "stop"
-
-
-@dataclass(frozen=True, slots=True)
-class Task:
-    kind: TaskKind
-    task_id: str = ""
-    round: int = 0
-    model_sha256: str = ""
-    deadline_ms: int = 0
-    seed: int = 0
-    train: TrainSettings | None = None
-    secagg: ServerMessage | SetupInfo | None = None
-    forget: ForgetInstruction | None = None
-    forget_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

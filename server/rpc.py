@@ -20,18 +20,19 @@ from forsaken.common.errors import InvalidPayload, NotAuthenticated, PermissionD
 from forsaken.common.identity import verify_join
 from forsaken.common.rpc_errors import rpc_method, stream_method
 from forsaken.common.types import ModelSpec
-from forsaken.server.coordinator import Submission, Task, TaskKind
+from forsaken.common.wire_tasks import task_to_proto
 from forsaken.server.join_challenges import ChallengeBook
 from forsaken.server.ledger import ForgetRecord, Ledger, RoundRecord
 from forsaken.server.limits import CallQuota, RateLimiter
 from forsaken.server.metrics import ServerMetrics
+from forsaken.server.rounds import Submission
 from forsaken.server.runtime import ServerRuntime
 from forsaken.server.stream_watchdog import StreamWatchdog
 from forsaken.v1 import admin_pb2, admin_pb2_grpc, fleet_pb2, fleet_pb2_grpc, secagg_pb2
 
 log = logging.getLogger(__name__)
 
-SESSION_KEY = "x-forsaken-session-bin"
+SESSION_KEY = wire.SESSION_KEY
 MAX_JOIN_SKEW_MS = 5 * 60 * 1000
 
 
@@ -89,7 +90,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
 
     def _node(self, context: grpc.ServicerContext) -> str:
         node = self.runtime.sessions.authenticate(session_token(context))
-        self.runtime.check_admitted(node)
+        self.runtime.read(lambda c, _: c.registry.check_admitted(node))
         if self.mtls:
             # A session token is only good from the TLS identity that opened it.
             peer = tls.peer_common_name(context)
@@ -134,8 +135,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         self._check_shape(request)
         if self.join_limit is not None:
             self.join_limit.check(node_id)
-        self.runtime.join(
-            node_id, request.public_key, max(0, request.num_samples), max_clients=self.max_clients
+        samples, limit = max(0, request.num_samples), self.max_clients
+        self.runtime.call(
+            lambda c, now: c.registry.join(node_id, request.public_key, samples, now, limit)
         )
         session = self.runtime.sessions.open(node_id, request.request_id)
         return fleet_pb2.JoinReply(
@@ -182,7 +184,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         with self._long_call(node, "download", context) as touch:
             # The payload is content-addressed by `sha` (checkpoints verify it on read), so the
             # digest is known without hashing tens of MB again for every fetch.
-            payload = self.runtime.model_payload(sha)
+            payload = self.runtime.read(lambda c, _: c.model.payload(sha))
             tensors = self.runtime.coordinator.tensors
             header = PayloadHeader(tensors, len(payload), bytes.fromhex(sha))
             if self.metrics is not None:
@@ -212,7 +214,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             tensors=wire.payload_header_from_proto(header.payload).tensors,
             payload=payload,
         )
-        outcome = self.runtime.submit(node, submission)
+        outcome = self.runtime.call(lambda c, now: c.submit(node, submission, now), then_tick=True)
         return fleet_pb2.PushReply(accepted=outcome.accepted, duplicate=outcome.duplicate)
 
     def _assemble(
@@ -228,8 +230,10 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         assembler = PayloadAssembler(payload_header, self.max_payload_bytes)  # checks the size
         # Before a byte is buffered: the node must have this open task, and the header must
         # describe exactly what that task expects, so an upload can never buffer more.
-        duplicate = self.runtime.admit_upload(
-            node, header.round, header.task_id, header.request_id, payload_header.tensors
+        duplicate = self.runtime.read(
+            lambda c, _: c.admit_upload(
+                node, header.round, header.task_id, header.request_id, payload_header.tensors
+            )
         )
         if duplicate:
             return header, None
@@ -246,14 +250,13 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     ) -> fleet_pb2.ForgetReply:
         node = self._node(context)
         limit = self.forget_limit
-        record, _ = self.runtime.forget_request(
-            node,
-            request.node_id,
-            request.request_id,
-            tuple(request.sample_ids),
-            request.method,
-            # Spent only on a valid, new request: refusals and retries cost no token.
-            admit=None if limit is None else lambda: limit.check(node),
+        # A rate-limit token is spent only on a valid, new request: refusals and retries cost none.
+        admit = None if limit is None else lambda: limit.check(node)
+        ids = tuple(request.sample_ids)
+        record, _ = self.runtime.call(
+            lambda c, now: c.forget_request(
+                node, request.node_id, request.request_id, ids, request.method, now, admit
+            )
         )
         return fleet_pb2.ForgetReply(forget_id=record.forget_id, state=str(record.state))
 
@@ -262,20 +265,19 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         self, request: fleet_pb2.ForgetStatusRequest, context: grpc.ServicerContext
     ) -> fleet_pb2.ForgetRequestInfo:
         node = self._node(context)
-        return forget_to_proto(self.runtime.forget_status(node, request.forget_id))
+        record = self.runtime.read(lambda c, _: c.forgets.get(node, request.forget_id))
+        return forget_to_proto(record)
 
     @rpc_method
     def ReportForget(
         self, request: fleet_pb2.ForgetReport, context: grpc.ServicerContext
     ) -> fleet_pb2.ForgetRequestInfo:
         node = self._node(context)
-        record = self.runtime.forget_report(
-            node,
-            request.forget_id,
-            request.kind,
-            wire.metrics_from_proto(request.metrics),
-            request.reason,
-            request.model_sha256.hex(),
+        metrics, sha = wire.metrics_from_proto(request.metrics), request.model_sha256.hex()
+        record = self.runtime.call(
+            lambda c, now: c.forget_report(
+                node, request.forget_id, request.kind, metrics, request.reason, sha, now
+            )
         )
         return forget_to_proto(record)
 
@@ -289,8 +291,11 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         if self.metrics is not None:
             self.metrics.bytes_received.inc(request.ByteSize())
         message = wire_secagg.client_message_from_proto(request)
-        outcome = self.runtime.secagg_message(
-            node, request.round, request.task_id, request.request_id, message
+        outcome = self.runtime.call(
+            lambda c, now: c.secagg_message(
+                node, request.round, request.task_id, request.request_id, message, now
+            ),
+            then_tick=True,
         )
         return secagg_pb2.SecAggAck(duplicate=outcome.duplicate)
 
@@ -301,44 +306,6 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         node = self._node(context)
         self.runtime.leave(node)
         return fleet_pb2.LeaveReply()
-
-
-def task_to_proto(task: Task | None, model_spec: ModelSpec) -> fleet_pb2.Task:
-    if task is None:
-        return fleet_pb2.Task(kind=fleet_pb2.TASK_KIND_WAIT, retry_after_s=0.0)
-    if task.kind is TaskKind.STOP:
-        return fleet_pb2.Task(kind=fleet_pb2.TASK_KIND_STOP)
-    if task.kind is TaskKind.VERIFY:
-        return fleet_pb2.Task(
-            kind=fleet_pb2.TASK_KIND_VERIFY,
-            task_id=task.task_id,
-            round=task.round,
-            model_sha256=bytes.fromhex(task.model_sha256),
-            forget_id=task.forget_id,
-            model=wire.model_spec_to_proto(model_spec),
-        )
-    forget = None
-    if task.forget is not None:
-        forget = fleet_pb2.ForgetInstruction(
-            forget_id=task.forget.forget_id,
-            method=task.forget.method,
-            sample_ids=list(task.forget.sample_ids),
-            total_weight=task.forget.total_weight,
-        )
-    assert task.train is not None
-    secure = task.kind is TaskKind.SECAGG
-    return fleet_pb2.Task(
-        kind=fleet_pb2.TASK_KIND_SECAGG if secure else fleet_pb2.TASK_KIND_TRAIN,
-        secagg=wire_secagg.server_message_to_proto(task.secagg) if secure else None,  # type: ignore[arg-type]
-        task_id=task.task_id,
-        round=task.round,
-        model_sha256=bytes.fromhex(task.model_sha256),
-        train=wire.train_settings_to_proto(task.train),
-        deadline_unix_ms=task.deadline_ms,
-        seed=task.seed,
-        model=wire.model_spec_to_proto(model_spec),
-        forget=forget,
-    )
 
 
 def round_to_proto(r: RoundRecord) -> admin_pb2.RoundInfo:
@@ -409,7 +376,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.StatusRequest, context: grpc.ServicerContext
     ) -> admin_pb2.ServerStatus:
         self._operator(context)
-        view = self.runtime.status()
+        view = self.runtime.read(lambda c, now: c.status(now))
         return admin_pb2.ServerStatus(
             phase=view.phase.value,
             current_round=view.current_round,
@@ -417,7 +384,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             target_rounds=view.target_rounds,
             connected_clients=view.connected,
             model_sha256=bytes.fromhex(view.model_sha256),
-            model=wire.model_spec_to_proto(self.runtime.coordinator.model_spec),
+            model=wire.model_spec_to_proto(self.runtime.coordinator.model.model_spec),
             last_abort_reason=view.last_abort_reason,
             last_test_acc=view.last_test_acc if view.last_test_acc is not None else float("nan"),
             secure_aggregation=self.secure_aggregation,
@@ -438,8 +405,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.ListClientsRequest, context: grpc.ServicerContext
     ) -> admin_pb2.ListClientsReply:
         self._operator(context)
-        live = set(self.runtime.live_nodes())
-        faults = self.runtime.coordinator.faults
+        live = set(self.runtime.read(lambda c, now: c.registry.live(now)))
+        faults = self.runtime.coordinator.registry.faults
         infos = []
         for c in self.ledger.clients():
             rounds = self.ledger.contributions(c.node_id)
@@ -465,7 +432,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.RevokeClientRequest, context: grpc.ServicerContext
     ) -> admin_pb2.RevokeClientReply:
         self._operator(context)
-        already = self.runtime.revoke(request.node_id, request.reason)
+        already = self.runtime.call(lambda c, _: c.registry.revoke(request.node_id, request.reason))
         return admin_pb2.RevokeClientReply(already_revoked=already)
 
     @rpc_method
@@ -473,15 +440,18 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.ReleaseClientRequest, context: grpc.ServicerContext
     ) -> admin_pb2.ReleaseClientReply:
         self._operator(context)
-        return admin_pb2.ReleaseClientReply(was_quarantined=self.runtime.release(request.node_id))
+        released = self.runtime.call(lambda c, _: c.registry.release(request.node_id))
+        return admin_pb2.ReleaseClientReply(was_quarantined=released)
 
     @rpc_method
     def ForgetClient(
         self, request: admin_pb2.ForgetClientRequest, context: grpc.ServicerContext
     ) -> fleet_pb2.ForgetRequestInfo:
         operator = self._operator(context)
-        record, _ = self.runtime.operator_forget(
-            operator, request.node_id, request.request_id, request.method, request.reason
+        record, _ = self.runtime.call(
+            lambda c, now: c.operator_forget(
+                operator, request.node_id, request.request_id, request.method, request.reason, now
+            )
         )
         return forget_to_proto(record)
 

@@ -1,7 +1,8 @@
-"""Thread-safe wrapper that drives the coordinator from many RPC threads and one ticker.
+"""Drives the transport-free coordinator from many RPC threads and one ticker, under one lock.
 
-No gRPC here: the servicers call these methods. Long-polls wait on a condition that every
-state change notifies, so a task reaches a waiting node as soon as its round starts.
+No gRPC here. The servicers hand a function of (coordinator, now) to `call`, which runs it
+under the lock and wakes every long-poll afterwards, so a task reaches a waiting node as soon
+as its round starts; there is no mirror of the coordinator's methods to keep in step.
 """
 
 from __future__ import annotations
@@ -10,23 +11,18 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from forsaken.common.errors import Unavailable
-from forsaken.common.tensors import TensorSpec
-from forsaken.server.coordinator import (
-    Coordinator,
-    Event,
-    StatusView,
-    Submission,
-    SubmitOutcome,
-    Task,
-)
-from forsaken.server.ledger import ForgetRecord
+from forsaken.common.tasks import AnyTask
+from forsaken.server.coordinator import Coordinator
+from forsaken.server.rounds import Event
 from forsaken.server.sessions import SessionTable
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+T = TypeVar("T")
 
 
 def wall_ms(clock: Clock = time.time) -> int:
@@ -92,14 +88,25 @@ class ServerRuntime:
 
     # ---- calls from the RPC edge ------------------------------------------------------
 
-    def join(
-        self, node_id: str, public_key: bytes, num_samples: int, max_clients: int = 1_000_000
-    ) -> None:
-        with self._lock:
-            self.coordinator.join(node_id, public_key, num_samples, self.now_ms(), max_clients)
-            self._lock.notify_all()
+    def call(self, fn: Callable[[Coordinator, int], T], *, then_tick: bool = False) -> T:
+        """Run `fn(coordinator, now_ms)` under the lock, then wake waiting long-polls.
 
-    def poll(self, node_id: str, num_samples: int, timeout_s: float) -> Task | None:
+        `then_tick`: tick at once afterwards, so a round or stage closes as soon as its last
+        expected message arrived instead of at the next tick.
+        """
+        with self._lock:
+            out = fn(self.coordinator, self.now_ms())
+            self._lock.notify_all()
+        if then_tick:
+            self.tick()
+        return out
+
+    def read(self, fn: Callable[[Coordinator, int], T]) -> T:
+        """Run a read-only `fn(coordinator, now_ms)` under the lock (no one is woken)."""
+        with self._lock:
+            return fn(self.coordinator, self.now_ms())
+
+    def poll(self, node_id: str, num_samples: int, timeout_s: float) -> AnyTask | None:
         """Wait up to `timeout_s` for a task; None means poll again."""
         deadline = self.clock() + timeout_s
         with self._lock:
@@ -112,115 +119,6 @@ class ServerRuntime:
                     return task
                 self._lock.wait(timeout=min(remaining, 1.0))
 
-    def submit(self, node_id: str, submission: Submission) -> SubmitOutcome:
-        with self._lock:
-            outcome = self.coordinator.submit(node_id, submission, self.now_ms())
-        # Close the round at once when this was the last expected update.
-        self.tick()
-        return outcome
-
-    def admit_upload(
-        self,
-        node_id: str,
-        round_: int,
-        task_id: str,
-        request_id: str,
-        tensors: tuple[TensorSpec, ...],
-    ) -> bool:
-        with self._lock:
-            return self.coordinator.admit_upload(node_id, round_, task_id, request_id, tensors)
-
-    def secagg_message(
-        self, node_id: str, round_: int, task_id: str, request_id: str, message: object
-    ) -> SubmitOutcome:
-        with self._lock:
-            outcome = self.coordinator.secagg_message(
-                node_id, round_, task_id, request_id, message, self.now_ms()
-            )
-        self.tick()  # close the stage at once when this was the last expected message
-        return outcome
-
-    def forget_request(
-        self,
-        caller: str,
-        node_id: str,
-        request_id: str,
-        sample_ids: tuple[int, ...],
-        method: str,
-        admit: Callable[[], None] | None = None,
-    ) -> tuple[ForgetRecord, bool]:
-        with self._lock:
-            out = self.coordinator.forget_request(
-                caller, node_id, request_id, sample_ids, method, self.now_ms(), admit
-            )
-            self._lock.notify_all()
-        return out
-
-    def operator_forget(
-        self, operator: str, node_id: str, request_id: str, method: str, reason: str
-    ) -> tuple[ForgetRecord, bool]:
-        with self._lock:
-            out = self.coordinator.operator_forget(
-                operator, node_id, request_id, method, reason, self.now_ms()
-            )
-            self._lock.notify_all()
-        return out
-
-    def forget_status(self, caller: str, forget_id: str) -> ForgetRecord:
-        with self._lock:
-            return self.coordinator.forget_status(caller, forget_id)
-
-    def forget_report(
-        self,
-        caller: str,
-        forget_id: str,
-        kind: str,
-        metrics: dict[str, float],
-        reason: str,
-        model_sha256: str,
-    ) -> ForgetRecord:
-        with self._lock:
-            record = self.coordinator.forget_report(
-                caller, forget_id, kind, metrics, reason, model_sha256, self.now_ms()
-            )
-            self._lock.notify_all()
-        return record
-
-    def revoke(self, node_id: str, reason: str) -> bool:
-        """Revoke a node; True if it was revoked already. Its session stays so that its next
-        call is told PERMISSION_DENIED (revoked) rather than asked to join again."""
-        with self._lock:
-            already = self.coordinator.revoke(node_id, reason)
-            self._lock.notify_all()
-        return already
-
-    def check_admitted(self, node_id: str) -> None:
-        with self._lock:
-            self.coordinator.check_admitted(node_id)
-
-    def release(self, node_id: str) -> bool:
-        with self._lock:
-            released = self.coordinator.release(node_id)
-            self._lock.notify_all()
-        return released
-
     def leave(self, node_id: str) -> None:
-        with self._lock:
-            self.coordinator.leave(node_id)
+        self.call(lambda c, _: c.registry.leave(node_id))
         self.sessions.close(node_id)
-
-    def live_nodes(self) -> list[str]:
-        with self._lock:
-            return self.coordinator.live_nodes(self.now_ms())
-
-    def model_payload(self, sha256: str) -> bytes:
-        with self._lock:
-            return self.coordinator.model_payload(sha256)
-
-    def status(self) -> StatusView:
-        with self._lock:
-            return self.coordinator.status(self.now_ms())
-
-    def locked(self) -> threading.Condition:
-        """For read-only views that need several coordinator calls to be consistent."""
-        return self._lock

@@ -14,21 +14,21 @@ from forsaken.common.errors import (
     StaleRequest,
     UnknownEntity,
 )
+from forsaken.common.tasks import StopTask, TrainTask
 from forsaken.common.tensors import TensorSpec, from_bytes, to_bytes
 from forsaken.common.types import ModelSpec, TrainSettings
 from forsaken.server.checkpoints import MemoryCheckpointStore
-from forsaken.server.coordinator import (
-    Coordinator,
+from forsaken.server.coordinator import Coordinator
+from forsaken.server.ledger import ClientRecord, MemoryLedger
+from forsaken.server.policy import RoundPolicy
+from forsaken.server.rounds import (
     Finished,
     Phase,
     RoundAborted,
     RoundCompleted,
     RoundStarted,
     Submission,
-    TaskKind,
 )
-from forsaken.server.ledger import ClientRecord, MemoryLedger
-from forsaken.server.policy import RoundPolicy
 
 SPECS = (TensorSpec("w", (2, 3)), TensorSpec("b", (3,)))
 D = 9
@@ -55,7 +55,7 @@ def submission(
     coord: Coordinator, node: str, delta: np.ndarray, n: int, rid: str = "r1", **overrides: object
 ) -> Submission:
     task = coord.poll(node, n, 0)
-    assert task is not None and task.kind is TaskKind.TRAIN
+    assert isinstance(task, TrainTask)
     fields = {
         "request_id": rid,
         "task_id": task.task_id,
@@ -72,7 +72,7 @@ def submission(
 
 def joined(coord: Coordinator, *nodes: str, now: int = 0) -> None:
     for node in nodes:
-        coord.join(node, b"k" * 32, 10, now)
+        coord.registry.join(node, b"k" * 32, 10, now)
 
 
 def test_initial_model_is_checkpointed_as_round_zero() -> None:
@@ -100,7 +100,7 @@ def test_waits_for_min_clients_then_starts_and_aggregates_weighted() -> None:
     assert isinstance(event, RoundCompleted)
     assert event.record.participants == ("a", "b")
     expected = np.arange(D) + (1 * 10 + 4 * 30) / 40
-    np.testing.assert_allclose(coord.model, expected, rtol=1e-6)
+    np.testing.assert_allclose(coord.model.vector, expected, rtol=1e-6)
     assert coord.completed_rounds == 1
 
 
@@ -123,11 +123,11 @@ def test_round_with_too_few_updates_is_aborted_and_retried() -> None:
     joined(coord, "a", "b")
     coord.tick(0)
     coord.submit("a", submission(coord, "a", np.ones(D), 5), 10)
-    before = coord.model.copy()
+    before = coord.model.vector.copy()
     (event,) = coord.tick(1001)
     assert isinstance(event, RoundAborted)
     assert "1 of 2 updates" in event.record.reason
-    np.testing.assert_array_equal(coord.model, before)
+    np.testing.assert_array_equal(coord.model.vector, before)
     assert coord.status(1001).last_abort_reason == event.record.reason
     # The retry is the same round number with the next attempt.
     joined(coord, "a", "b", now=1002)
@@ -144,7 +144,7 @@ def test_finishes_after_target_rounds_and_sends_stop() -> None:
     events = coord.tick(2)
     assert isinstance(events[-1], Finished)
     task = coord.poll("a", 1, 3)
-    assert task is not None and task.kind is TaskKind.STOP
+    assert isinstance(task, StopTask)
 
 
 def test_restart_resumes_from_last_checkpoint() -> None:
@@ -154,11 +154,11 @@ def test_restart_resumes_from_last_checkpoint() -> None:
     coord.tick(0)
     coord.submit("a", submission(coord, "a", np.ones(D), 1), 1)
     coord.tick(2)
-    model = coord.model.copy()
+    model = coord.model.vector.copy()
     again = make(RoundPolicy(rounds=5, min_clients=1, min_completed=1), ledger, store)
     assert again.completed_rounds == 1
-    np.testing.assert_array_equal(again.model, model)
-    assert again.model_sha256 == hashlib.sha256(to_bytes(model)).hexdigest()
+    np.testing.assert_array_equal(again.model.vector, model)
+    assert again.model.sha256 == hashlib.sha256(to_bytes(model)).hexdigest()
 
 
 class TestBadUpdates:
@@ -174,11 +174,11 @@ class TestBadUpdates:
     def check(
         self, coord: Coordinator, exc: type[Exception], match: str, **overrides: object
     ) -> None:
-        before = coord.model.copy()
+        before = coord.model.vector.copy()
         sub = submission(coord, "a", np.ones(D), 5, **overrides)
         with pytest.raises(exc, match=match):
             coord.submit("a", sub, 1)
-        np.testing.assert_array_equal(coord.model, before)
+        np.testing.assert_array_equal(coord.model.vector, before)
         # the node can still deliver a good update afterwards
         assert coord.submit("a", submission(coord, "a", np.ones(D), 5, rid="good"), 2).accepted
 
@@ -249,7 +249,7 @@ def test_revoked_node_cannot_join() -> None:
     ledger.upsert_client(ClientRecord("evil", b"k" * 32, 1, 0, 0, revoked=True))
     coord = make(ledger=ledger)
     with pytest.raises(PermissionDenied, match="revoked"):
-        coord.join("evil", b"k" * 32, 1, 0)
+        coord.registry.join("evil", b"k" * 32, 1, 0)
 
 
 def test_sampling_is_reproducible_and_respects_fraction() -> None:

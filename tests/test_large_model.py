@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from forsaken.client.transport import FleetConnection, TrainTask
+from forsaken.client.transport import FleetConnection
 from forsaken.common.identity import NodeIdentity
+from forsaken.common.tasks import TrainTask
 from forsaken.common.tensors import from_bytes, to_bytes
 from forsaken.procs import free_port
 from forsaken.server.app import ServerConfig, ServerDaemon
@@ -58,7 +59,7 @@ def test_ten_million_parameter_round_trip(tmp_path: Path) -> None:
         while daemon.coordinator.completed_rounds < 1 and time.monotonic() < deadline:
             time.sleep(0.1)
         expected = from_bytes(payload, specs) + delta
-        assert daemon.coordinator.model_sha256 == hashlib.sha256(to_bytes(expected)).hexdigest()
+        assert daemon.coordinator.model.sha256 == hashlib.sha256(to_bytes(expected)).hexdigest()
         conn.close()
     finally:
         daemon.stop(grace_s=1)

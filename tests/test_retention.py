@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 
 from forsaken.common.errors import ConfigError
+from forsaken.common.tasks import TrainTask
 from forsaken.common.tensors import TensorSpec, to_bytes
 from forsaken.common.types import ModelSpec, TrainSettings
 from forsaken.server.app import ServerConfig
 from forsaken.server.checkpoints import MemoryCheckpointStore
-from forsaken.server.coordinator import Coordinator, RoundCompleted, Submission, TaskKind
+from forsaken.server.coordinator import Coordinator
 from forsaken.server.ledger import ForgetRecord, MemoryLedger
 from forsaken.server.policy import RoundPolicy
 from forsaken.server.retention import RetentionError, checkpoints_to_keep, forget_models
+from forsaken.server.rounds import RoundCompleted, Submission
 
 SPECS = (TensorSpec("w", (4,)),)
 
@@ -42,14 +44,14 @@ class _Federation:
         self.shas: dict[int, str] = {0: self.ledger.last_completed().model_sha256}  # type: ignore[union-attr]
 
     def join(self, node: str) -> None:
-        self.coord.join(node, b"k" * 32, 10, self.now)
+        self.coord.registry.join(node, b"k" * 32, 10, self.now)
 
     def round(self, nodes: tuple[str, ...]) -> int:
         self.now += 1
         self.coord.tick(self.now)
         for node in nodes:
             task = self.coord.poll(node, 10, self.now)
-            assert task is not None and task.kind is TaskKind.TRAIN
+            assert isinstance(task, TrainTask)
             delta = np.full(4, task.round, dtype=np.float32)
             sub = Submission(
                 request_id=f"{node}-{task.round}",

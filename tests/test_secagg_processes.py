@@ -44,7 +44,8 @@ from forsaken.common.training import load_vector, train_local
 from forsaken.common.types import TrainSettings
 from forsaken.server.app import ServerConfig, ServerDaemon
 from forsaken.server.checkpoints import FileCheckpointStore
-from forsaken.server.coordinator import Coordinator, Event, RoundAborted
+from forsaken.server.coordinator import Coordinator
+from forsaken.server.rounds import Event, RoundAborted
 from forsaken.server.secure_round import SecureSettings, round_parameters
 from tests.cluster import Cluster
 

@@ -42,13 +42,9 @@ from forsaken.common.secagg.unmask import (
 from forsaken.common.tensors import from_bytes
 from forsaken.server.app import ServerConfig, ServerDaemon
 from forsaken.server.checkpoints import FileCheckpointStore
-from forsaken.server.coordinator import (
-    Coordinator,
-    Submission,
-    SubmitOutcome,
-    Task,
-    masked_input_spec,
-)
+from forsaken.server.coordinator import Coordinator
+from forsaken.common.tasks import AnyTask, SecAggTask
+from forsaken.server.rounds import Submission, SubmitOutcome, masked_input_spec
 from tests.cluster import Cluster
 from tests.test_secagg_processes import (
     aggregate_model,
@@ -94,10 +90,10 @@ def record(coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch) -> Transcr
         seen.messages.append((node_id, message))
         return secagg_message(node_id, round_, task_id, request_id, message, now_ms)
 
-    def on_poll(node_id: str, num_samples: int, now_ms: int) -> Task | None:
+    def on_poll(node_id: str, num_samples: int, now_ms: int) -> AnyTask | None:
         task = poll(node_id, num_samples, now_ms)
-        if task is not None and isinstance(task.secagg, SetupInfo):
-            seen.setups[node_id] = task.secagg
+        if isinstance(task, SecAggTask) and isinstance(task.message, SetupInfo):
+            seen.setups[node_id] = task.message
         return task
 
     monkeypatch.setattr(coordinator, "submit", on_submit)

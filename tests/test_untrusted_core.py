@@ -21,21 +21,21 @@ from forsaken.common.secagg.client_states import ClientDone, ClientIdentity, sta
 from forsaken.common.secagg.messages import MaskedInput
 from forsaken.common.secagg.quantize import quantize
 from forsaken.common.secagg.setup import SetupInfo
+from forsaken.common.tasks import SecAggTask
 from forsaken.common.tensors import TensorSpec, to_bytes
 from forsaken.common.types import ModelSpec, TrainSettings
 from forsaken.server.checkpoints import MemoryCheckpointStore
-from forsaken.server.coordinator import (
-    Coordinator,
+from forsaken.server.coordinator import Coordinator
+from forsaken.server.ledger import MemoryLedger
+from forsaken.server.model_guard import GuardSettings
+from forsaken.server.policy import RoundPolicy
+from forsaken.server.rounds import (
     EvalResult,
     RoundAborted,
     RoundCompleted,
     Submission,
-    TaskKind,
     masked_input_spec,
 )
-from forsaken.server.ledger import MemoryLedger
-from forsaken.server.model_guard import GuardSettings
-from forsaken.server.policy import RoundPolicy
 from forsaken.server.secure_round import SecureSettings
 
 SPECS = (TensorSpec("w", (4, 5)),)
@@ -64,7 +64,7 @@ def coordinator(
         now_ms=0,
     )
     for node in NODES:
-        coord.join(node, bytes(32), SAMPLES[node], 0)
+        coord.registry.join(node, bytes(32), SAMPLES[node], 0)
     return coord
 
 
@@ -79,10 +79,10 @@ class Member:
 
     def act(self, now: int) -> None:
         task = self.coord.poll(self.node, SAMPLES[self.node], now)
-        if task is None or task.kind is not TaskKind.SECAGG:
+        if not isinstance(task, SecAggTask):
             return
-        if isinstance(task.secagg, SetupInfo):
-            setup = task.secagg
+        if isinstance(task.message, SetupInfo):
+            setup = task.message
             p = setup.config.params
             weighted = self.update * (setup.weight / setup.weight_scale)
             seed = hashlib.sha256(self.node.encode()).digest()
@@ -91,7 +91,7 @@ class Member:
                 vector[-1] = np.uint32(self.forge % (1 << 32))
             self.state, out = start_client(ClientIdentity(setup.config, setup.index, seed), vector)
         elif self.state is not None and not isinstance(self.state, ClientDone):
-            self.state, out = self.state.handle(task.secagg)  # type: ignore[attr-defined]
+            self.state, out = self.state.handle(task.message)  # type: ignore[attr-defined]
             if out is None:
                 return
         else:
@@ -158,8 +158,10 @@ def test_honest_secure_round_divides_by_the_survivors_announced_weights() -> Non
     events = run_round(coord, ms, 0)
     (done,) = [e for e in events if isinstance(e, RoundCompleted)]
     assert done.record.total_samples == 100
-    np.testing.assert_allclose(coord.model, weighted_mean(ms), atol=1e-6)
-    assert done.record.metrics["update_norm"] == pytest.approx(np.linalg.norm(coord.model), 1e-5)
+    np.testing.assert_allclose(coord.model.vector, weighted_mean(ms), atol=1e-6)
+    assert done.record.metrics["update_norm"] == pytest.approx(
+        np.linalg.norm(coord.model.vector), 1e-5
+    )
 
 
 def test_a_forged_count_slot_is_refused_by_name_and_the_round_completes_without_it() -> None:
@@ -176,7 +178,7 @@ def test_a_forged_count_slot_is_refused_by_name_and_the_round_completes_without_
     assert "d" not in done.record.participants
     assert done.record.reason.startswith("left out node d: node d's masked input")
     # The honest mean, not a mean scaled by the weight of the whole round.
-    np.testing.assert_allclose(coord.model, weighted_mean(ms[:3]), atol=1e-6)
+    np.testing.assert_allclose(coord.model.vector, weighted_mean(ms[:3]), atol=1e-6)
 
 
 def test_repeated_faults_quarantine_the_node_until_an_operator_releases_it() -> None:
@@ -189,26 +191,26 @@ def test_repeated_faults_quarantine_the_node_until_an_operator_releases_it() -> 
         now += 100_000
     assert len(ms[3].refused) == 2
     with pytest.raises(PermissionDenied, match=r"quarantined .*forsaken admin release d"):
-        coord.check_admitted("d")
+        coord.registry.check_admitted("d")
     with pytest.raises(PermissionDenied, match="quarantined"):
-        coord.join("d", bytes(32), 40, now)
+        coord.registry.join("d", bytes(32), 40, now)
     assert coord.ledger.client("d").quarantine.startswith("2 faults")  # durable
     events = run_round(coord, ms, now)
     (done,) = [e for e in events if isinstance(e, RoundCompleted)]
     assert "d" not in done.record.selected  # no longer even sampled
-    assert coord.release("d") and not coord.release("d")
-    coord.check_admitted("d")
+    assert coord.registry.release("d") and not coord.registry.release("d")
+    coord.registry.check_admitted("d")
 
 
 def test_an_aggregate_over_the_norm_bound_is_refused_and_the_model_kept() -> None:
     coord = coordinator(bound=0.05)  # honest updates here have norm ~0.45: clip-free misuse
-    before = coord.model.copy()
+    before = coord.model.vector.copy()
     ms = members(coord)
     events = run_round_or_abort(coord, ms)
     (aborted,) = [e for e in events if isinstance(e, RoundAborted)]
     assert aborted.record.reason.startswith("refused: aggregate update norm")
     assert "--max-update-norm 0.05" in aborted.record.reason
-    np.testing.assert_array_equal(coord.model, before)
+    np.testing.assert_array_equal(coord.model.vector, before)
 
 
 def test_a_round_whose_validation_collapses_is_refused_and_the_model_kept() -> None:
@@ -219,11 +221,11 @@ def test_a_round_whose_validation_collapses_is_refused_and_the_model_kept() -> N
 
     coord = coordinator(evaluator)
     run_round(coord, members(coord), 0)
-    before = coord.model.copy()
+    before = coord.model.vector.copy()
     events = run_round_or_abort(coord, members(coord), 100_000)
     (aborted,) = [e for e in events if isinstance(e, RoundAborted)]
     assert aborted.record.reason.startswith("refused: validation accuracy would fall to 0.3000")
-    np.testing.assert_array_equal(coord.model, before)
+    np.testing.assert_array_equal(coord.model.vector, before)
     assert coord.completed_rounds == 1
 
 

@@ -77,19 +77,17 @@ class PullTaskRequest(_message.Message):
     def __init__(self, num_samples: _Optional[int] = ...) -> None: ...
 
 class ForgetInstruction(_message.Message):
-    __slots__ = ("forget_id", "method", "sample_ids", "total_weight")
+    __slots__ = ("forget_id", "method", "sample_ids")
     FORGET_ID_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_IDS_FIELD_NUMBER: _ClassVar[int]
-    TOTAL_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     forget_id: str
     method: str
     sample_ids: _containers.RepeatedScalarFieldContainer[int]
-    total_weight: float
-    def __init__(self, forget_id: _Optional[str] = ..., method: _Optional[str] = ..., sample_ids: _Optional[_Iterable[int]] = ..., total_weight: _Optional[float] = ...) -> None: ...
+    def __init__(self, forget_id: _Optional[str] = ..., method: _Optional[str] = ..., sample_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("kind", "task_id", "round", "model_sha256", "train", "deadline_unix_ms", "seed", "retry_after_s", "model", "secagg", "forget", "forget_id")
+    __slots__ = ("kind", "task_id", "round", "model_sha256", "train", "deadline_unix_ms", "seed", "retry_after_s", "model", "secagg", "forget", "forget_id", "weight", "total_weight")
     KIND_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +100,8 @@ class Task(_message.Message):
     SECAGG_FIELD_NUMBER: _ClassVar[int]
     FORGET_FIELD_NUMBER: _ClassVar[int]
     FORGET_ID_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     kind: TaskKind
     task_id: str
     round: int
@@ -114,7 +114,9 @@ class Task(_message.Message):
     secagg: _secagg_pb2.SecAggServerMessage
     forget: ForgetInstruction
     forget_id: str
-    def __init__(self, kind: _Optional[_Union[TaskKind, str]] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., model_sha256: _Optional[bytes] = ..., train: _Optional[_Union[_common_pb2.TrainConfig, _Mapping]] = ..., deadline_unix_ms: _Optional[int] = ..., seed: _Optional[int] = ..., retry_after_s: _Optional[float] = ..., model: _Optional[_Union[_common_pb2.ModelSpec, _Mapping]] = ..., secagg: _Optional[_Union[_secagg_pb2.SecAggServerMessage, _Mapping]] = ..., forget: _Optional[_Union[ForgetInstruction, _Mapping]] = ..., forget_id: _Optional[str] = ...) -> None: ...
+    weight: int
+    total_weight: int
+    def __init__(self, kind: _Optional[_Union[TaskKind, str]] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., model_sha256: _Optional[bytes] = ..., train: _Optional[_Union[_common_pb2.TrainConfig, _Mapping]] = ..., deadline_unix_ms: _Optional[int] = ..., seed: _Optional[int] = ..., retry_after_s: _Optional[float] = ..., model: _Optional[_Union[_common_pb2.ModelSpec, _Mapping]] = ..., secagg: _Optional[_Union[_secagg_pb2.SecAggServerMessage, _Mapping]] = ..., forget: _Optional[_Union[ForgetInstruction, _Mapping]] = ..., forget_id: _Optional[str] = ..., weight: _Optional[int] = ..., total_weight: _Optional[int] = ...) -> None: ...
 
 class FetchModelRequest(_message.Message):
     __slots__ = ("model_sha256",)
