@@ -150,3 +150,17 @@ def test_status_shows_last_contact_current_samples_and_full_ids(tmp_path: Path) 
         if conn is not None:
             conn.close()
         c.stop()
+
+
+def test_demo_help_and_readme_explain_every_column() -> None:
+    from forsaken.demo import COLUMNS
+
+    parser = next(p for name, p in _parsers(build_parser()) if name == "forsaken demo")
+    text = parser.format_help()
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### The demo's output", 1)[1].split("\n## ", 1)[0]
+    assert COLUMNS.splitlines()[3] in text  # the epilog is shown as written
+    for column in ("phase", "test_acc", "asr", "mia_auc", "participants", "duration_s"):
+        assert f"\n  {column}" in text and column in section, column
+    for column in ("KL(R‖·) forget", "FR", "backdoor ASR", "MIA AUC", "O", "U", "R"):
+        assert column in text and column in section, column
