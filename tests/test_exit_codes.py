@@ -158,3 +158,14 @@ def test_certificate_failures_exit_3_with_the_diagnosis(tmp_path: Path) -> None:
         assert ok.returncode == 0, ok.stderr
     finally:
         terminate([server])
+
+
+def test_a_call_on_a_channel_closed_by_a_signal_is_a_shutdown_not_a_crash() -> None:
+    from forsaken.client.transport import FleetConnection
+    from forsaken.common import errors
+
+    conn = FleetConnection(f"127.0.0.1:{free_port()}", NodeIdentity.generate())
+    conn.close()  # what the client's SIGINT/SIGTERM handler does to cut a long-poll short
+    conn.token = b"session"
+    with pytest.raises(errors.Unavailable, match="shutting down"):
+        conn.pull(1)
