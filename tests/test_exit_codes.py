@@ -169,3 +169,59 @@ def test_a_call_on_a_channel_closed_by_a_signal_is_a_shutdown_not_a_crash() -> N
     conn.token = b"session"
     with pytest.raises(errors.Unavailable, match="shutting down"):
         conn.pull(1)
+
+
+def test_unusable_own_certificates_refuse_to_start_with_3(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    fed = certs.init_federation(tmp_path / "pki", ["127.0.0.1"], clients=2)
+    one, other = fed.client_dir(0), fed.client_dir(1)
+    swapped = subprocess.run(
+        forsaken_command(
+            "client",
+            "--state-dir",
+            str(one),
+            "--dataset",
+            "digits",
+            "--owner-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            str(other / "cert.pem"),
+            "--tls-key",
+            str(other / "key.pem"),
+            "--tls-ca",
+            str(fed.ca_cert),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert swapped.returncode == 3, swapped.stderr
+    assert "not of this node" in swapped.stderr and "forsaken certs issue" in swapped.stderr
+
+    ca = certs.load_ca(fed.root)
+    month_ago = datetime.now(UTC) - timedelta(days=30)
+    expired = certs.issue_server_cert(ca, ["127.0.0.1"], days=2, now=month_ago)
+    certs.write_credential(tmp_path / "old", expired, ca.cert)
+    server = subprocess.run(
+        forsaken_command(
+            "server",
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--state-dir",
+            str(tmp_path / "server"),
+            "--dataset",
+            "digits",
+            "--tls-cert",
+            str(tmp_path / "old" / "cert.pem"),
+            "--tls-key",
+            str(tmp_path / "old" / "key.pem"),
+            "--tls-ca",
+            str(fed.ca_cert),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert server.returncode == 3, server.stderr
+    assert "the server's certificate" in server.stderr and "expired on" in server.stderr
