@@ -133,7 +133,10 @@ def explain_rpc_error(
         if found is not None:
             exit_code = ExitCode.CERTIFICATE if found.certificate else ExitCode.FAILED
             return f"cannot reach {server}: {found}", exit_code
-    return f"cannot reach {server}: {code.name}: {details}", ExitCode.FAILED
+        return f"cannot reach {server}: {code.name}: {details}", ExitCode.FAILED
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"{server} did not answer in time (--timeout): {details}", ExitCode.FAILED
+    return f"{server} answered {code.name}: {details}", ExitCode.FAILED
 
 
 def run_status(args: argparse.Namespace) -> int:

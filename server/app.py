@@ -408,7 +408,7 @@ class ServerDaemon:
             else:
                 self.port = server.add_insecure_port(cfg.listen)
         except RuntimeError:
-            # Taken since the check in __init__, or held by a socket the check cannot see.
+            # Taken since the start-up check, or held by a socket that check cannot see.
             raise ports.in_use(cfg.listen, "Fleet and Admin APIs") from None
         if self.port == 0:
             raise ports.in_use(cfg.listen, "Fleet and Admin APIs")
