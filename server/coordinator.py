@@ -239,6 +239,12 @@ class Coordinator:
         horizon = now_ms - int(self.policy.liveness_s * 1000)
         return sorted(n for n, seen in self._last_seen.items() if seen >= horizon)
 
+    def contact(self, node_id: str) -> tuple[int, int | None] | None:
+        """(time of its last call, sample count it declared then) for a node heard from since
+        this server started; None otherwise (the ledger then has its last join)."""
+        seen = self._last_contact.get(node_id)
+        return None if seen is None else (seen, self._samples.get(node_id))
+
     def status(self, now_ms: int) -> StatusView:
         rnd = self._round
         phase = (

@@ -213,6 +213,12 @@ class ServerRuntime:
         with self._lock:
             return self.coordinator.live_nodes(self.now_ms())
 
+    def contacts(self, node_ids: list[str]) -> dict[str, tuple[int, int | None]]:
+        """Each node's last call and declared samples, for those heard from since start."""
+        with self._lock:
+            found = {n: self.coordinator.contact(n) for n in node_ids}
+        return {n: c for n, c in found.items() if c is not None}
+
     def model_payload(self, sha256: str) -> bytes:
         with self._lock:
             return self.coordinator.model_payload(sha256)
