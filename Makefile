@@ -53,6 +53,10 @@ test-deploy: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/forsaken demo
 
+# Regenerates the README's configuration reference from the config dataclasses.
+docs: $(STAMP)
+	$(BIN)/python -m forsaken.docgen README.md
+
 bench: $(STAMP)
 	$(BIN)/forsaken bench round --json
 	$(BIN)/forsaken bench secagg --json

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import uuid
 from collections.abc import Callable
 
 import grpc
 
-from forsaken.status import add_operator_arguments, admin_channel
+from forsaken.common.exitcodes import ExitCode
+from forsaken.status import add_operator_arguments, admin_channel, explain_rpc_error
 from forsaken.v1 import admin_pb2, admin_pb2_grpc, fleet_pb2
 
 TERMINAL = ("completed", "failed")
@@ -92,8 +94,13 @@ def run_admin(args: argparse.Namespace) -> int:
         try:
             return action(stub, args)
         except grpc.RpcError as exc:
-            print(f"forsaken admin {args.admin}: {exc.code().name}: {exc.details()}")
-            return 1
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                # The server answered: it refused or failed the request, and says why.
+                print(f"forsaken admin {args.admin}: {exc.code().name}: {exc.details()}")
+                return ExitCode.FAILED
+            message, code = explain_rpc_error(exc, args.server, args.tls_dir, args.tls_server_name)
+            print(f"forsaken admin {args.admin}: {message}", file=sys.stderr)
+            return code
 
 
 def _revoke(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -> int:

@@ -1,15 +1,16 @@
 """`forsaken demo`: one server and N clients as separate OS processes on loopback.
 
-Client 0 holds the backdoor test bed of DESIGN §5 (`forsaken client --backdoor`). After the
+Client 0 holds the backdoor test bed of docs/evaluation.md (`forsaken client --backdoor`). After the
 training rounds its owner asks the federation to forget all its data (ForgetMe); the demo
 follows the request to its receipt and then stops. The federation restarts between the two
 phases (from its ledger and checkpoints), so that the request is on record before round T + 1
 can start; see `forsaken.evaluation_run.train_then_forget`.
 
-Shows progress per round, prints a table of per-round accuracy and a before/after table of O
-(after training), U (after forgetting) and R (retrained without client 0's data, in process,
-same seed), and writes report.json and accuracy.png to --out. Every child is torn down on exit,
-on Ctrl-C too.
+Shows progress per round, prints a table of per-round accuracy, backdoor success and
+membership, and a before/after table of O (after training), U (after forgetting) and R
+(retrained without client 0's data, in process, same seed), and writes report.json and
+accuracy.png to --out. Every child is torn down on exit, on Ctrl-C too. COLUMNS (shown by
+`forsaken demo --help`) says what every column means.
 """
 
 from __future__ import annotations
@@ -38,8 +39,48 @@ from forsaken.evaluation_run import (
 )
 from forsaken.evaluation_scoring import Scorer
 
+COLUMNS = """\
+What the tables and the plot show (the protocol behind them: docs/evaluation.md):
+
+per-round table, one row per completed round (accuracy.png plots the same curves)
+  phase         training (all clients), unlearning (client 0 uploads its forget steps),
+                recovery (ordinary rounds without client 0), after (rounds that closed
+                before client 0 verified its request)
+  test_acc      accuracy of that round's model on the test split no client trains on
+                (the server's own evaluation)
+  asr           backdoor attack success rate: the share of test images of other classes,
+                stamped with client 0's trigger, that the model calls the target class.
+                High while client 0's data is in the model; it falls when it is forgotten
+  mia_auc       membership inference: AUC of a loss-threshold attack telling client 0's
+                training samples from test images (0.5: indistinguishable). Compare it
+                with R's, not with 0.5: most of client 0's samples carry the backdoor's
+                wrong label, so a model that never saw them gives them a higher loss than
+                test images and its AUC lies well below 0.5
+  participants  clients whose updates the round aggregated
+  duration_s    the round's wall time, as the server measured it
+
+O / U / R table
+  O             the model when client 0 asked to forget (after --rounds rounds)
+  U             the model the forget receipt names (after unlearning and recovery)
+  R             retrained from scratch without client 0's data, same seed, in process:
+                what perfect forgetting looks like (only with --scheme iid and the
+                default model)
+  test acc, backdoor ASR, MIA AUC   as above
+  KL(R‖·) forget  mean KL divergence (nats) from R's predictions to the model's on
+                client 0's samples and the triggered test images: 0 means it predicts
+                what the retrain predicts where client 0's data mattered
+  FR            forgetting rate (Forsaken paper): (AF - BF) / BT, where BT is the share
+                of client 0's samples that look memorised on O (loss below the median
+                test loss of the same model), BF = 1 - BT, and AF the share that no longer
+                do; 1: all that looked memorised no longer does, 0: no change (O is 0)
+
+The demo shows one seed; `forsaken evaluate` runs the whole protocol over several.
+"""
+
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = COLUMNS
     p.add_argument(
         "--dataset",
         default="mnist5k",
@@ -148,8 +189,9 @@ def run_demo(args: argparse.Namespace) -> int:
         return 1
     finally:
         fed.stop()
-    models, note = _compare(vectors, args, console)
-    report = _report(run, models, note, args, time.monotonic() - started)
+    models, note, scorer = _compare(vectors, args, console)
+    curves = _curves(fed, run, scorer) if scorer is not None else {}
+    report = _report(run, models, note, curves, args, time.monotonic() - started)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     _plot(report, out / "accuracy.png")
     _table(report, console)
@@ -185,8 +227,9 @@ def _follow(fed: Federation, args: argparse.Namespace, console: Console) -> Forg
 
 def _compare(
     vectors: dict[str, np.ndarray], args: argparse.Namespace, console: Console
-) -> tuple[dict[str, dict[str, float]], str]:
-    """O, U and (where the in-process runner can reproduce this federation's data) R."""
+) -> tuple[dict[str, dict[str, float]], str, Scorer | None]:
+    """O, U and (where the in-process runner can reproduce this federation's data) R; the
+    scorer too when its probes are this federation's (client 0's data, the model)."""
     from forsaken.common.training import TrainConfig
     from forsaken.common.unlearning.reference import ProtocolConfig
 
@@ -204,25 +247,71 @@ def _compare(
         # The in-process runner partitions IID with the dataset's default architecture.
         note = "R skipped: the in-process runner covers only --scheme iid and the default model"
         scorer.anchor(vectors["O"], vectors["O"])
+        matched = False
     else:
         with console.status("retraining without client 0's data in process (R)"):
             r_vec = scorer.retrain()
         scorer.anchor(r_vec, vectors["O"])
         vectors = {**vectors, "R": r_vec}
-    return {name: asdict(scorer.score(vec)) for name, vec in vectors.items()}, note
+        matched = True
+    models = {name: asdict(scorer.score(vec)) for name, vec in vectors.items()}
+    return models, note, scorer if matched else None
+
+
+def _curves(fed: Federation, run: ForgetRun, scorer: Scorer) -> dict[int, dict[str, float]]:
+    """Backdoor ASR and membership AUC of every round's model (from its checkpoint), on the
+    scorer's probes; rounds whose checkpoint retention has deleted are left out."""
+    from forsaken.common import metrics as M
+    from forsaken.common.errors import ForsakenError
+    from forsaken.common.training import load_vector
+
+    forget, test = scorer.forget, scorer.ds
+    out: dict[int, dict[str, float]] = {}
+    for r in run.rounds:
+        if r["round"] <= 0:
+            continue
+        try:
+            vector = fed.model(r["model_sha256"])
+        except (ForsakenError, OSError, KeyError):
+            continue
+        load_vector(scorer.model, vector)
+        trig = M.model_outputs(scorer.model, scorer.trig_x)
+        members = M.per_sample_losses(M.model_outputs(scorer.model, forget.x_train), forget.y_train)
+        others = M.per_sample_losses(M.model_outputs(scorer.model, test.x_test), test.y_test)
+        out[int(r["round"])] = {
+            "asr": M.attack_success_rate(trig, scorer.cfg.target),
+            "mia_auc": M.mia_auc(members, others),
+        }
+    return out
+
+
+def _phase(round_: int, run: ForgetRun) -> str:
+    receipt = run.receipt
+    unlearning_end = run.forget_round + int(receipt["unlearning_rounds"])
+    if round_ <= run.forget_round:
+        return "training"
+    if round_ <= unlearning_end:
+        return "unlearning"
+    if round_ <= unlearning_end + int(receipt["recovery_rounds"]):
+        return "recovery"
+    return "after"
 
 
 def _report(
     run: ForgetRun,
     models: dict[str, dict[str, float]],
     note: str,
+    curves: dict[int, dict[str, float]],
     args: argparse.Namespace,
     wall_s: float,
 ) -> dict[str, Any]:
     rounds = [
         {
             "round": r["round"],
+            "phase": _phase(r["round"], run),
             "test_acc": r["test_acc"],
+            "asr": curves.get(r["round"], {}).get("asr"),
+            "mia_auc": curves.get(r["round"], {}).get("mia_auc"),
             "participants": len(r["participants"]),
             "duration_s": round(r["duration_s"], 4),
         }
@@ -266,31 +355,53 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    xs = [r["round"] for r in report["rounds"]]
-    ys = [r["test_acc"] for r in report["rounds"]]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(xs, ys, marker="o")
+    rounds = report["rounds"]
     forget = report["forget"]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    spans = {"unlearning": ("#d62728", "unlearning rounds"), "recovery": ("#1f77b4", "recovery")}
+    for phase, (color, label) in spans.items():
+        xs = [r["round"] for r in rounds if r["phase"] == phase]
+        if xs:
+            ax.axvspan(min(xs) - 0.5, max(xs) + 0.5, color=color, alpha=0.12, label=label)
     ax.axvline(forget["requested_after_round"] + 0.5, color="red", linestyle="--", label="ForgetMe")
     ax.axvline(forget["unlearned_round"], color="green", linestyle=":", label="U (receipt)")
-    ax.legend()
+    lines = (("test_acc", "test accuracy", "#2ca02c"), ("asr", "backdoor ASR", "#d62728"))
+    lines += (("mia_auc", "MIA AUC (client 0 vs test)", "#9467bd"),)
+    retrained = forget["models"].get("R")
+    for key, label, color in lines:
+        points = [(r["round"], r[key]) for r in rounds if r.get(key) is not None]
+        if not points:
+            continue
+        ax.plot(*zip(*points, strict=True), marker="o", markersize=3, color=color, label=label)
+        if retrained is not None and key != "test_acc":
+            ax.axhline(retrained[key], color=color, linestyle=":", linewidth=1, alpha=0.7)
+    if retrained is not None:
+        ax.plot([], [], color="grey", linestyle=":", label="R's value (retrained without it)")
+    ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("round")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(f"forsaken demo: {report['dataset']}, {report['clients']} clients")
+    ax.set_ylabel("accuracy, ASR, AUC")
+    ax.set_title(
+        f"forsaken demo: {report['dataset']}, {report['clients']} clients, client 0 forgets "
+        f"({forget['method']})"
+    )
     ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def _table(report: dict[str, Any], console: Console) -> None:
-    table = Table(title="per-round test accuracy")
-    for col in ("round", "test_acc", "participants", "duration_s"):
+    table = Table(title="per round (columns: forsaken demo --help)")
+    for col in ("round", "phase", "test_acc", "asr", "mia_auc", "participants", "duration_s"):
         table.add_column(col, justify="right")
     for r in report["rounds"]:
         table.add_row(
             str(r["round"]),
+            r["phase"],
             f"{r['test_acc']:.4f}",
+            "-" if r["asr"] is None else f"{r['asr']:.4f}",
+            "-" if r["mia_auc"] is None else f"{r['mia_auc']:.4f}",
             str(r["participants"]),
             f"{r['duration_s']:.2f}",
         )

@@ -1,4 +1,4 @@
-"""`forsaken evaluate`: the unlearning evaluation of DESIGN §5, with U from the real daemons.
+"""`forsaken evaluate`: the evaluation of docs/evaluation.md, with U from the real daemons.
 
 See HOW_IT_WORKS below and forsaken.evaluation_scoring.COST_BASIS (both are printed by
 `forsaken evaluate --help`). The daemons run in forsaken.evaluation_run; scoring and cost are in

@@ -1,5 +1,5 @@
-"""The report of `forsaken evaluate`: aggregation over seeds, DESIGN §5's bars, evaluation.json
-and its detail file, the PNG and the rich tables.
+"""The report of `forsaken evaluate`: aggregation over seeds, docs/evaluation.md's bars,
+evaluation.json and its detail file, the PNG and the rich tables.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def summarize_cost(results: Sequence[SeedResult]) -> dict[str, dict[str, float]]
     }
 
 
-# DESIGN §5's margins, as reference.check_bars applies them; `bars` checks the two agree.
+# docs/evaluation.md's margins, as reference.check_bars applies them; `bars` checks both agree.
 ASR_MARGIN = 0.02
 ACC_MARGIN = 0.01
 KL_FACTOR = 3.0
@@ -101,7 +101,7 @@ def bars(
     dataset: str,
     secure: bool,
 ) -> dict[str, dict[str, Any]]:
-    """Which DESIGN §5 bars pass, with the numbers compared (means over seeds).
+    """Which bars of docs/evaluation.md pass, with the numbers compared (means over seeds).
 
     Pass/fail comes from `reference.check_bars` on the same numbers; the limits shown here are
     checked against its verdicts, so the two cannot silently disagree."""
@@ -347,7 +347,7 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
         )
     console.print(costs)
 
-    verdicts = Table(title="DESIGN §5 bars (means over seeds)", box=box.SIMPLE_HEAD)
+    verdicts = Table(title="bars of docs/evaluation.md (means over seeds)", box=box.SIMPLE_HEAD)
     verdicts.add_column("bar")
     for col in ("value", "limit", ""):
         verdicts.add_column(col, justify="right")

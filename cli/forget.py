@@ -12,8 +12,14 @@ import grpc
 from rich.console import Console
 from rich.table import Table
 
+from forsaken.common.diagnosis import Flags, Problem, diagnose
+from forsaken.common.exitcodes import ExitCode
 from forsaken.v1 import owner_pb2, owner_pb2_grpc
 
+# The Owner API is plaintext on loopback; the advice names --client, not TLS flags.
+_OWNER_FLAGS = Flags(target="--client")
+
+METHODS = ("forsaken", "pga", "retrain", "finetune")
 TERMINAL = ("completed", "failed")
 STATES = ("submitting", "requested", "unlearning", "recovering", "verifying", "completed")
 
@@ -34,9 +40,10 @@ def add_forget_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--method",
-        default="",
-        choices=("", "forsaken", "pga", "retrain", "finetune"),
-        help="unlearning method (default: the server's default)",
+        default=None,
+        choices=METHODS,
+        help="unlearning method (default: the server's --forget-method, forsaken unless its "
+        "operator chose another); see docs/unlearning.md",
     )
     p.add_argument("--request-id", default="", help="idempotency key (default: a fresh one)")
     p.add_argument(
@@ -61,6 +68,25 @@ def owner_address(client: str) -> str:
             raise SystemExit(f"forsaken forget: {file} does not exist; is the client running?")
         return file.read_text().strip()
     return client
+
+
+def explain_unreachable(exc: grpc.RpcError, address: str) -> str:
+    """Why the client daemon's Owner API at `address` cannot be reached, in plain words."""
+    found = diagnose(address, None, flags=_OWNER_FLAGS)
+    if found is None:
+        return f"cannot reach the client daemon at {address}: {exc.details()}"
+    if found.problem == Problem.PLAINTEXT_TO_TLS:
+        return (
+            f"{address} speaks TLS, so it is not a client daemon's Owner API (plaintext, on "
+            "loopback) but probably the server: give --client the client's --owner-listen "
+            "address or its --state-dir"
+        )
+    if found.problem == Problem.REFUSED:
+        return (
+            f"no client daemon listens on {address} (connection refused): is it running? "
+            "--client can also be its --state-dir, which holds the address it listens on"
+        )
+    return f"cannot reach the client daemon at {address}: {found}"
 
 
 def read_sample_ids(path: Path) -> tuple[int, ...]:
@@ -88,13 +114,16 @@ def run_forget(args: argparse.Namespace) -> int:
         try:
             reply = stub.Forget(
                 owner_pb2.OwnerForgetRequest(
-                    request_id=request_id, sample_ids=list(ids), method=args.method
+                    request_id=request_id, sample_ids=list(ids), method=args.method or ""
                 ),
                 timeout=60,
             )
         except grpc.RpcError as exc:
-            console.print(f"[red]forget refused: {exc.code().name}: {exc.details()}[/red]")
-            return 1
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                console.print(f"[red]forget refused: {exc.code().name}: {exc.details()}[/red]")
+                return ExitCode.FAILED
+            console.print(f"[red]forsaken forget: {explain_unreachable(exc, address)}[/red]")
+            return ExitCode.FAILED
         console.print(
             f"request {request_id}: {len(ids) or 'all'} samples excluded from training now; "
             f"server id {reply.forget_id or '(pending)'}, state {reply.state}"
@@ -106,13 +135,12 @@ def run_forget(args: argparse.Namespace) -> int:
         except grpc.RpcError as exc:
             # The daemon went away while we waited (it stopped, or the federation finished);
             # the request itself is on record and goes on without this command.
+            console.print(f"[red]forsaken forget: {explain_unreachable(exc, address)}[/red]")
             console.print(
-                f"[red]lost the client daemon at {address} while waiting: "
-                f"{exc.code().name}: {exc.details()}[/red]\n"
                 f"request {request_id} is on record: once the daemon runs again, the same "
                 f"command with --request-id {request_id} --wait picks it up"
             )
-            return 1
+            return ExitCode.FAILED
     if info is None:
         console.print("[red]timed out waiting for the request[/red]")
         return 1

@@ -12,9 +12,22 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from forsaken.common.errors import ForsakenError
+from forsaken.common.errors import CertificateError, ForsakenError
+from forsaken.common.exitcodes import ExitCode
 
-EXIT_USAGE = 2
+EXIT_USAGE = ExitCode.USAGE
+
+EXIT_CODES = """\
+exit codes:
+  0    done; a daemon stopped cleanly (SIGTERM, or the server's STOP for a client)
+  1    a tool's request failed or its peer could not be reached; for a daemon an
+       unexpected error (a bug, or e.g. a full disk): the log has the traceback
+  2    bad configuration or usage (a flag or file, a port in use, a locked state dir)
+  3    TLS certificates that cannot work (wrong CA, expired, for another node or name,
+       plaintext against TLS): a client exits so after --tls-failure-limit tries
+  4    the server refused this node: revoked or quarantined
+  130  interrupted (SIGINT, Ctrl-C)
+"""
 
 AddArguments = Callable[[argparse.ArgumentParser], None]
 Handler = Callable[[argparse.Namespace], int]
@@ -55,6 +68,17 @@ class _Subcommand:
     description: str
     add_arguments: AddArguments
     run: Handler
+    epilog: str = ""
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps one-paragraph texts as usual; keeps texts written with line breaks (the exit
+    codes, tables of columns) as they are."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
 
 
 def _subcommands() -> tuple[_Subcommand, ...]:
@@ -80,6 +104,7 @@ def _subcommands() -> tuple[_Subcommand, ...]:
             "--state-dir. " + _DAEMON_OPTIONS.format(env=SERVER_ENV),
             functools.partial(add_arguments, cls=ServerConfig, env_prefix=SERVER_ENV),
             _server,
+            EXIT_CODES,
         ),
         _Subcommand(
             "client",
@@ -88,6 +113,7 @@ def _subcommands() -> tuple[_Subcommand, ...]:
             "and pushes updates. " + _DAEMON_OPTIONS.format(env=CLIENT_ENV),
             functools.partial(add_arguments, cls=ClientConfig, env_prefix=CLIENT_ENV),
             _client,
+            EXIT_CODES,
         ),
         _Subcommand(
             "demo",
@@ -99,7 +125,7 @@ def _subcommands() -> tuple[_Subcommand, ...]:
         ),
         _Subcommand(
             "evaluate",
-            "run the unlearning evaluation of DESIGN §5 with U from real daemons",
+            "run the unlearning evaluation (docs/evaluation.md) with U from real daemons",
             "Per seed, train a federation of real daemons with a backdoor in client 0, make "
             "client 0 forget its data with ForgetMe, and compare the unlearned model with "
             "in-process references (retrain, retrain with another seed, finetune, pga). Writes "
@@ -134,7 +160,7 @@ def _subcommands() -> tuple[_Subcommand, ...]:
         ),
         _Subcommand(
             "admin",
-            "operator actions (revoke a node)",
+            "operator actions: revoke, release or forget a node",
             "Operator actions that change the server's state, through its Admin API.",
             admin.add_admin_arguments,
             admin.run_admin,
@@ -149,15 +175,33 @@ def _subcommands() -> tuple[_Subcommand, ...]:
     )
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("forsaken")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="forsaken",
         description="Federated learning with secure aggregation in which a participant can "
         "take its data back.",
+        epilog=EXIT_CODES,
+        formatter_class=_HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"forsaken {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in _subcommands():
-        p = sub.add_parser(command.name, help=command.help, description=command.description)
+        p = sub.add_parser(
+            command.name,
+            help=command.help,
+            description=command.description,
+            epilog=command.epilog or None,
+            formatter_class=_HelpFormatter,
+        )
         command.add_arguments(p)
         p.set_defaults(func=command.run)
     return parser
@@ -168,9 +212,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     func: Handler = args.func
     try:
-        return func(args)
+        return int(func(args))
+    except CertificateError as exc:
+        print(f"forsaken {args.command}: error: {exc}", file=sys.stderr)
+        return ExitCode.CERTIFICATE
     except ForsakenError as exc:
         print(f"forsaken {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from forsaken.common import tls
+from forsaken.common.diagnosis import OPERATOR_FLAGS, diagnose
+from forsaken.common.exitcodes import ExitCode
 from forsaken.v1 import admin_pb2, admin_pb2_grpc
 
 
@@ -27,7 +30,16 @@ def add_status_arguments(p: argparse.ArgumentParser) -> None:
         default=20,
         help="how many recent rounds to list (0: all; default: %(default)s)",
     )
-    p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document instead of tables (always with full node ids)",
+    )
+    p.add_argument(
+        "--wide",
+        action="store_true",
+        help="full node ids (as `forsaken admin` takes them) and every column, however wide",
+    )
     p.add_argument(
         "--timeout", type=float, default=10.0, help="RPC deadline in seconds (default: %(default)s)"
     )
@@ -108,22 +120,73 @@ def _round_dict(msg: admin_pb2.RoundInfo) -> dict[str, Any]:
     return out
 
 
+def explain_rpc_error(
+    exc: grpc.RpcError, server: str, tls_dir: Path | None, server_name: str | None
+) -> tuple[str, int]:
+    """What went wrong in plain words, and the exit code: a failure to connect is probed for
+    its cause (wrong CA, expired or mismatched certificate, plaintext against TLS...)."""
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        files = tls.TlsFiles.in_dir(tls_dir) if tls_dir is not None else None
+        found = diagnose(server, files, server_name=server_name, flags=OPERATOR_FLAGS)
+        if found is not None:
+            exit_code = ExitCode.CERTIFICATE if found.certificate else ExitCode.FAILED
+            return f"cannot reach {server}: {found}", exit_code
+        return f"cannot reach {server}: {code.name}: {details}", ExitCode.FAILED
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"{server} did not answer in time (--timeout): {details}", ExitCode.FAILED
+    return f"{server} answered {code.name}: {details}", ExitCode.FAILED
+
+
 def run_status(args: argparse.Namespace) -> int:
     try:
         data = fetch_status(
             args.server, args.rounds, args.timeout, args.tls_dir, args.tls_server_name
         )
     except grpc.RpcError as exc:
-        print(f"forsaken status: cannot reach {args.server}: {exc.code().name}: {exc.details()}")
-        return 1
+        message, code = explain_rpc_error(exc, args.server, args.tls_dir, args.tls_server_name)
+        print(f"forsaken status: {message}", file=sys.stderr)
+        return code
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
-    render(data, Console())
+    if args.wide:
+        # Never truncate: a full node id is what `forsaken admin revoke` needs.
+        render(data, Console(width=max(Console().width, 240)), wide=True)
+    else:
+        render(data, Console())
     return 0
 
 
-def render(data: dict[str, Any], console: Console) -> None:
+SHORT_ID = 12
+
+
+def _node(node_id: str, wide: bool) -> str:
+    return node_id if wide or len(node_id) <= SHORT_ID else node_id[:SHORT_ID] + "…"
+
+
+def _ago(unix_ms: int, now_s: float) -> str:
+    if unix_ms <= 0:
+        return "never"
+    age = max(0.0, now_s - unix_ms / 1000)
+    clock = time.strftime("%H:%M:%S", time.localtime(unix_ms / 1000))
+    if age < 120:
+        return f"{age:.0f}s ago ({clock})"
+    if age < 7200:
+        return f"{age / 60:.0f}min ago ({clock})"
+    return f"{age / 3600:.1f}h ago ({clock})"
+
+
+def _standing(c: dict[str, Any]) -> str:
+    if c.get("revoked"):
+        return "revoked"
+    if c.get("quarantine"):
+        return f"quarantined: {c['quarantine']}"
+    return "ok"
+
+
+def render(data: dict[str, Any], console: Console, wide: bool = False) -> None:
     acc = data["last_test_acc"]
     stage = f" secagg_stage={data['secagg_stage']}" if data.get("secagg_stage") else ""
     console.print(
@@ -148,23 +211,39 @@ def render(data: dict[str, Any], console: Console) -> None:
             r["reason"],
         )
     console.print(rounds)
-    clients = Table(title="clients")
-    for col in ("node_id", "connected", "samples", "rounds", "first_round", "last_seen"):
+    now_s = time.time()
+    clients = Table(
+        title="clients" if wide else "clients (node ids shortened: --wide or --json for full)",
+        caption="samples: the count declared at the last poll; last_seen: the last poll or Join",
+    )
+    clients.add_column("node_id", no_wrap=True)
+    for col in ("connected", "samples", "rounds", "first_round", "last_seen", "standing"):
         clients.add_column(col)
+    clients.add_column("faults")
+    if wide:
+        clients.add_column("last_fault")
     for c in data["clients"]:
-        seen = int(c["last_seen_unix_ms"]) / 1000
-        clients.add_row(
-            c["node_id"],
+        row = [
+            _node(c["node_id"], wide),
             str(c["connected"]),
             str(c["num_samples"]),
             str(c["rounds_contributed"]),
             str(c["first_round"]),
-            time.strftime("%H:%M:%S", time.localtime(seen)),
-        )
+            _ago(int(c["last_seen_unix_ms"]), now_s),
+            _standing(c),
+            str(c.get("recent_faults", 0)),
+        ]
+        if wide:
+            row.append(c.get("last_fault", ""))
+        clients.add_row(*row)
     console.print(clients)
     forgets = Table(title="forget requests")
-    for col in ("forget_id", "node_id", "method", "state", "reason"):
+    forgets.add_column("forget_id", no_wrap=True)
+    forgets.add_column("node_id", no_wrap=True)
+    for col in ("method", "state", "reason"):
         forgets.add_column(col)
     for f in data["forget_requests"]:
-        forgets.add_row(f["forget_id"], f["node_id"], f["method"], f["state"], f["reason"])
+        forgets.add_row(
+            f["forget_id"], _node(f["node_id"], wide), f["method"], f["state"], f["reason"]
+        )
     console.print(forgets)

@@ -16,15 +16,18 @@ from forsaken.client.daemon import ClientDaemon
 from forsaken.client.owner import OwnerServicer
 from forsaken.client.state import DataSelection, StateFile
 from forsaken.client.transport import FleetConnection
-from forsaken.common import tls
+from forsaken.common import ports, tls
 from forsaken.common.backdoor import dataset_trigger, poison_client
 from forsaken.common.config import option
-from forsaken.common.datasets import load_dataset
-from forsaken.common.errors import ConfigError
+from forsaken.common.datasets import Dataset, load_dataset
+from forsaken.common.diagnosis import Diagnosis, check_own_certificate, diagnose
+from forsaken.common.errors import CertificateError, ConfigError
+from forsaken.common.exitcodes import ExitCode
 from forsaken.common.fsutil import atomic_write
 from forsaken.common.identity import NodeIdentity
-from forsaken.common.partition import client_split, parse_client_spec
+from forsaken.common.partition import ClientData, client_split, parse_client_spec
 from forsaken.common.rpc_errors import DecodeGuard
+from forsaken.common.statelock import StateLock
 from forsaken.v1 import owner_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -41,7 +44,12 @@ class ClientConfig:
         "mnist5k", "Local data: digits, mnist5k, or a path to an .npz file with arrays x and y."
     )
     partition: str = option("0/1", "Which shard of the dataset this node holds, as i/N (0-based).")
-    scheme: str = option("iid", "Partition scheme.", choices=("iid", "dirichlet"))
+    scheme: str = option(
+        "iid",
+        "How the dataset's train split is divided among the N clients of --partition: iid "
+        "(uniformly at random) or dirichlet (label-skewed, see --alpha).",
+        choices=("iid", "dirichlet"),
+    )
     alpha: float = option(
         0.5, "Dirichlet concentration for --scheme dirichlet (smaller is more skewed)."
     )
@@ -66,14 +74,29 @@ class ClientConfig:
         False, "Allow plaintext gRPC to a non-loopback --server (logs a warning)."
     )
     max_backoff_s: float = option(30.0, "Longest wait between reconnection attempts, in seconds.")
+    tls_failure_limit: int = option(
+        5,
+        "Identical certificate failures in a row (wrong CA, expired certificate, certificate "
+        "for another name, plaintext against TLS or back) after which the client exits with "
+        "code 3; 0 keeps retrying.",
+    )
     threads: int = option(1, "CPU threads for local training.")
     backdoor: bool = option(
         False,
         "Evaluation test bed: stamp the trigger on this node's samples of other classes and "
-        "relabel them to the target class, as in DESIGN §5.",
+        "relabel them to the target class (the test bed of docs/evaluation.md).",
     )
-    log_level: str = option("info", "Log level.", choices=("debug", "info", "warning", "error"))
-    log_format: str = option("text", "Log format.", choices=("text", "json"))
+    log_level: str = option(
+        "info",
+        "Least severe messages logged (to stderr); certificate and connection problems are "
+        "warnings.",
+        choices=("debug", "info", "warning", "error"),
+    )
+    log_format: str = option(
+        "text",
+        "text: one human-readable line per message; json: one JSON object per line.",
+        choices=("text", "json"),
+    )
 
     def validate(self) -> None:
         parse_client_spec(self.partition)
@@ -87,6 +110,8 @@ class ClientConfig:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
         if self.max_backoff_s <= 0:
             raise ConfigError(f"max_backoff_s must be > 0, got {self.max_backoff_s}")
+        if self.tls_failure_limit < 0:
+            raise ConfigError(f"tls_failure_limit must be >= 0, got {self.tls_failure_limit}")
         files = tls.TlsFiles.from_options(self.tls_cert, self.tls_key, self.tls_ca)
         if files is None and not (self.insecure or tls.is_loopback(self.server)):
             raise ConfigError(
@@ -107,19 +132,46 @@ def _channel_credentials(
         return None
     common_name = files.load().common_name
     if common_name != identity.node_id:
-        raise ConfigError(
-            f"{files.cert} is for {common_name!r}, not this node ({identity.node_id}); run "
+        raise CertificateError(
+            f"{files.cert} is the certificate of {common_name!r}, not of this node "
+            f"({identity.node_id}, whose key is in {state_dir}); run "
             f"`forsaken certs issue --ca CA_DIR --state-dir {state_dir}`"
         )
+    check_own_certificate(files, "this node's")
     return tls.channel_credentials(files.ca, files.cert, files.key)
+
+
+def _split_summary(dataset: Dataset, data: ClientData, config: ClientConfig) -> str:
+    """How this node's samples came out of its file, so nobody wonders why it trains on less."""
+    total = len(dataset.y_train) + len(dataset.y_test)
+    part = len(data.y_train) + len(data.y_held_out)
+    return (
+        f"{dataset.name} has {total} samples: {len(dataset.y_test)} form the fixed test split "
+        f"(the server's validation set; no client trains on them) and {len(dataset.y_train)} "
+        f"the train split; shard {config.partition} ({config.scheme}, seed {config.seed}) "
+        f"holds {part} of those: {len(data.y_train)} to train on and {len(data.y_held_out)} "
+        f"held out (--held-out-fraction {config.held_out_fraction:g}: never trained on, the "
+        "non-members against which forgetting is measured)"
+    )
 
 
 class ClientApp:
     def __init__(self, config: ClientConfig) -> None:
-        torch.set_num_threads(config.threads)
         self.config = config
+        self.signal: int | None = None  # the signal that stopped the daemon, if one did
         state_dir = Path(config.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
+        # Before anything reads the node key or the state file: one daemon per directory.
+        self.lock = StateLock.acquire(state_dir, "client daemon")
+        try:
+            self._build(config, state_dir)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _build(self, config: ClientConfig, state_dir: Path) -> None:
+        ports.ensure_free(config.owner_listen, "Owner API")
+        torch.set_num_threads(config.threads)
         index, count = parse_client_spec(config.partition)
         dataset = load_dataset(config.dataset)
         data = client_split(
@@ -131,10 +183,11 @@ class ClientApp:
             config.seed,
             held_out_fraction=config.held_out_fraction,
         )
+        log.info("data: %s", _split_summary(dataset, data, config))
         if config.backdoor:
-            # The test bed of DESIGN §5, seeded exactly as the in-process protocol runner
-            # (`forsaken.common.unlearning.reference`) seeds its forgetting client, so both
-            # hold identical data; sample ids and the held-out slice are unchanged.
+            # The test bed of docs/evaluation.md, seeded exactly as the in-process protocol
+            # runner (`forsaken.common.unlearning.reference`) seeds its forgetting client, so
+            # both hold identical data; sample ids and the held-out slice are unchanged.
             planted = poison_client(data, seed=config.seed, trigger=dataset_trigger(dataset))
             data = planted.data
             log.warning(
@@ -155,12 +208,18 @@ class ClientApp:
         state_file = StateFile(state_dir)
         state = state_file.load_or_init(selection)
         identity = NodeIdentity.load_or_create(state_dir)
+        files = tls.TlsFiles.from_options(config.tls_cert, config.tls_key, config.tls_ca)
+        server_name = config.tls_server_name or None
         self.connection = FleetConnection(
             config.server,
             identity,
             credentials=_channel_credentials(config, identity, state_dir),
-            server_name=config.tls_server_name or None,
+            server_name=server_name,
         )
+
+        def diagnose_connection() -> Diagnosis | None:
+            return diagnose(config.server, files, server_name=server_name)
+
         self.daemon = ClientDaemon(
             connection=self.connection,
             data=data,
@@ -172,40 +231,46 @@ class ClientApp:
             partition_index=index,
             seed=config.seed,
             max_backoff_s=config.max_backoff_s,
+            diagnose=diagnose_connection,
+            tls_failure_limit=config.tls_failure_limit,
         )
         self.owner_server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=4), interceptors=[DecodeGuard()]
+            futures.ThreadPoolExecutor(max_workers=4),
+            interceptors=[DecodeGuard()],
+            options=[ports.GRPC_NO_PORT_SHARING],
         )
         owner_pb2_grpc.add_OwnerServicer_to_server(
             OwnerServicer(self.daemon, config.server), self.owner_server
         )
         try:
             port = self.owner_server.add_insecure_port(config.owner_listen)
-        except RuntimeError as exc:
-            raise ConfigError(f"cannot listen on {config.owner_listen}: {exc}") from None
+        except RuntimeError:
+            # Taken between the check above and now, or by a socket the check cannot see.
+            raise ports.in_use(config.owner_listen, "Owner API") from None
         host = config.owner_listen.rsplit(":", 1)[0]
         self.owner_address = f"{host}:{port}"
         atomic_write(state_dir / OWNER_ADDRESS_FILE, (self.owner_address + "\n").encode())
-        log.info(
-            "node %s: %d training, %d held-out samples; Owner API on %s",
-            identity.node_id,
-            len(data.y_train),
-            len(data.y_held_out),
-            self.owner_address,
-        )
+        log.info("node %s: Owner API on %s", identity.node_id, self.owner_address)
 
     def run(self) -> int:
         self.owner_server.start()
 
         def on_signal(signum: int, _frame: object) -> None:
             log.info("received %s, shutting down", signal.Signals(signum).name)
+            self.signal = signum
             self.daemon.stop()
+            # Cancels a long-poll in flight, so the loop sees the stop at once.
+            self.connection.close()
 
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, on_signal)
             signal.signal(signal.SIGINT, on_signal)
         try:
-            return self.daemon.run()
+            code = self.daemon.run()
         finally:
             self.owner_server.stop(2).wait()
             self.connection.close()
+            self.lock.release()
+        if self.signal == signal.SIGINT:
+            return ExitCode.INTERRUPTED
+        return ExitCode.OK if self.signal == signal.SIGTERM else code

@@ -8,6 +8,7 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from forsaken.client.secure import SecureSessions
 from forsaken.client.state import ClientState, LocalForget, StateFile
 from forsaken.client.transport import FleetConnection
 from forsaken.common import errors, failpoints
+from forsaken.common.diagnosis import Diagnosis, Problem
+from forsaken.common.exitcodes import ExitCode
 from forsaken.common.models import build_model
 from forsaken.common.partition import ClientData
 from forsaken.common.secagg.client_states import ClientDone
@@ -54,6 +57,16 @@ class Backoff:
         self.attempt = 0
 
 
+def _connect_failure(exc: errors.Unavailable) -> bool:
+    """Whether gRPC failed to reach the server at all (so a probe may say why), rather than
+    the server answering UNAVAILABLE itself (shutting down, not ready)."""
+    text = str(exc).lower()
+    return any(
+        marker in text
+        for marker in ("failed to connect", "socket closed", "handshake", "ssl", "connection")
+    )
+
+
 class ClientDaemon:
     def __init__(
         self,
@@ -69,6 +82,8 @@ class ClientDaemon:
         seed: int,
         max_backoff_s: float = 30.0,
         max_payload_bytes: int = 512 << 20,
+        diagnose: Callable[[], Diagnosis | None] | None = None,
+        tls_failure_limit: int = 5,
     ) -> None:
         self.conn = connection
         self.data = data
@@ -84,6 +99,9 @@ class ClientDaemon:
         self.stop_event = threading.Event()
         self._forget_ended_at: float | None = None  # when a forget request last ended
         self.connected = False
+        self.diagnose = diagnose
+        self.tls_failure_limit = tls_failure_limit  # 0: never give up
+        self._failures: tuple[Problem | None, int] = (None, 0)  # the same problem, n times
         self._rng = random.Random()
         self._model: torch.nn.Module | None = None
         self._model_sha: str | None = None
@@ -127,6 +145,7 @@ class ClientDaemon:
                 task = self.conn.pull(self.declared_samples())
                 self.connected = True
                 self.backoff.reset()
+                self._failures = (None, 0)
                 if isinstance(task, StopTask):
                     if self._linger_for_owner():
                         continue
@@ -147,15 +166,26 @@ class ClientDaemon:
                 self.conn.token = None
                 self._sleep_backoff()
             except errors.PermissionDenied as exc:
+                if "TLS certificate" in str(exc):
+                    log.error(
+                        "the server refused this node's certificate: %s. Give this node's "
+                        "own certificate as --tls-cert (`forsaken certs issue --ca CA_DIR "
+                        "--state-dir STATE_DIR`)",
+                        exc,
+                    )
+                    return ExitCode.CERTIFICATE
                 log.error("the server refused this node: %s", exc)
-                return 4
+                return ExitCode.REFUSED
             except (errors.StaleRequest, errors.DuplicateRequest) as exc:
                 log.info("task no longer current: %s", exc)
             except (errors.ProtocolAborted, errors.WrongStage, errors.InvalidPayload) as exc:
                 log.warning("secure round step refused: %s", exc)
             except errors.Unavailable as exc:
                 self.connected = False
-                log.info("server unavailable (%s)", exc)
+                if self.stop_event.is_set():
+                    break
+                if self._unreachable(exc):
+                    return ExitCode.CERTIFICATE
                 self._sleep_backoff()
             except errors.ForsakenError as exc:
                 self.connected = False
@@ -165,6 +195,34 @@ class ClientDaemon:
 
     def stop(self) -> None:
         self.stop_event.set()
+
+    def _unreachable(self, exc: errors.Unavailable) -> bool:
+        """Say why the server cannot be reached; True once the same certificate problem has
+        come back `tls_failure_limit` times in a row (no retry can fix those)."""
+        found = self.diagnose() if self.diagnose is not None and _connect_failure(exc) else None
+        if found is None or not found.certificate:
+            self._failures = (None, 0)
+            log.info("server unavailable (%s)", found or exc)
+            return False
+        problem, count = self._failures
+        count = count + 1 if problem == found.problem else 1
+        self._failures = (found.problem, count)
+        limit = self.tls_failure_limit
+        log.warning(
+            "cannot connect to the server: %s [%s, %d in a row%s]",
+            found,
+            found.problem,
+            count,
+            f" of at most {limit}" if limit else "",
+        )
+        if limit and count >= limit:
+            log.error(
+                "giving up after %d identical certificate failures (exit code 3); "
+                "--tls-failure-limit 0 keeps retrying",
+                count,
+            )
+            return True
+        return False
 
     def _sleep_backoff(self) -> None:
         delay = self.backoff.next_delay(self._rng)

@@ -93,6 +93,12 @@ class FleetConnection:
             return fn()
         except grpc.RpcError as exc:
             raise _translate(exc) from None
+        except ValueError as exc:
+            # A signal handler closed the channel to cut a long-poll short; a call started
+            # after that is a shutdown, not a bug.
+            if "closed channel" not in str(exc):
+                raise
+            raise errors.Unavailable("the connection was closed (shutting down)") from None
 
     def _metadata(self) -> tuple[tuple[str, bytes], ...]:
         if self.token is None:

@@ -56,10 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, env_prefix: str) -
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs["metavar"] = field.name.upper()
             choices = field.metadata.get("choices")
             if choices:
-                kwargs["choices"] = choices
+                kwargs["choices"] = choices  # argparse shows them as {a,b,...}
+            else:
+                kwargs["metavar"] = field.name.upper()
         parser.add_argument(flag_name(field.name), **kwargs)
 
 
@@ -105,14 +106,11 @@ def describe(cls: type) -> list[tuple[str, str, str, str]]:
     """(flag, env var suffix, default, help) rows for documentation."""
     rows = []
     for field in dataclasses.fields(cls):
-        rows.append(
-            (
-                flag_name(field.name),
-                field.name.upper(),
-                repr(field.default),
-                field.metadata.get("help", ""),
-            )
-        )
+        help_text = field.metadata.get("help", "")
+        choices = field.metadata.get("choices")
+        if choices:
+            help_text += " One of: " + ", ".join(f"`{c}`" for c in choices) + "."
+        rows.append((flag_name(field.name), field.name.upper(), repr(field.default), help_text))
     return rows
 
 

@@ -71,3 +71,7 @@ class ConfigError(ForsakenError):
 
 class CorruptState(ForsakenError):
     """Something on disk failed its integrity check."""
+
+
+class CertificateError(ConfigError):
+    """TLS certificates that cannot work: wrong CA, expired, for another node or name."""

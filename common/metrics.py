@@ -1,4 +1,4 @@
-"""Evaluation metrics for unlearning (DESIGN §5, "Evaluation protocol").
+"""Evaluation metrics for unlearning (docs/evaluation.md, "The metrics").
 
 Pure functions over numpy arrays, plus `model_outputs` to get those arrays from a model. Every
 claim about forgetting compares a metric on the unlearned model U with the same metric on the

@@ -16,10 +16,13 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from forsaken.common import tls
+from forsaken.common import ports, tls
 from forsaken.common.config import option
+from forsaken.common.diagnosis import check_own_certificate
 from forsaken.common.errors import ConfigError
+from forsaken.common.exitcodes import ExitCode
 from forsaken.common.rpc_errors import DecodeGuard
+from forsaken.common.statelock import StateLock
 from forsaken.common.tensors import TensorSpec
 from forsaken.common.types import ModelSpec, TrainSettings
 from forsaken.server.checkpoints import FileCheckpointStore
@@ -44,8 +47,6 @@ log = logging.getLogger(__name__)
 
 ENV_PREFIX = "FORSAKEN_SERVER"
 _TRAIN = TrainSettings()
-
-EXIT_OK = 0  # the other exit codes (2: configuration, 130: interrupted) come from forsaken.main
 
 
 @dataclass(frozen=True)
@@ -179,8 +180,17 @@ class ServerConfig:
         30.0, "An upload or download stream that moves no data for this long is cut off."
     )
     exit_when_done: bool = option(False, "Exit once the target number of rounds has completed.")
-    log_level: str = option("info", "Log level.", choices=("debug", "info", "warning", "error"))
-    log_format: str = option("text", "Log format.", choices=("text", "json"))
+    log_level: str = option(
+        "info",
+        "Least severe messages logged (to stderr); certificate and connection problems are "
+        "warnings.",
+        choices=("debug", "info", "warning", "error"),
+    )
+    log_format: str = option(
+        "text",
+        "text: one human-readable line per message; json: one JSON object per line.",
+        choices=("text", "json"),
+    )
 
     def validate(self) -> None:
         self.policy().validate()
@@ -285,8 +295,24 @@ class ServerDaemon:
 
     def __init__(self, config: ServerConfig, model: ModelProvider | None = None) -> None:
         self.config = config
+        self.signal: int | None = None  # the signal that stopped the server, if one did
         state = Path(config.state_dir)
         state.mkdir(parents=True, exist_ok=True)
+        # Before the ledger opens: a second server on this directory would resume beside us.
+        self.lock = StateLock.acquire(state, "server")
+        try:
+            self._build(config, state, model)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _build(self, config: ServerConfig, state: Path, model: ModelProvider | None) -> None:
+        ports.ensure_free(config.listen, "Fleet and Admin APIs")
+        if config.metrics_listen:
+            ports.ensure_free(config.metrics_listen, "metrics endpoint")
+        files = tls.TlsFiles.from_options(config.tls_cert, config.tls_key, config.tls_ca)
+        if files is not None:
+            check_own_certificate(files, "the server's")
         if model is None:
             from forsaken.server.evaluation import ModelBench  # torch only in the app layer
 
@@ -343,6 +369,7 @@ class ServerDaemon:
             options=[
                 ("grpc.max_receive_message_length", chunk_limit),
                 ("grpc.max_send_message_length", chunk_limit),
+                ports.GRPC_NO_PORT_SHARING,
             ],
         )
         fleet_pb2_grpc.add_FleetServicer_to_server(
@@ -386,10 +413,11 @@ class ServerDaemon:
                 self.port = server.add_secure_port(cfg.listen, tls.server_credentials(files))
             else:
                 self.port = server.add_insecure_port(cfg.listen)
-        except RuntimeError as exc:
-            raise ConfigError(f"cannot listen on {cfg.listen}: {exc}") from None
+        except RuntimeError:
+            # Taken since the start-up check, or held by a socket that check cannot see.
+            raise ports.in_use(cfg.listen, "Fleet and Admin APIs") from None
         if self.port == 0:
-            raise ConfigError(f"cannot listen on {cfg.listen}")
+            raise ports.in_use(cfg.listen, "Fleet and Admin APIs")
         return server
 
     def _refresh_forget_metrics(self) -> None:
@@ -440,13 +468,17 @@ class ServerDaemon:
                 "no mutual TLS and no --allow-nodes list: anyone who makes a key may join, so "
                 "this federation cannot bound how many members one party controls"
             )
+        if self.metrics_server is not None:
+            # First, so that a busy metrics port fails the start before anything serves.
+            try:
+                self.metrics_server.start()
+            except OSError:
+                raise ports.in_use(self.config.metrics_listen, "metrics endpoint") from None
+            log.info("metrics on %s", self.metrics_server.url)
         self.server.start()
         self.runtime.start()
         self.watchdog.start()
         self._refresh_forget_metrics()
-        if self.metrics_server is not None:
-            self.metrics_server.start()
-            log.info("metrics on %s", self.metrics_server.url)
         for name in ("", "forsaken.v1.Fleet", "forsaken.v1.Admin"):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -464,20 +496,27 @@ class ServerDaemon:
         if self.metrics_server is not None:
             self.metrics_server.stop()
         self.ledger.close()
+        self.lock.release()
         log.info("stopped cleanly")
 
     def run(self) -> int:
-        self.start()
+        """Serve until SIGTERM (exit 0), SIGINT (130) or, with --exit-when-done, the end."""
 
         def on_signal(signum: int, _frame: object) -> None:
             log.info("received %s, shutting down", signal.Signals(signum).name)
+            self.signal = signum
             self.done.set()
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        try:
+            self.start()
+        except BaseException:
+            self.lock.release()
+            raise
         self.done.wait()
         self.stop()
-        return EXIT_OK
+        return ExitCode.INTERRUPTED if self.signal == signal.SIGINT else ExitCode.OK
 
 
 def _now_ms() -> int:

@@ -1,4 +1,4 @@
-"""The forget-request lifecycle on the server, transport-free (DESIGN §5 "Lifecycle").
+"""The forget-request lifecycle on the server, transport-free (README, "Forgetting").
 
 requested -> unlearning -> recovering -> verifying -> completed (or failed, with a reason).
 Requests are served one at a time, oldest first, and every transition is written to the

@@ -39,7 +39,7 @@ class RoundStatus(StrEnum):
 
 
 class ForgetState(StrEnum):
-    """The lifecycle of a forget request (DESIGN §5)."""
+    """The lifecycle of a forget request (README, "Forgetting")."""
 
     REQUESTED = "requested"
     UNLEARNING = "unlearning"

@@ -125,5 +125,9 @@ class ClientRegistry:
     def last_contact(self) -> dict[str, int]:
         return self._contact
 
+    def contacts(self) -> dict[str, tuple[int, int | None]]:
+        """(last call, samples declared then) of every node heard from since this start."""
+        return {n: (t, self._samples.get(n)) for n, t in self._contact.items()}
+
     def keys(self) -> dict[str, bytes]:
         return self._keys

@@ -405,20 +405,26 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.ListClientsRequest, context: grpc.ServicerContext
     ) -> admin_pb2.ListClientsReply:
         self._operator(context)
-        live = set(self.runtime.read(lambda c, now: c.registry.live(now)))
         faults = self.runtime.coordinator.registry.faults
+        clients = self.ledger.clients()
+        # The ledger holds what a node declared at its last Join; the registry, in memory,
+        # its last call and what it declared then (a node that forgot all its data declares 0).
+        live, contacts = self.runtime.read(
+            lambda c, now: (set(c.registry.live(now)), c.registry.contacts())
+        )
         infos = []
-        for c in self.ledger.clients():
+        for c in clients:
             rounds = self.ledger.contributions(c.node_id)
             last = faults.last(c.node_id)
+            seen_ms, samples = contacts.get(c.node_id, (c.last_seen_ms, c.num_samples))
             infos.append(
                 admin_pb2.ClientInfo(
                     node_id=c.node_id,
                     connected=c.node_id in live,
-                    num_samples=c.num_samples,
+                    num_samples=c.num_samples if samples is None else samples,
                     rounds_contributed=len(rounds),
                     first_round=rounds[0] if rounds else 0,
-                    last_seen_unix_ms=c.last_seen_ms,
+                    last_seen_unix_ms=seen_ms,
                     revoked=c.revoked,
                     quarantine=c.quarantine,
                     recent_faults=faults.count(c.node_id),

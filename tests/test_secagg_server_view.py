@@ -39,11 +39,11 @@ from forsaken.common.secagg.unmask import (
     commitments_of,
     unmask_sum,
 )
+from forsaken.common.tasks import AnyTask, SecAggTask
 from forsaken.common.tensors import from_bytes
 from forsaken.server.app import ServerConfig, ServerDaemon
 from forsaken.server.checkpoints import FileCheckpointStore
 from forsaken.server.coordinator import Coordinator
-from forsaken.common.tasks import AnyTask, SecAggTask
 from forsaken.server.rounds import Submission, SubmitOutcome, masked_input_spec
 from tests.cluster import Cluster
 from tests.test_secagg_processes import (

@@ -1,6 +1,6 @@
 """Cost of a SecAgg+ round measured against the raw speed of the PRG on the same machine.
 
-The design's cost model (DESIGN.md §4): a client pays about k + 1 keystream expansions of 4D
+The cost model: a client pays about k + 1 keystream expansions of 4D
 bytes, the server one per survivor plus one per (dropped, surviving neighbour) link. So every
 time here is also reported as a ratio to `aes_floor_s`, the best time of one raw AES-256-CTR
 expansion of D uint32 words measured in the same run, which makes the numbers comparable

@@ -1,4 +1,4 @@
-"""Unlearning methods behind one contract, chosen by name (DESIGN §5, "Methods").
+"""Unlearning methods behind one contract, chosen by name (docs/unlearning.md).
 
 `make_engine(name, spec)` returns the client-side forget engine for a method, or None for
 `retrain`, which is not a client computation: the server handles it by rolling back to the last

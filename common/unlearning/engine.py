@@ -1,4 +1,4 @@
-"""The forget engine a client runs in place of local training after ForgetMe (DESIGN §5).
+"""The forget engine a client runs in place of local training after ForgetMe (docs/unlearning.md).
 
 Every method returns a `ForgetStep`: a flat float32 update in the `tensors` layout plus the
 sample count the client reports as its weight, exactly what `train_local` gives the upload path,
@@ -391,7 +391,7 @@ def _round_seed(seed: int, round_number: int) -> int:
 
 
 class FinetuneEngine:
-    """The negative control: the client simply stops contributing (DESIGN §5, "finetune").
+    """The negative control: the client simply stops contributing (docs/evaluation.md, "finetune").
 
     Its one step reports weight 0 (an all-zero upload leaves the secure sum unchanged) and is
     done at once; the remaining clients' ordinary rounds are all that "unlearns".

@@ -1,4 +1,4 @@
-"""The unlearning evaluation protocol of DESIGN §5, run in one process on the real code paths.
+"""The evaluation protocol of docs/evaluation.md, run in one process on the real code paths.
 
 Per seed: train O with the backdoor on the forgetting client; then from O run each method the
 way the daemons would (the forgetting client's engine step in place of its training, the other
@@ -348,7 +348,7 @@ def summarize(
 
 
 def check_bars(summary: dict[str, dict[str, tuple[float, float]]], dataset: str) -> dict[str, bool]:
-    """The DESIGN §5 bars on the seed means (validity thresholds per the issue's table)."""
+    """docs/evaluation.md's bars on the seed means (validity thresholds per the issue's table)."""
     m: Callable[[str, str], float] = lambda model, key: summary[model][key][0]  # noqa: E731
     o_bar = {"mnist5k": 0.80, "digits": 0.50}.get(dataset, 0.80)
     return {
