@@ -135,7 +135,10 @@ def run_forget(args: argparse.Namespace) -> int:
         except grpc.RpcError as exc:
             # The daemon went away while we waited (it stopped, or the federation finished);
             # the request itself is on record and goes on without this command.
-            console.print(f"[red]forsaken forget: {explain_unreachable(exc, address)}[/red]")
+            console.print(
+                f"[red]forsaken forget: lost the client daemon at {address} while waiting "
+                f"({exc.code().name}): {explain_unreachable(exc, address)}[/red]"
+            )
             console.print(
                 f"request {request_id} is on record: once the daemon runs again, the same "
                 f"command with --request-id {request_id} --wait picks it up"
