@@ -1,6 +1,6 @@
 """`forsaken demo`: one server and N clients as separate OS processes on loopback.
 
-Client 0 holds the backdoor test bed of DESIGN §5 (`forsaken client --backdoor`). After the
+Client 0 holds the backdoor test bed (`forsaken client --test-bed backdoor`). After the
 training rounds its owner asks the federation to forget all its data (ForgetMe); the demo
 follows the request to its receipt and then stops. The federation restarts between the two
 phases (from its ledger and checkpoints), so that the request is on record before round T + 1
@@ -28,6 +28,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from forsaken.common.certs import init_federation
+from forsaken.common.forget_methods import METHOD_NAMES
 from forsaken.evaluation_run import (
     FORGETTER,
     Federation,
@@ -95,7 +96,7 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--forget-method",
         default="forsaken",
-        choices=("forsaken", "pga", "finetune", "retrain"),
+        choices=METHOD_NAMES,
         help="how the federation forgets client 0's data after training (default: %(default)s)",
     )
 
@@ -127,6 +128,7 @@ def run_demo(args: argparse.Namespace) -> int:
             alpha=args.alpha,
             port=args.port,
             method=args.forget_method,
+            test_bed="backdoor",
         ),
     )
     started = time.monotonic()

@@ -12,6 +12,7 @@ import grpc
 from rich.console import Console
 from rich.table import Table
 
+from forsaken.common.forget_methods import METHOD_NAMES
 from forsaken.v1 import owner_pb2, owner_pb2_grpc
 
 TERMINAL = ("completed", "failed")
@@ -35,7 +36,7 @@ def add_forget_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--method",
         default="",
-        choices=("", "forsaken", "pga", "retrain", "finetune"),
+        choices=("", *METHOD_NAMES),
         help="unlearning method (default: the server's default)",
     )
     p.add_argument("--request-id", default="", help="idempotency key (default: a fresh one)")

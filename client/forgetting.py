@@ -1,5 +1,5 @@
-"""The client's unlearning executor: forget engines per request, their durable state, and the
-evidence measured on the final model.
+"""The client's unlearning executor: forget engines per request, their durable state, this
+node's record of what it contributed, and the evidence measured on the final model.
 
 The engine returns the same kind of result as local training (a flat update and a weight), so
 the daemon masks and uploads it through the ordinary path; the server cannot tell them apart.
@@ -51,12 +51,73 @@ def split_forget(data: ClientData, sample_ids: tuple[int, ...]) -> ForgetData:
     )
 
 
+CONTRIBUTION_FILE = "contribution.npz"
+
+
+class ContributionRecord:
+    """Σ_t w_t Δ_t over the training updates this node had accepted, on disk.
+
+    Each round's mean carried w_t Δ_t / W_t of this node's update, so the record (over the
+    round total W at ForgetMe) is the node's own share of the global model to first order:
+    what Forsaken reverses in its first unlearning round. The node keeps it about itself; the
+    server keeps no per-client history. One model-sized float64 vector plus the last round
+    counted, rewritten atomically after each accepted update; a round counted twice (a retry
+    after a restart) is skipped by its number."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def load(self) -> tuple[np.ndarray | None, int]:
+        """(the sum, the last round counted); (None, 0) before any."""
+        if not self.path.exists():
+            return None, 0
+        try:
+            with np.load(self.path, allow_pickle=False) as saved:
+                total = np.asarray(saved["sum"], np.float64)
+                return (total if total.size else None), int(saved["last_round"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise CorruptState(f"{self.path} is not a valid contribution record: {exc}") from None
+
+    def add(self, round_number: int, update: np.ndarray, weight: int) -> None:
+        total, last = self.load()
+        if round_number <= last or weight <= 0:
+            return
+        weighted = np.asarray(update, np.float64) * weight
+        if total is not None and total.shape != weighted.shape:
+            raise CorruptState(
+                f"{self.path} holds {total.size} entries, the update {weighted.size}"
+            )
+        self._write(weighted if total is None else total + weighted, round_number)
+
+    def reset(self) -> None:
+        """After a reversal: what was recorded has been taken back out of the model."""
+        _, last = self.load()
+        if self.path.exists():
+            self.path.unlink()
+        if last:
+            # Keep the round counter so a late duplicate of an old round is still skipped.
+            self._write(None, last)
+
+    def _write(self, total: np.ndarray | None, last_round: int) -> None:
+        buffer = io.BytesIO()
+        arrays = {"last_round": np.array(last_round, dtype=np.int64)}
+        arrays["sum"] = np.zeros(0) if total is None else total
+        np.savez(buffer, **arrays)
+        atomic_write(self.path, buffer.getvalue(), mode=0o600)
+
+
 class ForgetExecutor:
     def __init__(self, state_dir: Path, data: ClientData, seed: int = 0) -> None:
         self.state_dir = Path(state_dir)
         self.data = data
         self.seed = seed
         self._engines: dict[str, ForgetEngine] = {}
+        self._steps: dict[str, tuple[int, ForgetStep]] = {}  # the last step per request
+        self.contributions = ContributionRecord(self.state_dir / CONTRIBUTION_FILE)
+
+    def record_contribution(self, round_number: int, update: np.ndarray, weight: int) -> None:
+        """A training update of this node that the server accepted in `round_number`."""
+        self.contributions.add(round_number, update, weight)
 
     def _state_path(self, forget_id: str) -> Path:
         return self.state_dir / f"forget-{forget_id}.npz"
@@ -67,7 +128,10 @@ class ForgetExecutor:
             return engine
         # The node's seed drives the generator's init, batches and noise, as in the reference
         # runner, so the same seeds give the same unlearning.
-        options = {"config": ForsakenConfig(seed=self.seed)} if method == "forsaken" else {}
+        options: dict[str, object] = {}
+        if method == "forsaken":
+            recorded, _ = self.contributions.load()
+            options = {"config": ForsakenConfig(seed=self.seed), "contribution": recorded}
         engine = make_engine(method, spec, **options)
         if engine is None:
             raise ValueError(f"method {method!r} has no client-side engine")
@@ -92,7 +156,13 @@ class ForgetExecutor:
         round_number: int,
         total_weight: float,
     ) -> ForgetStep:
-        """One unlearning round: the engine's update, with its state saved before it is sent."""
+        """One unlearning round: the engine's update, with its state saved before it is sent.
+
+        A round that is asked for again (its first attempt aborted) gets the same step: the
+        engine moves on only once per round."""
+        last = self._steps.get(forget_id)
+        if last is not None and last[0] == round_number:
+            return last[1]
         engine = self._engine(forget_id, method, spec)
         parts = split_forget(self.data, sample_ids)
         step = engine.step(
@@ -109,6 +179,7 @@ class ForgetExecutor:
         buffer = io.BytesIO()
         np.savez(buffer, **engine.state_dict())
         atomic_write(self._state_path(forget_id), buffer.getvalue(), mode=0o600)
+        self._steps[forget_id] = (round_number, step)
         return step
 
     def evidence(self, model: torch.nn.Module, sample_ids: tuple[int, ...]) -> dict[str, float]:
@@ -130,6 +201,11 @@ class ForgetExecutor:
             "held_out_samples": float(len(self.data.y_held_out)),
         }
 
-    def discard(self, forget_id: str) -> None:
+    def discard(self, forget_id: str, reversed_contribution: bool = False) -> None:
+        """Forget a completed request's engine; after a Forsaken reversal also the record,
+        whose content has been taken back out of the model."""
         self._engines.pop(forget_id, None)
+        self._steps.pop(forget_id, None)
         self._state_path(forget_id).unlink(missing_ok=True)
+        if reversed_contribution:
+            self.contributions.reset()

@@ -85,6 +85,21 @@ class LiraCalibration:
             phi, self.mu_out, self.std_out
         )
 
+    def recentred_score(self, stat: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        """Online LiRA after removing the target model's own global shift and spread.
+
+        A model that is globally less (or more) confident than the shadows, as one is right
+        after heavy editing and a few repair rounds, puts every example in the tail of both
+        Gaussians, where the likelihood ratio ranks examples by their IN/OUT gap instead of by
+        the model's behaviour; that hides memorised examples. Standardising the model's
+        residuals φ - μ_out by their mean and spread over `reference` (examples known never to
+        be trained on: an attacker with population data has them) undoes it before scoring."""
+        phi = np.asarray(stat, dtype=np.float64)
+        ref = np.asarray(reference, dtype=bool)
+        resid = phi - self.mu_out
+        spread = max(_MIN_STD, float(resid[ref].std()))
+        return self.score((resid - resid[ref].mean()) * (self.std_out / spread) + self.mu_out)
+
     def offline_score(self, stat: np.ndarray) -> np.ndarray:
         """Offline LiRA (OUT models only): how many sd above the OUT mean the target model is."""
         return (np.asarray(stat, dtype=np.float64) - self.mu_out) / self.std_out
@@ -125,6 +140,8 @@ class AttackResult:
     auc: float
     tpr: dict[float, float]  # by FPR
     offline_auc: float
+    recentred_auc: float
+    recentred_tpr: dict[float, float]
     members: int
     nonmembers: int
 
@@ -140,10 +157,13 @@ def lira_attack(
     scores = calibration.score(target_stat)
     offline = calibration.offline_score(target_stat)
     m, n = np.asarray(member, bool), np.asarray(nonmember, bool)
+    recentred = calibration.recentred_score(target_stat, n)
     return AttackResult(
         auc=score_auc(scores[m], scores[n]),
         tpr={f: score_tpr_at_fpr(scores[m], scores[n], f) for f in LIRA_FPRS},
         offline_auc=score_auc(offline[m], offline[n]),
+        recentred_auc=score_auc(recentred[m], recentred[n]),
+        recentred_tpr={f: score_tpr_at_fpr(recentred[m], recentred[n], f) for f in LIRA_FPRS},
         members=int(m.sum()),
         nonmembers=int(n.sum()),
     )

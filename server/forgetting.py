@@ -4,11 +4,13 @@ requested -> unlearning -> recovering -> verifying -> completed (or failed, with
 Requests are served one at a time, oldest first, and every transition is written to the
 ledger before anyone is told, so a restarted server resumes exactly where it was.
 
-- unlearning: for `forsaken` and `pga` the forgetting node's tasks carry a forget instruction
+- unlearning: for `forsaken`, `pga` and `fedquit` the forgetting node's tasks carry a forget
+  instruction
   and it uploads dummy gradients through the ordinary (secure) update path while the others
   train; it reports when its local membership oracle says the data looks unseen. `retrain`
   rolls the model back to before the node's first contribution and retrains for as many rounds
-  as were lost. `finetune` does nothing here (the negative control).
+  as were lost. `not` replaces the model with its first layers negated (NoT), and recovery
+  fine-tunes it. `finetune` does nothing here (the negative control).
 - recovering: normal rounds among the remaining clients restore utility.
 - verifying: the node measures the evidence on the final model and reports it; the receipt
   records it with both model digests. Nothing completes without that evidence.
@@ -24,11 +26,12 @@ from dataclasses import dataclass
 
 from forsaken.common import failpoints
 from forsaken.common.errors import InvalidPayload, PermissionDenied, StaleRequest
+from forsaken.common.forget_methods import CLIENT_METHODS, METHOD_NAMES, SERVER_METHODS
 from forsaken.server.ledger import ForgetRecord, ForgetState, Ledger
 
 log = logging.getLogger(__name__)
 
-METHODS = ("forsaken", "pga", "retrain", "finetune")
+METHODS = METHOD_NAMES
 # Quantities the node must report before a request may complete.
 REQUIRED_EVIDENCE = ("mia_auc", "forget_acc", "held_out_acc")
 
@@ -135,9 +138,8 @@ class ForgetManager:
         rec = self.active()
         if rec is None or rec.sample_ids:
             return frozenset()
-        if rec.state in (ForgetState.RECOVERING, ForgetState.VERIFYING) or rec.method in (
-            "retrain",
-            "finetune",
+        if rec.state in (ForgetState.RECOVERING, ForgetState.VERIFYING) or (
+            rec.method in SERVER_METHODS
         ):
             return frozenset({rec.node_id})
         return frozenset()
@@ -146,7 +148,7 @@ class ForgetManager:
         rec = self.active()
         if rec is None or rec.node_id != node_id or rec.state is not ForgetState.UNLEARNING:
             return None
-        if rec.method not in ("forsaken", "pga"):
+        if rec.method not in CLIENT_METHODS:
             return None
         return ForgetInstruction(rec.forget_id, rec.method, rec.sample_ids)
 
@@ -158,8 +160,21 @@ class ForgetManager:
 
     # ---- transitions --------------------------------------------------------------------
 
-    def begin(self, model_sha256: str, completed_round: int, now_ms: int) -> ForgetRecord | None:
-        """Start the oldest requested forget; returns it if its method needs a rollback."""
+    def needs_negated_model(self) -> bool:
+        """The next request to start is NoT: the caller must checkpoint the negated model and
+        pass its digest to `begin` (the ledger names it before anything depends on it)."""
+        rec = self.active()
+        return rec is not None and rec.state is ForgetState.REQUESTED and rec.method == "not"
+
+    def begin(
+        self,
+        model_sha256: str,
+        completed_round: int,
+        now_ms: int,
+        negated_model: str | None = None,
+    ) -> ForgetRecord | None:
+        """Start the oldest requested forget; returns it if its method replaces the model
+        (`retrain`'s rollback, `not`'s negated model: `rollback_model` in its progress)."""
         rec = self.active()
         if rec is None or rec.state is not ForgetState.REQUESTED:
             return None
@@ -170,6 +185,13 @@ class ForgetManager:
             "recovery_rounds": 0,
             "client": {},
         }
+        if rec.method == "not":
+            if negated_model is None:
+                raise InvalidPayload("NoT needs the negated model's checkpoint to start")
+            progress["rollback_model"] = negated_model
+            self._set(rec, ForgetState.UNLEARNING, progress, now_ms)
+            self._set(self.ledger.forget(rec.forget_id), ForgetState.RECOVERING, progress, now_ms)
+            return self.ledger.forget(rec.forget_id)
         if rec.method == "finetune":
             self._set(rec, ForgetState.UNLEARNING, progress, now_ms)
             self._set(self.ledger.forget(rec.forget_id), ForgetState.RECOVERING, progress, now_ms)
@@ -277,7 +299,7 @@ class ForgetManager:
         rec = self.active()
         if rec is None or rec.state not in (ForgetState.UNLEARNING, ForgetState.VERIFYING):
             return
-        if rec.method in ("retrain", "finetune") and rec.state is ForgetState.UNLEARNING:
+        if rec.method in SERVER_METHODS and rec.state is ForgetState.UNLEARNING:
             return  # the node is not needed until verification
         seen = last_seen_ms.get(rec.node_id, rec.updated_ms)
         silent_s = (now_ms - max(seen, rec.updated_ms)) / 1000

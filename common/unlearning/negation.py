@@ -18,10 +18,15 @@ import numpy as np
 from forsaken.common.errors import ConfigError
 from forsaken.common.tensors import TensorSpec
 
-FIRST_LAYER = 1  # how many parametrised layers (weight plus bias) to negate by default
+# How many parametrised layers (weight plus bias), from the input, to negate by default. Two,
+# not one: on inputs that are never negative (pixels), a ReLU network whose first layer alone
+# is negated has every first-layer unit switched off for nearly every input, and fine-tuning
+# cannot start (measured: test accuracy 0.10 after two rounds on digits, and on mnist5k); with
+# the second layer negated as well the network stays trainable (0.96 after two rounds).
+DEFAULT_LAYERS = 2
 
 
-def layers_to_negate(names: Sequence[str], layers: int = FIRST_LAYER) -> tuple[str, ...]:
+def layers_to_negate(names: Sequence[str], layers: int = DEFAULT_LAYERS) -> tuple[str, ...]:
     """The parameter names of the first `layers` layers, in codec order (a layer is the
     parameters sharing a module prefix, e.g. `1.weight` and `1.bias`)."""
     if layers < 1:
@@ -36,7 +41,7 @@ def layers_to_negate(names: Sequence[str], layers: int = FIRST_LAYER) -> tuple[s
 
 
 def negate(
-    vector: np.ndarray, specs: Sequence[TensorSpec], layers: int = FIRST_LAYER
+    vector: np.ndarray, specs: Sequence[TensorSpec], layers: int = DEFAULT_LAYERS
 ) -> np.ndarray:
     """A copy of the flat model `vector` with the first `layers` layers' parameters negated."""
     flat = np.asarray(vector, dtype=np.float32)
