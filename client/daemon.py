@@ -316,7 +316,7 @@ class ClientDaemon:
                 task.forget_id, "failed", {}, reason="this node has no record of the request"
             )
             return
-        evidence = self.forgetter.evidence(model, mine[0].sample_ids)
+        evidence = self.forgetter.evidence(model, mine[0].sample_ids, task.forget_id)
         info = self.conn.report_forget(
             task.forget_id, "evidence", evidence, model_sha256=task.model_sha256
         )

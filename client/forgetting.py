@@ -17,14 +17,19 @@ import torch
 
 from forsaken.common.errors import CorruptState
 from forsaken.common.fsutil import atomic_write
+from forsaken.common.lira import logit_confidence
 from forsaken.common.metrics import (
     accuracy,
+    auc_resolution,
     mia_auc,
     model_outputs,
     oracle_member_rate,
     per_sample_losses,
+    softmax,
 )
 from forsaken.common.partition import ClientData
+from forsaken.common.tensors import flatten
+from forsaken.common.training import load_vector
 from forsaken.common.types import ModelSpec
 from forsaken.common.unlearning import make_engine
 from forsaken.common.unlearning.engine import ForgetEngine, ForgetStep, ForsakenConfig
@@ -165,6 +170,12 @@ class ForgetExecutor:
             return last[1]
         engine = self._engine(forget_id, method, spec)
         parts = split_forget(self.data, sample_ids)
+        before = self._before_path(forget_id)
+        if not before.exists():
+            # The model when unlearning began: the receipt's paired test compares against it.
+            buffer = io.BytesIO()
+            np.save(buffer, np.asarray(global_vector, dtype=np.float32))
+            atomic_write(before, buffer.getvalue(), mode=0o600)
         step = engine.step(
             global_vector,
             parts.forget_x,
@@ -182,24 +193,67 @@ class ForgetExecutor:
         self._steps[forget_id] = (round_number, step)
         return step
 
-    def evidence(self, model: torch.nn.Module, sample_ids: tuple[int, ...]) -> dict[str, float]:
-        """What the receipt records: does the model treat the forgotten samples like samples
-        it never saw (this node's held-out slice)?"""
+    def _before_path(self, forget_id: str) -> Path:
+        return self.state_dir / f"forget-{forget_id}-before.npy"
+
+    def evidence(
+        self, model: torch.nn.Module, sample_ids: tuple[int, ...], forget_id: str = ""
+    ) -> dict[str, float]:
+        """What the receipt records about the final model, and how much it can show.
+
+        Population tests against this node's held-out slice (which no model trained on): a
+        loss threshold (`mia_auc`) and a label-free confidence threshold (`conf_auc`), each
+        with `auc_resolution`, the smallest distance from 0.5 that these sample sizes can tell
+        from chance (95%, two-sided). Where the node computed the unlearning itself, also a
+        paired per-sample test between the model at the request and the final one:
+        `excess_confidence_drop` is how much more the forgotten samples' logit confidence fell
+        than the held-out samples' did (a memorised sample loses what only it gave it; an
+        unseen one only the general drift), with its 95% half-width. None of these compares the
+        model with one retrained without the data; per-example memorisation below the
+        resolution is invisible here (see docs/unlearning.md for the shadow-model evaluation
+        that measures it)."""
         parts = split_forget(self.data, sample_ids)
         forget_logits = model_outputs(model, parts.forget_x)
         held_logits = model_outputs(model, self.data.x_held_out)
         forget_losses = per_sample_losses(forget_logits, parts.forget_y)
         held_losses = per_sample_losses(held_logits, self.data.y_held_out)
-        return {
+        n_f, n_h = len(parts.forget_y), len(self.data.y_held_out)
+        out = {
             "mia_auc": mia_auc(forget_losses, held_losses),
+            "conf_auc": mia_auc(
+                -softmax(forget_logits).max(axis=1), -softmax(held_logits).max(axis=1)
+            ),
+            "auc_resolution": auc_resolution(n_f, n_h),
             "forget_acc": accuracy(forget_logits, parts.forget_y),
             "held_out_acc": accuracy(held_logits, self.data.y_held_out),
             "forget_mean_loss": float(forget_losses.mean()),
             "held_out_mean_loss": float(held_losses.mean()),
             "oracle_member_rate": oracle_member_rate(forget_losses, held_losses),
-            "forget_samples": float(len(parts.forget_y)),
-            "held_out_samples": float(len(self.data.y_held_out)),
+            "forget_samples": float(n_f),
+            "held_out_samples": float(n_h),
         }
+        before = self._before_path(forget_id) if forget_id else None
+        if before is not None and before.exists():
+            start = np.load(before, allow_pickle=False)
+            now = flatten(model.state_dict())
+            if start.shape == now.shape:
+                load_vector(model, start)
+                phi_f0 = logit_confidence(model_outputs(model, parts.forget_x), parts.forget_y)
+                phi_h0 = logit_confidence(
+                    model_outputs(model, self.data.x_held_out), self.data.y_held_out
+                )
+                load_vector(model, now)
+                drop_f = phi_f0 - logit_confidence(forget_logits, parts.forget_y)
+                drop_h = phi_h0 - logit_confidence(held_logits, self.data.y_held_out)
+                half = (
+                    1.96
+                    * float(np.sqrt(drop_f.var(ddof=1) / n_f + drop_h.var(ddof=1) / max(n_h, 2)))
+                    if n_f > 1 and n_h > 1
+                    else float("nan")
+                )
+                out["excess_confidence_drop"] = float(drop_f.mean() - drop_h.mean())
+                out["excess_confidence_drop_ci95"] = half
+        return out
 
     def discard(self, forget_id: str, reversed_contribution: bool = False) -> None:
         """Forget a completed request's engine; after a Forsaken reversal also the record,
@@ -207,5 +261,6 @@ class ForgetExecutor:
         self._engines.pop(forget_id, None)
         self._steps.pop(forget_id, None)
         self._state_path(forget_id).unlink(missing_ok=True)
+        self._before_path(forget_id).unlink(missing_ok=True)
         if reversed_contribution:
             self.contributions.reset()

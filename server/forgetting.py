@@ -354,10 +354,20 @@ class ForgetManager:
             "client_gradient_evaluations": progress.get("client_gradient_evaluations", 0),
             "evidence": evidence,
             "reference": (
-                "mia_auc is a loss-threshold membership attack on the forgotten samples against "
-                "the node's held-out samples, which no model ever trained on. When the "
-                "forgotten data is drawn like the held-out slice, a model retrained from scratch "
-                "without it scores about 0.5; for data unlike it (e.g. relabelled samples) "
-                "compare with a retrained model, as `forsaken evaluate` does"
+                "What this evidence shows and what it cannot. mia_auc and conf_auc are "
+                "population attacks (a loss and a label-free confidence threshold) on the "
+                "forgotten samples against the node's held-out samples, which no model ever "
+                "trained on; auc_resolution is the smallest distance from 0.5 that these sample "
+                "sizes can tell from chance, so a value within 0.5 +/- auc_resolution says only "
+                "that no population-level difference is visible. excess_confidence_drop, where "
+                "present, is how much more the forgotten samples' logit confidence fell than the "
+                "held-out samples' between the model at the request and this one (95% half-width "
+                "beside it). None of this compares the model with one retrained without the "
+                "data: per-example memorisation, which a membership attack calibrated on shadow "
+                "models (LiRA) can still see when these numbers look clean, is measured only by "
+                "an evaluation with retrained references, as `forsaken evaluate` runs it; "
+                "docs/unlearning.md reports it for each method. For data unlike the held-out "
+                "slice (relabelled or triggered samples) the population numbers are not 0.5 "
+                "even for a retrained model"
             ),
         }

@@ -24,9 +24,8 @@ from forsaken.common.tensors import flatten
 from forsaken.common.training import TrainConfig, load_vector, train_local
 from forsaken.evaluate import DETAIL_FILE
 from forsaken.evaluation_report import COST_KEYS, MODEL_KEYS
-from forsaken.evaluation_scoring import METRICS
 from forsaken.evaluation_run import ForgetRun, hold_grpc_core
-from forsaken.evaluation_scoring import unlearning_cost
+from forsaken.evaluation_scoring import METRICS, unlearning_cost
 from forsaken.procs import forsaken_command
 from forsaken.server.checkpoints import FileCheckpointStore
 from forsaken.server.secure_round import SecureSettings, round_parameters

@@ -137,3 +137,28 @@ def test_manager_resumes_from_the_ledger() -> None:
     restarted = ForgetManager(ledger, ForgetPolicy())
     assert restarted.active() is not None and restarted.active().forget_id == rec.forget_id
     assert restarted.instruction_for("a") is not None
+
+
+def test_not_starts_from_the_negated_model_and_goes_straight_to_recovery() -> None:
+    ledger, fm = setup()
+    rec, _ = fm.request("a", "", "r", (), "not", 0)
+    assert fm.needs_negated_model()
+    with pytest.raises(InvalidPayload, match="negated model"):
+        fm.begin(SHA, 4, 1)
+    rollback = fm.begin(SHA, 4, 1, negated_model="ee" * 32)
+    assert rollback is not None
+    assert json.loads(rollback.progress_json)["rollback_model"] == "ee" * 32
+    assert ledger.forget(rec.forget_id).state is ForgetState.RECOVERING
+    assert not fm.needs_negated_model()
+    assert fm.instruction_for("a") is None  # the node computes nothing
+    assert fm.excluded_nodes() == {"a"}
+    fm.on_round_completed(("b",), 2)
+    assert ledger.forget(rec.forget_id).state is ForgetState.VERIFYING
+
+
+def test_fedquit_is_a_client_method() -> None:
+    _, fm = setup()
+    fm.request("a", "", "r", (), "fedquit", 0)
+    assert fm.begin(SHA, 1, 1) is None
+    order = fm.instruction_for("a")
+    assert order is not None and order.method == "fedquit"
