@@ -117,6 +117,12 @@ class ForsakenConfig:
     # Share of the client's own recorded contribution Σ w_t Δ_t / W reversed in the first
     # unlearning round (0: none; needs the record, see ForsakenEngine).
     reversal: float = 1.0
+    # The reversal is first-order: where the other clients' updates compensated this client's
+    # (relabelled or label-skewed data pulling against them), subtracting the client's record
+    # overshoots and wrecks the model. So the engine reverses the largest share (from
+    # `reversal` down in eighths) that keeps at least this fraction of the model's above-chance
+    # accuracy on the kept data (forward passes only, uncounted).
+    reversal_floor: float = 0.7
     # What the drift term holds the kept inputs' logits to: "incoming" (each round's global
     # model, as revisions 1-3 did), "start" (the model G starts from: after the reversal in the
     # first round) or "original" (the global model when unlearning began).
@@ -161,6 +167,7 @@ class ForsakenEngine:
         # the count it reported. The round means carried w_t Δ_t / W_t of it.
         self.contribution = None if contribution is None else np.asarray(contribution, np.float64)
         self.anchor: np.ndarray | None = None  # the global model when unlearning began
+        self.reversed = 0.0  # the share of the record reversed in this round
         self.model = build_model(spec.architecture, tuple(spec.input_shape), spec.num_classes, 0)
         self.model.eval()
         for p in self.model.parameters():
@@ -241,7 +248,7 @@ class ForsakenEngine:
             # Already indistinguishable from unseen data: nothing to upload, nothing to learn.
             zero = np.zeros(sum(p.numel() for p in incoming.values()), dtype=np.float32)
             return ForgetStep(zero, 0, True, metrics, 0)
-        start = self._start(global_vector, weight, total_weight)
+        start = self._start(global_vector, weight, total_weight, batch)
         params = incoming if start is None else params_of(self.spec, start)
         teacher = {"incoming": incoming, "start": params}.get(cfg.drift_teacher, incoming)
         if cfg.drift_teacher == "original" and self.anchor is not None:
@@ -271,7 +278,7 @@ class ForsakenEngine:
             "member_rate_after": rate_after,
             "scale": scale,
             "max_abs_update": float(np.abs(update).max()),
-            "reversed": 0.0 if start is None else cfg.reversal,
+            "reversed": self.reversed,
         } | terms
         done = (
             rate_after <= cfg.oracle_quantile + cfg.oracle_tolerance
@@ -280,21 +287,37 @@ class ForsakenEngine:
         return ForgetStep(update, weight, done, metrics, evals)
 
     def _start(
-        self, global_vector: np.ndarray, weight: int, total_weight: int | None
+        self, global_vector: np.ndarray, weight: int, total_weight: int | None, batch: _Round
     ) -> np.ndarray | None:
-        """Where G starts from: in the first round, the global model minus this client's own
-        share of it (its recorded Σ w_t Δ_t over the round total W); else None (the model)."""
+        """Where G starts from: in the first round, the global model minus a share of this
+        client's own contribution to it (its recorded Σ w_t Δ_t over the round total W, see
+        `reversal_floor`); else None (the model itself)."""
         cfg = self.config
+        self.reversed = 0.0
         if self.rounds_done != 1 or self.contribution is None or not cfg.reversal:
             return None
         total = total_weight if total_weight is not None else weight * cfg.expected_clients
-        share = self.contribution * (cfg.reversal / total)
+        share = self.contribution / total
         if share.shape != np.shape(global_vector):
             raise InvalidPayload(
                 f"the contribution record has {share.size} entries, "
                 f"the model {np.size(global_vector)}"
             )
-        return (np.asarray(global_vector, dtype=np.float64) - share).astype(np.float32)
+        theta = np.asarray(global_vector, dtype=np.float64)
+        chance = 1.0 / self.spec.num_classes
+        floor = chance + cfg.reversal_floor * (self._kept_accuracy(theta, batch) - chance)
+        for eighths in range(8, 0, -1):
+            alpha = cfg.reversal * eighths / 8
+            candidate = theta - alpha * share
+            if self._kept_accuracy(candidate, batch) >= floor:
+                self.reversed = alpha
+                return candidate.astype(np.float32)
+        return None
+
+    def _kept_accuracy(self, vector: np.ndarray, batch: _Round) -> float:
+        with torch.no_grad():
+            logits = self._logits(params_of(self.spec, vector.astype(np.float32)), batch.kx)
+        return float((logits.argmax(dim=1) == batch.ky).float().mean())
 
     def _train_generator(
         self,
