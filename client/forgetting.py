@@ -111,6 +111,40 @@ class ContributionRecord:
         atomic_write(self.path, buffer.getvalue(), mode=0o600)
 
 
+_STEP_PREFIX = "step."
+
+
+def _step_to_state(round_number: int, step: ForgetStep) -> dict[str, np.ndarray]:
+    """The last step as plain arrays beside the engine's state (no pickle)."""
+    names = sorted(step.metrics)
+    return {
+        "step.round": np.array(round_number, dtype=np.int64),
+        "step.update": np.asarray(step.update, dtype=np.float32),
+        "step.num_samples": np.array(step.num_samples, dtype=np.int64),
+        "step.done": np.array(step.done),
+        "step.gradient_evaluations": np.array(step.gradient_evaluations, dtype=np.int64),
+        "step.metric_names": np.array(names, dtype=np.str_),
+        "step.metric_values": np.array([step.metrics[n] for n in names], dtype=np.float64),
+    }
+
+
+def _step_from_state(state: dict[str, np.ndarray]) -> tuple[int, ForgetStep] | None:
+    if "step.round" not in state:
+        return None  # written before any step finished
+    names = [str(n) for n in state["step.metric_names"].reshape(-1)]
+    values = state["step.metric_values"].reshape(-1)
+    if len(names) != len(values):
+        raise ValueError("the saved step's metric names and values differ in length")
+    step = ForgetStep(
+        update=np.asarray(state["step.update"], dtype=np.float32),
+        num_samples=int(state["step.num_samples"]),
+        done=bool(state["step.done"]),
+        metrics={n: float(v) for n, v in zip(names, values, strict=True)},
+        gradient_evaluations=int(state["step.gradient_evaluations"]),
+    )
+    return int(state["step.round"]), step
+
+
 class ForgetExecutor:
     def __init__(self, state_dir: Path, data: ClientData, seed: int = 0) -> None:
         self.state_dir = Path(state_dir)
@@ -145,9 +179,15 @@ class ForgetExecutor:
             # Resume after a restart: plain arrays, never pickled.
             try:
                 with np.load(path, allow_pickle=False) as saved:
-                    engine.load_state_dict({k: saved[k] for k in saved.files})
+                    state = {k: saved[k] for k in saved.files}
+                engine.load_state_dict(
+                    {k: v for k, v in state.items() if not k.startswith(_STEP_PREFIX)}
+                )
+                last = _step_from_state(state)
             except (OSError, ValueError, KeyError) as exc:
                 raise CorruptState(f"{path} is not a valid engine state: {exc}") from None
+            if last is not None:
+                self._steps[forget_id] = last
         self._engines[forget_id] = engine
         return engine
 
@@ -163,12 +203,13 @@ class ForgetExecutor:
     ) -> ForgetStep:
         """One unlearning round: the engine's update, with its state saved before it is sent.
 
-        A round that is asked for again (its first attempt aborted) gets the same step: the
-        engine moves on only once per round."""
+        A round that is asked for again (its first attempt aborted) gets the same step, also
+        after a restart: the engine moves on only once per round, so Forsaken's reversal of
+        the record happens in exactly one round whatever fails around it."""
+        engine = self._engine(forget_id, method, spec)
         last = self._steps.get(forget_id)
         if last is not None and last[0] == round_number:
             return last[1]
-        engine = self._engine(forget_id, method, spec)
         parts = split_forget(self.data, sample_ids)
         before = self._before_path(forget_id)
         if not before.exists():
@@ -187,8 +228,10 @@ class ForgetExecutor:
             round_number,
             total_weight=int(total_weight) if total_weight else None,
         )
+        # The engine's state and the step it produced in one atomic file, so a restart finds
+        # both or neither.
         buffer = io.BytesIO()
-        np.savez(buffer, **engine.state_dict())
+        np.savez(buffer, **engine.state_dict(), **_step_to_state(round_number, step))
         atomic_write(self._state_path(forget_id), buffer.getvalue(), mode=0o600)
         self._steps[forget_id] = (round_number, step)
         return step
