@@ -1,4 +1,4 @@
-"""The backdoor test bed for unlearning (DESIGN §5, "Evaluation protocol").
+"""The backdoor test bed for unlearning (see docs/unlearning.md, "Test bed").
 
 The forgetting client is the attacker: it stamps a small bright square (the trigger) into one
 corner of most of its samples whose label is not the target class and relabels them to the

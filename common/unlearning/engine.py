@@ -1,4 +1,4 @@
-"""The forget engine a client runs in place of local training after ForgetMe (DESIGN §5).
+"""The forget engine a client runs in place of local training after ForgetMe.
 
 Every method returns a `ForgetStep`: a flat float32 update in the `tensors` layout plus the
 sample count the client reports as its weight, exactly what `train_local` gives the upload path,
@@ -13,7 +13,11 @@ other clients' ordinary training at weight (W - w)/W.
 
 `ForsakenEngine` is the seed method (Liu et al., "Learn to Forget", §4): a dummy-gradient
 generator trained each unlearning round, stopping when a local loss-threshold membership oracle
-says the forget set looks like data the model never saw.
+says the forget set looks like data the model never saw. In its first round it starts the
+generator not from the global model but from the global model minus this client's own
+first-order share of it (its record Σ w_t Δ_t over W, reversed only as far as the kept data's
+accuracy allows): the generator alone matched population statistics and left per-example
+memorisation in place (docs/unlearning.md, revision 4).
 """
 
 from __future__ import annotations
@@ -479,7 +483,7 @@ def _round_seed(seed: int, round_number: int) -> int:
 
 
 class FinetuneEngine:
-    """The negative control: the client simply stops contributing (DESIGN §5, "finetune").
+    """The negative control ("finetune"): the client simply stops contributing.
 
     Its one step reports weight 0 (an all-zero upload leaves the secure sum unchanged) and is
     done at once; the remaining clients' ordinary rounds are all that "unlearns".
