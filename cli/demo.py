@@ -1,6 +1,6 @@
 """`forsaken demo`: one server and N clients as separate OS processes on loopback.
 
-Client 0 holds the backdoor test bed of docs/evaluation.md (`forsaken client --backdoor`). After the
+Client 0 holds the backdoor test bed (`forsaken client --test-bed backdoor`). After the
 training rounds its owner asks the federation to forget all its data (ForgetMe); the demo
 follows the request to its receipt and then stops. The federation restarts between the two
 phases (from its ledger and checkpoints), so that the request is on record before round T + 1
@@ -29,6 +29,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from forsaken.common.certs import init_federation
+from forsaken.common.forget_methods import METHOD_NAMES
+from forsaken.common.receipts import verdict
 from forsaken.evaluation_run import (
     FORGETTER,
     Federation,
@@ -136,7 +138,7 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--forget-method",
         default="forsaken",
-        choices=("forsaken", "pga", "finetune", "retrain"),
+        choices=METHOD_NAMES,
         help="how the federation forgets client 0's data after training (default: %(default)s)",
     )
 
@@ -168,6 +170,7 @@ def run_demo(args: argparse.Namespace) -> int:
             alpha=args.alpha,
             port=args.port,
             method=args.forget_method,
+            test_bed="backdoor",
         ),
     )
     started = time.monotonic()
@@ -342,6 +345,7 @@ def _report(
             "model_sha256_before": receipt["model_sha256_before"],
             "model_sha256_after": receipt["model_sha256_after"],
             "evidence": receipt["evidence"],
+            "verdict": receipt.get("verdict") or verdict(receipt),
             "models": models,  # O, U and R: test_acc, asr, mia_auc, mia_tpr_at_1fpr, kl_forget, fr
             "note": note,
             "phase_wall_s": {k: round(v, 2) for k, v in run.seconds.items()},
@@ -424,6 +428,7 @@ def _table(report: dict[str, Any], console: Console) -> None:
             f"{m['fr']:.3f}",
         )
     console.print(compare)
+    console.print(f"[bold]receipt verdict[/bold]: {forget['verdict']}")
     if forget["note"]:
         console.print(f"[yellow]{forget['note']}[/yellow]")
     final = report["final"]

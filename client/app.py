@@ -28,6 +28,7 @@ from forsaken.common.identity import NodeIdentity
 from forsaken.common.partition import ClientData, client_split, parse_client_spec
 from forsaken.common.rpc_errors import DecodeGuard
 from forsaken.common.statelock import StateLock
+from forsaken.common.testbeds import PLANTINGS, plant_client_data
 from forsaken.v1 import owner_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,13 @@ class ClientConfig:
     backdoor: bool = option(
         False,
         "Evaluation test bed: stamp the trigger on this node's samples of other classes and "
-        "relabel them to the target class (the test bed of docs/evaluation.md).",
+        "relabel them to the target class (the same as --test-bed backdoor).",
+    )
+    test_bed: str = option(
+        "none",
+        "Evaluation test bed planted in this node's training data, as `forsaken evaluate "
+        "--scenario` builds it: backdoor, backdoor-patch, backdoor-blend or label-flip.",
+        choices=("none", *PLANTINGS),
     )
     log_level: str = option(
         "info",
@@ -184,10 +191,14 @@ class ClientApp:
             held_out_fraction=config.held_out_fraction,
         )
         log.info("data: %s", _split_summary(dataset, data, config))
-        if config.backdoor:
-            # The test bed of docs/evaluation.md, seeded exactly as the in-process protocol
-            # runner (`forsaken.common.unlearning.reference`) seeds its forgetting client, so
-            # both hold identical data; sample ids and the held-out slice are unchanged.
+        if config.test_bed not in ("none", "", "backdoor"):
+            # Seeded exactly as the evaluation's in-process runner seeds its forgetting client
+            # (forsaken.common.testbeds), so both hold identical data; sample ids and the
+            # held-out slice are unchanged.
+            data = plant_client_data(config.test_bed, dataset, data, config.seed)
+            log.warning("--test-bed %s planted in this node's training data", config.test_bed)
+        elif config.backdoor or config.test_bed == "backdoor":
+            # The backdoor test bed, seeded as the in-process runner seeds it (see above).
             planted = poison_client(data, seed=config.seed, trigger=dataset_trigger(dataset))
             data = planted.data
             log.warning(

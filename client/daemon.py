@@ -114,6 +114,7 @@ class ClientDaemon:
         self._lock = threading.Lock()
         self.secure = SecureSessions(connection, connection.identity.signing_seed)
         self.forgetter = ForgetExecutor(Path(state_file.path).parent, data, seed)
+        self._pending_contribution: tuple[int, np.ndarray, int] | None = None
 
     # ---- data in use ------------------------------------------------------------------
 
@@ -397,13 +398,15 @@ class ClientDaemon:
                 task.forget_id, "failed", {}, reason="this node has no record of the request"
             )
             return
-        evidence = self.forgetter.evidence(model, mine[0].sample_ids)
+        evidence = self.forgetter.evidence(model, mine[0].sample_ids, task.forget_id)
         info = self.conn.report_forget(
             task.forget_id, "evidence", evidence, model_sha256=task.model_sha256
         )
         self._update_forget(mine[0].request_id, state=info.state)
         if info.state == "completed":
-            self.forgetter.discard(task.forget_id)
+            self.forgetter.discard(
+                task.forget_id, reversed_contribution=mine[0].method == "forsaken"
+            )
         log.info(
             "forget %s verified on model %s: %s",
             task.forget_id,
@@ -456,12 +459,18 @@ class ClientDaemon:
             payload=to_bytes(update),
         )
         self._count_round(task.round)
+        if task.forget is None and num_samples > 0:
+            self.forgetter.record_contribution(task.round, update, num_samples)
         if reply.duplicate:
             log.info("round %d: the server already had this update", task.round)
 
     def _secure_stage(self, task: SecAggTask) -> None:
         if isinstance(task.message, SetupInfo):
             update, num_samples, _ = self._train(task)
+            # Counted as this node's contribution once the round's protocol finishes with it.
+            self._pending_contribution = (
+                (task.round, update, num_samples) if task.forget is None else None
+            )
             seed = client_round_seed(self.seed, self.partition_index, task.round)
             rounding = hashlib.sha256(b"forsaken/secagg/rounding/v1" + seed.to_bytes(8, "big"))
             self.secure.start(task, update, num_samples, rounding.digest())
@@ -469,6 +478,9 @@ class ClientDaemon:
         self.secure.handle(task)
         if isinstance(self.secure.current_state(), ClientDone):
             self._count_round(task.round)
+            pending, self._pending_contribution = self._pending_contribution, None
+            if pending is not None and pending[0] == task.round and pending[2] > 0:
+                self.forgetter.record_contribution(*pending)
 
     def _count_round(self, round_: int) -> None:
         with self._lock:

@@ -54,7 +54,7 @@ ARCHITECTURES: dict[str, Builder] = {"mlp": _mlp, "cnn": _cnn}
 
 # Chosen by the experiments recorded with the training defaults; unknown (user) data gets the
 # MLP, which works for any input shape.
-DEFAULT_ARCHITECTURES: dict[str, str] = {"digits": "mlp", "mnist5k": "mlp"}
+DEFAULT_ARCHITECTURES: dict[str, str] = {"digits": "mlp", "mnist5k": "mlp", "fashion": "cnn"}
 FALLBACK_ARCHITECTURE = "mlp"
 
 

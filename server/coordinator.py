@@ -38,6 +38,7 @@ from forsaken.common.secagg.messages import Stage as SecAggStage
 from forsaken.common.secagg.setup import SetupInfo
 from forsaken.common.tensors import TensorSpec, from_bytes, require_finite, to_bytes
 from forsaken.common.types import ModelSpec, TrainSettings
+from forsaken.common.unlearning.negation import negate
 from forsaken.common.update_bound import RELATIVE_TOLERANCE, check_aggregate, l2_norm
 from forsaken.server.checkpoints import CheckpointStore
 from forsaken.server.faults import FaultBook
@@ -590,7 +591,11 @@ class Coordinator:
         )
 
     def _maybe_start(self, now_ms: int) -> list[Event]:
-        rollback = self.forgets.begin(self._model_sha, self._completed, now_ms)
+        negated = None
+        if self.forgets.needs_negated_model():
+            vector = negate(self._model, self.tensors)
+            negated = self.checkpoints.put(to_bytes(vector), {"round": self._completed})
+        rollback = self.forgets.begin(self._model_sha, self._completed, now_ms, negated)
         if rollback is not None:
             self._roll_back(rollback)
         if self._finished and not self._forget_needs_rounds():
@@ -660,7 +665,8 @@ class Coordinator:
         return rec is not None and rec.state in (ForgetState.UNLEARNING, ForgetState.RECOVERING)
 
     def _roll_back(self, rec: ForgetRecord) -> None:
-        """`retrain`: restart from the last model before the node's first contribution."""
+        """`retrain`: restart from the last model before the node's first contribution;
+        `not`: continue from the negated model."""
         sha = json.loads(rec.progress_json)["rollback_model"]
         self._model = from_bytes(self.checkpoints.get(sha), self.tensors)
         self._model_sha = sha
