@@ -19,12 +19,13 @@ from forsaken.client.transport import FleetConnection
 from forsaken.common import tls
 from forsaken.common.backdoor import dataset_trigger, poison_client
 from forsaken.common.config import option
-from forsaken.common.datasets import load_dataset
 from forsaken.common.errors import ConfigError
 from forsaken.common.fsutil import atomic_write
 from forsaken.common.identity import NodeIdentity
-from forsaken.common.partition import client_split, parse_client_spec
+from forsaken.common.partition import parse_client_spec
 from forsaken.common.rpc_errors import DecodeGuard
+from forsaken.common.task import DataRequest, for_client
+from forsaken.common.task_loader import resolve_task
 from forsaken.v1 import owner_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,18 @@ class ClientConfig:
     state_dir: Path = option(Path("forsaken-client"), "Directory for the node key and local state.")
     dataset: str = option(
         "mnist5k", "Local data: digits, mnist5k, or a path to an .npz file with arrays x and y."
+    )
+    architecture: str = option(
+        "", "Built-in model for --dataset (mlp, cnn); empty: the dataset's default."
+    )
+    task: str = option(
+        "",
+        "The federation's task, your own model and data: module:attr or path/to/file.py:attr "
+        "(see the README's 'Bring your own model'); it replaces --dataset and --architecture, "
+        "which name a built-in task. Its model must be the server's (checked at Join).",
+    )
+    data_dir: str = option(
+        "", "Directory the task reads its data from (handed to its data functions)."
     )
     partition: str = option("0/1", "Which shard of the dataset this node holds, as i/N (0-based).")
     scheme: str = option("iid", "Partition scheme.", choices=("iid", "dirichlet"))
@@ -121,17 +134,22 @@ class ClientApp:
         state_dir = Path(config.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
         index, count = parse_client_spec(config.partition)
-        dataset = load_dataset(config.dataset)
-        data = client_split(
-            dataset,
-            index,
-            count,
-            config.scheme,
-            config.alpha,
-            config.seed,
-            held_out_fraction=config.held_out_fraction,
+        task = resolve_task(config.task, config.dataset, config.architecture)
+        request = DataRequest(
+            partition_index=index,
+            partition_count=count,
+            scheme=config.scheme,
+            alpha=config.alpha,
+            seed=config.seed,
+            data_dir=Path(config.data_dir) if config.data_dir else None,
         )
+        loaded, data, dataset = for_client(task, request, config.held_out_fraction)
         if config.backdoor:
+            if dataset is None or len(dataset.input_shape) != 3:
+                raise ConfigError(
+                    "--backdoor stamps an image trigger into a partition of the task's data: it "
+                    "needs images (C, H, W) from the task's data function, not local_data"
+                )
             # The test bed of DESIGN §5, seeded exactly as the in-process protocol runner
             # (`forsaken.common.unlearning.reference`) seeds its forgetting client, so both
             # hold identical data; sample ids and the held-out slice are unchanged.
@@ -144,7 +162,7 @@ class ClientApp:
                 planted.target,
             )
         selection = DataSelection(
-            dataset=dataset.name,
+            dataset=dataset.name if dataset is not None else task.name,
             partition_index=index,
             partition_count=count,
             scheme=config.scheme,
@@ -164,9 +182,13 @@ class ClientApp:
         self.daemon = ClientDaemon(
             connection=self.connection,
             data=data,
-            dataset_name=dataset.name,
-            input_shape=tuple(dataset.input_shape),
-            num_classes=int(dataset.num_classes),
+            task=loaded,
+            dataset_name=selection.dataset,
+            input_shape=tuple(loaded.spec.input_shape),
+            # The labels this node holds; the server refuses more than its model has.
+            num_classes=int(max(data.y_train.max(initial=0), data.y_held_out.max(initial=0)) + 1)
+            if dataset is None
+            else int(dataset.num_classes),
             state_file=state_file,
             state=state,
             partition_index=index,
@@ -187,8 +209,10 @@ class ClientApp:
         self.owner_address = f"{host}:{port}"
         atomic_write(state_dir / OWNER_ADDRESS_FILE, (self.owner_address + "\n").encode())
         log.info(
-            "node %s: %d training, %d held-out samples; Owner API on %s",
+            "node %s: task %s (model %s), %d training, %d held-out samples; Owner API on %s",
             identity.node_id,
+            task.name,
+            loaded.spec.architecture,
             len(data.y_train),
             len(data.y_held_out),
             self.owner_address,
