@@ -375,12 +375,16 @@ def _optimizer(config: ForsakenConfig, generator: torch.nn.Module) -> torch.opti
 
 
 def augment(x: Tensor, shift: int, rng: torch.Generator) -> Tensor:
-    """Clean-looking inputs beyond the few kept samples: a random mixup of pairs, rolled by up
-    to `shift` pixels. They never carry anything the forget set alone has, so holding the
-    model's logits fixed on them protects utility without protecting what must go."""
-    b = len(x)  # x: (B, C, H, W)
-    lam = torch.rand(b, 1, 1, 1, generator=rng)
+    """Clean-looking inputs beyond the few kept samples: a random mixup of pairs and, for images
+    (B, C, H, W), a roll by up to `shift` pixels. They never carry anything the forget set alone
+    has, so holding the model's logits fixed on them protects utility without protecting what
+    must go. Other inputs (a task's sequences or tabular features) are only mixed: whether a
+    shift along their axes keeps them plausible is not known here."""
+    b = len(x)  # x: (B, ...)
+    lam = torch.rand((b,) + (1,) * (x.ndim - 1), generator=rng)
     mixed = lam * x + (1 - lam) * x[torch.randperm(b, generator=rng)]
+    if x.ndim != 4:
+        return mixed
     dy, dx = (int(v) for v in torch.randint(-shift, shift + 1, (2,), generator=rng))
     return torch.roll(mixed, shifts=(dy, dx), dims=(2, 3))
 
