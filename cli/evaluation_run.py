@@ -44,6 +44,9 @@ class FederationConfig:
     alpha: float = 0.5
     port: int = 0
     method: str = "forsaken"
+    task: str = ""  # a task reference for both daemons; empty: the built-in task of dataset
+    data_dir: str = ""
+    backdoor: bool = True  # client 0 plants the backdoor test bed (built-in image data only)
 
 
 @dataclass
@@ -153,8 +156,7 @@ class Federation:
             "aggregation": "secure",
             "poll-timeout-s": 2,
         }
-        if c.architecture:
-            flags["architecture"] = c.architecture
+        flags |= _task_flags(c)
         if c.local_epochs:
             flags["local-epochs"] = c.local_epochs
         self.server = spawn(
@@ -184,9 +186,9 @@ class Federation:
             "seed": c.seed,
             "owner-listen": "127.0.0.1:0",
             "max-backoff-s": 1,
-        }
+        } | _task_flags(c)
         args = _argv("client", flags)
-        if index == FORGETTER:
+        if index == FORGETTER and c.backdoor:
             args.append("--backdoor")
             # The same daemon, started through the recorder of its forget steps.
             argv = [
@@ -272,6 +274,17 @@ class Federation:
         return [json.loads(line) for line in self.step_log.read_text().splitlines() if line]
 
 
+def _task_flags(c: FederationConfig) -> dict[str, object]:
+    """What names the model and data, for both daemons alike."""
+    flags: dict[str, object] = {}
+    for name, value in (("architecture", c.architecture), ("task", c.task)):
+        if value:
+            flags[name] = value
+    if c.data_dir:
+        flags["data-dir"] = c.data_dir
+    return flags
+
+
 def _argv(command: str, flags: dict[str, object]) -> list[str]:
     out = [command]
     for name, value in flags.items():
@@ -328,7 +341,8 @@ def train_then_forget(
             time.sleep(0.3)
 
     # Phase 1: exactly T rounds with every client; a dropout aborts and retries the round.
-    on_event(f"training {rounds} rounds with client {FORGETTER} holding the backdoor")
+    planted = f" with client {FORGETTER} holding the backdoor" if c.backdoor else ""
+    on_event(f"training {rounds} rounds{planted}")
     fed.start_server(rounds, min_completed=c.clients)
     for i in range(c.clients):
         fed.start_client(i)

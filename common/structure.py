@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -29,6 +30,16 @@ def structure_of(model: nn.Module) -> tuple[TensorSpec, ...]:
     return tuple(
         TensorSpec(name, tuple(int(d) for d in t.shape), str(t.dtype).removeprefix("torch."))
         for name, t in model.state_dict().items()
+    )
+
+
+def parameter_entries(model: nn.Module) -> np.ndarray:
+    """(numel of the state vector,) bool: which entries of the flat state are parameters (the
+    rest are float buffers such as BatchNorm statistics)."""
+    names = {name for name, _ in model.named_parameters()}
+    return np.concatenate(
+        [np.full(t.numel(), name in names) for name, t in model.state_dict().items()]
+        or [np.zeros(0, dtype=bool)]
     )
 
 

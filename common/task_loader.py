@@ -36,7 +36,11 @@ def load_task(reference: str) -> Task:
     where, sep, attr = reference.strip().rpartition(":")
     if not sep or not where or not attr:
         raise ConfigError(f"--task {reference!r} is not of the form {_FORM}")
-    module = _import_file(where, reference) if _is_path(where) else _import_module(where, reference)
+    module = (
+        _import_file(where, reference)
+        if is_file_reference(where)
+        else _import_module(where, reference)
+    )
     target: object = module
     for part in attr.split("."):
         if not hasattr(target, part):
@@ -56,8 +60,17 @@ def load_task(reference: str) -> Task:
     return target
 
 
-def _is_path(where: str) -> bool:
+def is_file_reference(where: str) -> bool:
+    """True for the `path/to/file.py` form of a reference's module part."""
     return where.endswith(".py") or "/" in where or os.sep in where
+
+
+def absolute_reference(reference: str) -> str:
+    """The same reference with a file path made absolute, for processes in other folders."""
+    where, sep, attr = reference.strip().rpartition(":")
+    if sep and is_file_reference(where):
+        return f"{Path(where).expanduser().resolve()}:{attr}"
+    return reference
 
 
 def _import_file(where: str, reference: str) -> ModuleType:

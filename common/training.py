@@ -7,6 +7,7 @@ model. Same model, data, config and seed give a bit-identical update on the same
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -138,9 +139,14 @@ def evaluate(
 
 def load_vector(model: nn.Module, vector: np.ndarray) -> None:
     """Set every parameter of `model` from a flat vector in the `tensors` codec layout."""
-    arrays = unflatten(np.asarray(vector, dtype=np.float32), specs_of(model.state_dict()))
+    current = model.state_dict()
+    arrays = unflatten(np.asarray(vector, dtype=np.float32), specs_of(current))
     # copy: unflatten returns views into `vector`, and the model must not alias caller memory.
-    model.load_state_dict({name: torch.tensor(a) for name, a in arrays.items()})
+    state = OrderedDict((name, torch.tensor(a)) for name, a in arrays.items())
+    # The modules' version metadata: without it BatchNorm takes the dict for a pre-1.0 one and
+    # adds back the batch counter that a task's model keeps out of its exchanged state.
+    state._metadata = getattr(current, "_metadata", None)  # type: ignore[attr-defined]
+    model.load_state_dict(state)
 
 
 @contextmanager

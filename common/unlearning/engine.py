@@ -24,7 +24,7 @@ from typing import Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from forsaken.common.errors import ConfigError, InvalidPayload
 from forsaken.common.metrics import oracle_member_rate, per_sample_losses
@@ -126,6 +126,28 @@ class ForsakenConfig:
             raise ConfigError(f"oracle_quantile must be in (0, 1), got {self.oracle_quantile}")
 
 
+_NORMALISATION = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+
+
+def default_targets(model: nn.Module) -> tuple[str, ...]:
+    """The parameters G generates for when its config names none: all but normalisation
+    layers' gains and shifts (BatchNorm, LayerNorm, GroupNorm, RMSNorm).
+
+    A gain scales a whole channel, and G's step for a tensor is sized by that tensor's RMS
+    (1 for a gain): one unit of output rescales every activation of the channel, a far coarser
+    move than a weight-sized step. On a BatchNorm 1-D CNN (examples/sequence.py) generating
+    for the gains sent the drift term from 0.4 to 22 and accuracy from 0.90 to 0.81 in one
+    round; without them the round kept 0.91."""
+    skipped = {
+        f"{prefix}.{name}" if prefix else name
+        for prefix, module in model.named_modules()
+        if isinstance(module, _NORMALISATION)
+        for name, _ in module.named_parameters(recurse=False)
+    }
+    names = tuple(n for n, _ in model.named_parameters() if n not in skipped)
+    return names or tuple(n for n, _ in model.named_parameters())
+
+
 def _tensor(x: np.ndarray, dtype: torch.dtype = torch.float32) -> Tensor:
     return torch.tensor(np.asarray(x), dtype=dtype)
 
@@ -142,7 +164,7 @@ class ForsakenEngine:
         for p in self.model.parameters():
             p.requires_grad_(False)
         init = dict(self.model.named_parameters())
-        targets = self.config.generator.targets or tuple(init)
+        targets = self.config.generator.targets or default_targets(self.model)
         missing = [t for t in targets if t not in init]
         if missing:
             raise ConfigError(f"generator targets {missing} are not parameters of the model")
