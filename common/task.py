@@ -337,16 +337,18 @@ def bind(task: Task, sample_x: np.ndarray, dataset_name: str = "") -> LoadedTask
 
 
 def _exchangeable(task: Task) -> nn.Module:
-    return make_exchangeable(task.model())
+    model = task.model()
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"task {task.name!r}: model() returned {type(model).__name__}, not a torch nn.Module"
+        )
+    return make_exchangeable(model)
 
 
 def _seeded_build(task: Task) -> nn.Module:
     with user_code(task.name, "building the model"), torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = _exchangeable(task)
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"task {task.name!r}: model() returned {type(model).__name__}")
-    return model
+        return _exchangeable(task)
 
 
 def _first_unequal(a: nn.Module, b: nn.Module) -> str | None:
