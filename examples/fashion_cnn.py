@@ -1,8 +1,12 @@
 """A CNN of 1.03M parameters on the full Fashion-MNIST (60,000 training, 10,000 test images).
 
     apt-get install dataset-fashion-mnist    # Debian's package: the original IDX files
-    forsaken demo --task examples/fashion_cnn.py:task --clients 3 --rounds 3 --local-epochs 1 \\
-        --out fashion-out
+    forsaken demo --task examples/fashion_cnn.py:task --clients 3 --rounds 1 --local-epochs 1 \\
+        --round-timeout 600 --out fashion-out
+
+That run (tests/test_fashion_example.py) scored 0.571 after its one training round and 0.872
+after client 0's ForgetMe (two unlearning rounds and one recovery round among the other two
+clients), with the receipt's loss-threshold MIA AUC at 0.497 on client 0's 18,000 images.
 
 The images are read from `--data-dir` (both daemons, and `forsaken demo`, pass it on), by
 default where Debian's package puts them, /usr/share/datasets/fashion-mnist; any folder with

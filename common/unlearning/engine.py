@@ -126,6 +126,7 @@ class ForsakenConfig:
             raise ConfigError(f"oracle_quantile must be in (0, 1), got {self.oracle_quantile}")
 
 
+_LOGIT_CHUNK = 1024  # inputs per forward pass when the engine scores a whole set
 _NORMALISATION = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
 
 
@@ -328,7 +329,13 @@ class ForsakenEngine:
         return g, evals, terms | {"atypical_positions": float(atypical)}
 
     def _logits(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
-        return torch.func.functional_call(self.model, params, (x,))
+        # In chunks: a whole forget set through a task's CNN at once is gigabytes of
+        # activations (18,000 Fashion-MNIST images: 1.8 GB for the first layer alone).
+        chunks = [
+            torch.func.functional_call(self.model, params, (x[i : i + _LOGIT_CHUNK],))
+            for i in range(0, len(x), _LOGIT_CHUNK)
+        ]
+        return torch.cat(chunks) if chunks else torch.func.functional_call(self.model, params, (x,))
 
     def _member_rate(
         self, forget_logits: Tensor, fy: Tensor, held_logits: Tensor, hy: Tensor
