@@ -119,3 +119,28 @@ def test_the_task_option_comes_from_toml_and_the_environment(task_dir: Path) -> 
     env = {**os.environ, "FORSAKEN_CLIENT_TASK": "missing_from_env.py:task"}
     out = run_cli("client", "--state-dir", str(task_dir / "c"), cwd=task_dir, env=env)
     assert out.returncode == 2 and "missing_from_env.py does not exist" in out.stderr
+
+
+def test_a_state_directory_keeps_the_model_it_was_started_with(task_dir: Path) -> None:
+    from forsaken.common.errors import InvalidPayload
+    from forsaken.server.app import ServerConfig, ServerDaemon
+
+    wider = task_dir / "wider.py"
+    wider.write_text(
+        (task_dir / "tiny_task.py").read_text().replace("from helper import WIDTH", "WIDTH = 16")
+    )
+    state = task_dir / "server"
+    first = ServerDaemon(
+        ServerConfig(
+            state_dir=state, task=f"{task_dir / 'tiny_task.py'}:task", listen="127.0.0.1:0"
+        )
+    )
+    first.ledger.close()
+    again = ServerDaemon(
+        ServerConfig(
+            state_dir=state, task=f"{task_dir / 'tiny_task.py'}:task", listen="127.0.0.1:0"
+        )
+    )  # the same task resumes
+    again.ledger.close()
+    with pytest.raises(InvalidPayload, match=r"holds a federation for model tiny@\w+/4/2/"):
+        ServerDaemon(ServerConfig(state_dir=state, task=f"{wider}:task", listen="127.0.0.1:0"))
