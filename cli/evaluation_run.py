@@ -46,6 +46,8 @@ class FederationConfig:
     method: str = "forsaken"
     test_bed: str = ""  # planted in client 0's data (`forsaken client --test-bed`); "": none
     sample_ids: tuple[int, ...] = ()  # what client 0's owner asks to forget; (): all of it
+    task: str = ""  # a task reference for both daemons; empty: the built-in task of dataset
+    data_dir: str = ""
 
 
 @dataclass
@@ -156,8 +158,7 @@ class Federation:
             "aggregation": "secure",
             "poll-timeout-s": 2,
         }
-        if c.architecture:
-            flags["architecture"] = c.architecture
+        flags |= _task_flags(c)
         if c.local_epochs:
             flags["local-epochs"] = c.local_epochs
         self.server = spawn(
@@ -187,7 +188,7 @@ class Federation:
             "seed": c.seed,
             "owner-listen": "127.0.0.1:0",
             "max-backoff-s": 1,
-        }
+        } | _task_flags(c)
         args = _argv("client", flags)
         if index == FORGETTER:
             if c.test_bed:
@@ -279,6 +280,17 @@ class Federation:
         if not self.step_log.exists():
             return []
         return [json.loads(line) for line in self.step_log.read_text().splitlines() if line]
+
+
+def _task_flags(c: FederationConfig) -> dict[str, object]:
+    """What names the model and data, for both daemons alike."""
+    flags: dict[str, object] = {}
+    for name, value in (("architecture", c.architecture), ("task", c.task)):
+        if value:
+            flags[name] = value
+    if c.data_dir:
+        flags["data-dir"] = c.data_dir
+    return flags
 
 
 def _argv(command: str, flags: dict[str, object]) -> list[str]:

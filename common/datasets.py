@@ -33,13 +33,13 @@ class Dataset:
     """A loaded dataset with its fixed split. Arrays are read-only and may be shared."""
 
     name: str
-    x_train: np.ndarray  # (N_train, C, H, W) float32 in [0, 1]
+    x_train: np.ndarray  # (N_train, C, H, W) float32 in [0, 1]; a task's: (N_train, ...) float32
     y_train: np.ndarray  # (N_train,) int64 in [0, num_classes)
     ids_train: np.ndarray  # (N_train,) int64 global sample ids, ascending
     x_test: np.ndarray
     y_test: np.ndarray
     ids_test: np.ndarray
-    input_shape: tuple[int, int, int]  # (C, H, W)
+    input_shape: tuple[int, ...]  # (C, H, W) for the built-ins, any shape for a task's data
     num_classes: int
 
 

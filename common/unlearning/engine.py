@@ -28,7 +28,7 @@ from typing import Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from forsaken.common.errors import ConfigError, InvalidPayload
 from forsaken.common.metrics import oracle_member_rate, per_sample_losses
@@ -151,6 +151,29 @@ class ForsakenConfig:
             raise ConfigError(f"invalid forsaken config {self}")
 
 
+_LOGIT_CHUNK = 1024  # inputs per forward pass when the engine scores a whole set
+_NORMALISATION = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+
+
+def default_targets(model: nn.Module) -> tuple[str, ...]:
+    """The parameters G generates for when its config names none: all but normalisation
+    layers' gains and shifts (BatchNorm, LayerNorm, GroupNorm, RMSNorm).
+
+    A gain scales a whole channel, and G's step for a tensor is sized by that tensor's RMS
+    (1 for a gain): one unit of output rescales every activation of the channel, a far coarser
+    move than a weight-sized step. On a BatchNorm 1-D CNN (examples/sequence.py) generating
+    for the gains sent the drift term from 0.4 to 22 and accuracy from 0.90 to 0.81 in one
+    round; without them the round kept 0.91."""
+    skipped = {
+        f"{prefix}.{name}" if prefix else name
+        for prefix, module in model.named_modules()
+        if isinstance(module, _NORMALISATION)
+        for name, _ in module.named_parameters(recurse=False)
+    }
+    names = tuple(n for n, _ in model.named_parameters() if n not in skipped)
+    return names or tuple(n for n, _ in model.named_parameters())
+
+
 def _tensor(x: np.ndarray, dtype: torch.dtype = torch.float32) -> Tensor:
     return torch.tensor(np.asarray(x), dtype=dtype)
 
@@ -177,7 +200,7 @@ class ForsakenEngine:
         for p in self.model.parameters():
             p.requires_grad_(False)
         init = dict(self.model.named_parameters())
-        targets = self.config.generator.targets or tuple(init)
+        targets = self.config.generator.targets or default_targets(self.model)
         missing = [t for t in targets if t not in init]
         if missing:
             raise ConfigError(f"generator targets {missing} are not parameters of the model")
@@ -395,7 +418,13 @@ class ForsakenEngine:
         return g, evals, terms | {"atypical_positions": float(atypical)}
 
     def _logits(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
-        return torch.func.functional_call(self.model, params, (x,))
+        # In chunks: a whole forget set through a task's CNN at once is gigabytes of
+        # activations (18,000 Fashion-MNIST images: 1.8 GB for the first layer alone).
+        chunks = [
+            torch.func.functional_call(self.model, params, (x[i : i + _LOGIT_CHUNK],))
+            for i in range(0, len(x), _LOGIT_CHUNK)
+        ]
+        return torch.cat(chunks) if chunks else torch.func.functional_call(self.model, params, (x,))
 
     def _member_rate(
         self, forget_logits: Tensor, fy: Tensor, held_logits: Tensor, hy: Tensor
@@ -467,12 +496,16 @@ def _optimizer(config: ForsakenConfig, generator: torch.nn.Module) -> torch.opti
 
 
 def augment(x: Tensor, shift: int, rng: torch.Generator) -> Tensor:
-    """Clean-looking inputs beyond the few kept samples: a random mixup of pairs, rolled by up
-    to `shift` pixels. They never carry anything the forget set alone has, so holding the
-    model's logits fixed on them protects utility without protecting what must go."""
-    b = len(x)  # x: (B, C, H, W)
-    lam = torch.rand(b, 1, 1, 1, generator=rng)
+    """Clean-looking inputs beyond the few kept samples: a random mixup of pairs and, for images
+    (B, C, H, W), a roll by up to `shift` pixels. They never carry anything the forget set alone
+    has, so holding the model's logits fixed on them protects utility without protecting what
+    must go. Other inputs (a task's sequences or tabular features) are only mixed: whether a
+    shift along their axes keeps them plausible is not known here."""
+    b = len(x)  # x: (B, ...)
+    lam = torch.rand((b,) + (1,) * (x.ndim - 1), generator=rng)
     mixed = lam * x + (1 - lam) * x[torch.randperm(b, generator=rng)]
+    if x.ndim != 4:
+        return mixed
     dy, dx = (int(v) for v in torch.randint(-shift, shift + 1, (2,), generator=rng))
     return torch.roll(mixed, shifts=(dy, dx), dims=(2, 3))
 
