@@ -101,10 +101,28 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
         help="give up after this many seconds (default: %(default)s)",
     )
     ld.add_argument("--json", action="store_true", help="print JSON only")
+    from forsaken.bench_generator import add_generator_arguments
+
+    add_generator_arguments(
+        sub.add_parser(
+            "generator",
+            help="Forsaken's generator on a large model: head sizes and step cost",
+            description="Build Forsaken's dummy-gradient generator for a model (a task's, or a "
+            "20M-parameter CNN) and report each tensor's head and weights beside what a dense "
+            "head would need, and an unlearning round's time as a ratio to the same number of "
+            "SGD steps of the model.",
+        )
+    )
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    if args.bench == "round":
+    if args.bench == "generator":
+        from forsaken.bench_generator import bench_generator, print_table
+
+        result = bench_generator(args.task, args.data_dir, args.steps, args.repeats)
+        if not args.json:
+            print_table(result)
+    elif args.bench == "round":
         result = bench_round(args.clients, args.params or list(DEFAULT_ROUND_SIZES), args.rounds)
     elif args.bench == "load":
         result = bench_load(

@@ -1,6 +1,6 @@
 """`forsaken demo`: one server and N clients as separate OS processes on loopback.
 
-Client 0 holds the backdoor test bed of docs/evaluation.md (`forsaken client --backdoor`). After the
+Client 0 holds the backdoor test bed (`forsaken client --test-bed backdoor`). After the
 training rounds its owner asks the federation to forget all its data (ForgetMe); the demo
 follows the request to its receipt and then stops. The federation restarts between the two
 phases (from its ledger and checkpoints), so that the request is on record before round T + 1
@@ -29,6 +29,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from forsaken.common.certs import init_federation
+from forsaken.common.datasets import Dataset, load_dataset
+from forsaken.common.forget_methods import METHOD_NAMES
+from forsaken.common.receipts import verdict
+from forsaken.common.task import DataRequest, LoadedTask, for_client, for_server, majority_rate
+from forsaken.common.task_loader import absolute_reference, load_task
 from forsaken.evaluation_run import (
     FORGETTER,
     Federation,
@@ -134,9 +139,18 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
         help="give up after this many seconds (default: %(default)s)",
     )
     p.add_argument(
+        "--task",
+        default="",
+        help="your own task for both daemons (module:attr or path/to/file.py:attr) instead of "
+        "--dataset/--architecture; client 0 then plants no backdoor and R is not computed",
+    )
+    p.add_argument(
+        "--data-dir", default="", help="directory the task reads its data from (see --task)"
+    )
+    p.add_argument(
         "--forget-method",
         default="forsaken",
-        choices=("forsaken", "pga", "finetune", "retrain"),
+        choices=METHOD_NAMES,
         help="how the federation forgets client 0's data after training (default: %(default)s)",
     )
 
@@ -149,6 +163,10 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.rounds < 1:
         console.print("[red]--rounds must be >= 1[/red]")
         return 2
+    if args.task:
+        args.task = absolute_reference(args.task)
+    # Load the task here first: a task that fails to import or build is a CLI error naming it.
+    subject = _Subject.open(args)
     out: Path = args.out
     if out.exists():
         shutil.rmtree(out)
@@ -168,13 +186,18 @@ def run_demo(args: argparse.Namespace) -> int:
             alpha=args.alpha,
             port=args.port,
             method=args.forget_method,
+            task=args.task,
+            data_dir=args.data_dir,
+            # The backdoor test bed needs the built-in image data; a user's task runs clean.
+            test_bed="" if args.task else "backdoor",
         ),
     )
     started = time.monotonic()
     try:
+        planted = "" if args.task else " (client 0 with the backdoor)"
         console.print(
-            f"server on {fed.address}, {args.clients} clients (client 0 with the backdoor), "
-            f"dataset {args.dataset}; logs in {out / 'logs'}"
+            f"server on {fed.address}, {args.clients} clients{planted}, {subject.what}; "
+            f"logs in {out / 'logs'}"
         )
         run = _follow(fed, args, console)
         vectors = {
@@ -189,9 +212,10 @@ def run_demo(args: argparse.Namespace) -> int:
         return 1
     finally:
         fed.stop()
-    models, note, scorer = _compare(vectors, args, console)
+    models, note, scorer = subject.compare(vectors, args, console)
     curves = _curves(fed, run, scorer) if scorer is not None else {}
     report = _report(run, models, note, curves, args, time.monotonic() - started)
+    report["majority_class_rate"] = subject.majority_rate
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     _plot(report, out / "accuracy.png")
     _table(report, console)
@@ -223,6 +247,71 @@ def _follow(fed: Federation, args: argparse.Namespace, console: Console) -> Forg
             progress.update(bar, description=text.split(";")[0])
 
         return train_then_forget(fed, args.rounds, 0, args.timeout, on_round, on_event)
+
+
+class _Subject:
+    """What the demo trains: a built-in dataset (scored against R in process) or a task."""
+
+    def __init__(self, what: str, labels: np.ndarray, task: LoadedTask | None = None) -> None:
+        self.what = what
+        self.majority_rate = majority_rate(labels)
+        self.task = task
+        self.validation: Dataset | None = None
+
+    @classmethod
+    def open(cls, args: argparse.Namespace) -> _Subject:
+        if not args.task:
+            labels = load_dataset(args.dataset).y_test
+            return cls(f"dataset {args.dataset}", labels)
+        data_dir = Path(args.data_dir) if args.data_dir else None
+        request = DataRequest(seed=args.seed, data_dir=data_dir)
+        loaded, validation = for_server(load_task(args.task), request)
+        subject = cls(f"task {loaded.name} (model {loaded.spec.architecture})", validation.y_test)
+        subject.task, subject.validation = loaded, validation
+        return subject
+
+    def compare(
+        self, vectors: dict[str, np.ndarray], args: argparse.Namespace, console: Console
+    ) -> tuple[dict[str, dict[str, float]], str, Any]:
+        """The models' scores, a note, and the scorer of per-round curves (built-in data only)."""
+        if self.task is None:
+            return _compare(vectors, args, console)
+        return (*_task_models(self.task, self.validation, vectors, args), None)
+
+
+def _task_models(
+    task: LoadedTask,
+    validation: Dataset | None,
+    vectors: dict[str, np.ndarray],
+    args: argparse.Namespace,
+) -> tuple[dict[str, dict[str, float]], str]:
+    """O and U of a task: validation accuracy, and how client 0's forgotten data (all of its
+    training samples) compares with the validation set under a loss-threshold attack."""
+    from forsaken.common import metrics as M
+    from forsaken.common.training import load_vector
+
+    assert validation is not None
+    request = DataRequest(
+        0,
+        args.clients,
+        args.scheme,
+        args.alpha,
+        args.seed,
+        task.spec and (Path(args.data_dir) if args.data_dir else None),
+    )
+    _, own, _ = for_client(task.task, request, held_out_fraction=0.1)
+    model = task.build_model(args.seed)
+    models = {}
+    for name, vec in vectors.items():
+        load_vector(model, vec)
+        forget = M.per_sample_losses(M.model_outputs(model, own.x_train), own.y_train)
+        test_logits = M.model_outputs(model, validation.x_test)
+        test = M.per_sample_losses(test_logits, validation.y_test)
+        models[name] = {
+            "test_acc": task.evaluate(model, validation.x_test, validation.y_test).accuracy,
+            "mia_auc": M.mia_auc(forget, test),
+        }
+    return models, "a task: no backdoor is planted and R is not retrained in process"
 
 
 def _compare(
@@ -320,7 +409,8 @@ def _report(
     ]
     receipt = run.receipt
     return {
-        "dataset": args.dataset,
+        "dataset": args.dataset if not args.task else None,
+        "task": args.task or None,
         "clients": args.clients,
         "rounds": rounds,
         "aborted_attempts": [{"round": r["round"], "reason": r["reason"]} for r in run.aborted],
@@ -342,6 +432,7 @@ def _report(
             "model_sha256_before": receipt["model_sha256_before"],
             "model_sha256_after": receipt["model_sha256_after"],
             "evidence": receipt["evidence"],
+            "verdict": receipt.get("verdict") or verdict(receipt),
             "models": models,  # O, U and R: test_acc, asr, mia_auc, mia_tpr_at_1fpr, kl_forget, fr
             "note": note,
             "phase_wall_s": {k: round(v, 2) for k, v in run.seconds.items()},
@@ -381,8 +472,8 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("round")
     ax.set_ylabel("accuracy, ASR, AUC")
     ax.set_title(
-        f"forsaken demo: {report['dataset']}, {report['clients']} clients, client 0 forgets "
-        f"({forget['method']})"
+        f"forsaken demo: {report['task'] or report['dataset']}, {report['clients']} clients, "
+        f"client 0 forgets ({forget['method']})"
     )
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -407,27 +498,29 @@ def _table(report: dict[str, Any], console: Console) -> None:
         )
     console.print(table)
     forget = report["forget"]
+    retrained = ", R retrained without its data" if "R" in forget["models"] else ""
     compare = Table(
         title=f"forgetting client 0 ({forget['method']}): O after round "
-        f"{forget['requested_after_round']}, U after round {forget['unlearned_round']}, "
-        "R retrained without its data"
+        f"{forget['requested_after_round']}, U after round {forget['unlearned_round']}" + retrained
     )
     for col in ("model", "test acc", "backdoor ASR", "MIA AUC", "KL(R‖·) forget", "FR"):
         compare.add_column(col, justify="right")
+    shown = lambda m, k, f: format(m[k], f) if m.get(k) is not None else "-"  # noqa: E731
     for name, m in forget["models"].items():
         compare.add_row(
             name,
-            f"{m['test_acc']:.4f}",
-            f"{m['asr']:.4f}",
-            f"{m['mia_auc']:.4f}",
-            f"{m['kl_forget']:.4f}" if "R" in forget["models"] else "-",
-            f"{m['fr']:.3f}",
+            shown(m, "test_acc", ".4f"),
+            shown(m, "asr", ".4f"),
+            shown(m, "mia_auc", ".4f"),
+            shown(m, "kl_forget", ".4f") if "R" in forget["models"] else "-",
+            shown(m, "fr", ".3f"),
         )
     console.print(compare)
+    console.print(f"[bold]receipt verdict[/bold]: {forget['verdict']}")
     if forget["note"]:
         console.print(f"[yellow]{forget['note']}[/yellow]")
     final = report["final"]
     console.print(
         f"[bold]final test accuracy: {final['test_acc']:.4f}[/bold] (round {final['round']}; "
-        f"wall {report['wall_s']:.1f}s)"
+        f"majority-class rate {report['majority_class_rate']:.4f}; wall {report['wall_s']:.1f}s)"
     )

@@ -1,4 +1,4 @@
-"""`forsaken evaluate`: the evaluation of docs/evaluation.md, with U from the real daemons.
+"""`forsaken evaluate`: the unlearning evaluation, with U from the real daemons.
 
 See HOW_IT_WORKS below and forsaken.evaluation_scoring.COST_BASIS (both are printed by
 `forsaken evaluate --help`). The daemons run in forsaken.evaluation_run; scoring and cost are in
@@ -14,7 +14,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from forsaken.common.forget_methods import METHOD_NAMES
+from forsaken.common.testbeds import SCENARIOS
 from forsaken.evaluation_report import (
+    BASELINE_KEYS,
     DISTRIBUTED,
     FURTHER_ROUNDS,
     MODEL_KEYS,
@@ -34,14 +37,7 @@ from forsaken.evaluation_run import (
     RoundCallback,
     train_then_forget,
 )
-from forsaken.evaluation_scoring import (
-    COST_BASIS,
-    Cost,
-    Scorer,
-    Scores,
-    check_scorer,
-    unlearning_cost,
-)
+from forsaken.evaluation_scoring import COST_BASIS, Cost, json_scores, unlearning_cost
 
 if TYPE_CHECKING:
     from forsaken.common.certs import Layout
@@ -50,7 +46,15 @@ if TYPE_CHECKING:
 
 HOW_IT_WORKS = """\
 Per seed, one server and N client daemons run as separate OS processes (mutual TLS, secure
-aggregation); client 0 holds the backdoor test bed (`forsaken client --backdoor`).
+aggregation); the scenario (--scenario) decides what client 0 holds and what it forgets:
+  clean            ordinary data; it forgets all of it (the primary scenario)
+  clean-subset     ordinary data; it forgets a random 30% of it and keeps training on the rest
+  clean-dirichlet  label-skewed partitions (Dirichlet 0.5); it forgets all its data
+  backdoor         a bright corner-square trigger on 80% of its other-class samples, relabelled
+                   to class 0 (`forsaken client --test-bed backdoor`)
+  backdoor-patch   another trigger: a half-bright square in the opposite corner
+  backdoor-blend   a trigger spread over the image: a random pattern blended in at 20%
+  label-flip       half its samples carry a random wrong label
 
 1. Training: the server runs exactly T rounds (`--rounds T`) and the daemons stop on its STOP.
    O is the checkpoint of round T.
@@ -60,20 +64,24 @@ aggregation); client 0 holds the backdoor test bed (`forsaken client --backdoor`
    daemons, so unlearning starts exactly from O, in round T + 1, as in the in-process runner.
    The server drives unlearning, recovery and verification; U is the model its receipt names
    (model_sha256_after). Then 10 more ordinary rounds run: U+10.
-   The daemons compute what the in-process runner computes for the same seed: bit for bit in
-   plaintext, and under secure aggregation up to its quantization (about 1e-7 per round),
-   which T rounds of training amplify; evaluation_detail.json lists the in-process O, U and U+10
-   beside the daemons' for comparison.
-3. References: the in-process runner (forsaken.common.unlearning.reference.run_seed) gives R
-   (retrain without client 0's data, same seed), R' (seed + 1000), finetune and pga.
+3. References, from the in-process runner (forsaken.common.unlearning.reference), which uses
+   the daemons' training code: R (retrain without the forgotten data, same seed), R' (seed +
+   1000: the noise floor), the baselines (finetune, pga, fedquit, not) and, with --shadows K,
+   K shadow federations that calibrate a per-example membership attack (LiRA, Carlini et al.
+   2022): each shadow trains like O with client 0 holding a random share of the candidates
+   (the forgotten samples and the test set), so every candidate is IN for some shadows and OUT
+   for the others. With --ulira the shadows are also unlearned by forsaken (U-LiRA).
 
-Every model is scored with forsaken.common.metrics on reference.py's probes (the test set, the
-triggered non-target test images, client 0's poisoned training set). The scorer checks itself
-against run_seed's scores of R, so it cannot drift from reference.py unnoticed.
+Every model, the daemons' included, is scored by the in-process runner's own scoring on the
+same probes: test accuracy; LiRA AUC and TPR at 1% and 0.1% FPR (members: the forgotten
+samples, non-members: the test set; also "recentred", with the model's own global shift in
+confidence removed first); the population attacks (loss and label-free confidence thresholds);
+KL(R ‖ model) on forget-side inputs; ASR on a trigger scenario, the flip rate on label-flip.
+The bars are two-sided where a model can miss by looking less like a member than R does.
 """
 
 DETAIL_FILE = "evaluation_detail.json"
-METHODS = ("forsaken", "pga", "finetune", "retrain")
+METHODS = METHOD_NAMES
 
 
 # ---- one seed ------------------------------------------------------------------------------
@@ -84,6 +92,8 @@ def protocol_config(args: argparse.Namespace, seed: int) -> ProtocolConfig:
 
     return ProtocolConfig(
         dataset=args.dataset,
+        test_bed=args.scenario,
+        architecture="" if args.architecture == "auto" else args.architecture,
         rounds=args.rounds,
         clients=args.clients,
         local_epochs=args.local_epochs,
@@ -91,6 +101,8 @@ def protocol_config(args: argparse.Namespace, seed: int) -> ProtocolConfig:
         forget_client=FORGETTER,
         recovery_rounds=args.recovery_rounds,
         further_rounds=FURTHER_ROUNDS,
+        shadows=args.shadows,
+        ulira=args.ulira,
     )
 
 
@@ -101,8 +113,10 @@ def evaluate_seed(
     on_round: RoundCallback,
     on_event: EventCallback,
 ) -> SeedResult:
-    from forsaken.common.unlearning.reference import run_seed
+    from forsaken.common.unlearning.reference import federation, run_seed
 
+    cfg = protocol_config(args, seed)
+    bed = federation(cfg, seed).bed
     fed = Federation(
         args.out / "runs" / f"seed-{seed}",
         pki,
@@ -114,6 +128,11 @@ def evaluate_seed(
             recovery_rounds=args.recovery_rounds,
             round_timeout_s=args.round_timeout,
             method=args.method,
+            architecture="" if args.architecture == "auto" else args.architecture,
+            scheme=bed.scheme,
+            alpha=bed.alpha,
+            test_bed=bed.scenario.plant,
+            sample_ids=bed.request_ids(),
         ),
     )
     try:
@@ -129,34 +148,32 @@ def evaluate_seed(
         fed.stop()
     notes = _run_notes(run, args.clients)
 
-    on_event("in-process references: R, R', finetune, pga (and O, U, U+10 for comparison)")
-    cfg = protocol_config(args, seed)
-    reports, _ = run_seed(cfg, seed)
-    scorer = Scorer(cfg, seed)
-    r_vec = scorer.retrain()
-    scorer.anchor(r_vec, vectors["original"])
-    check_scorer(scorer.score(r_vec), reports["R"], f"seed {seed}, R")
-    scores = {key: scorer.score(vec) for key, vec in vectors.items()}
+    on_event("in-process references: R, R', the baselines and the shadow models")
+    ref = run_seed(cfg, seed, cache=args.cache, on_event=on_event)
+    scores = {key: json_scores(ref.anchor.score(vec)) for key, vec in vectors.items()}
     for key in MODEL_KEYS:
-        if key not in DISTRIBUTED:
-            scores[key] = Scores.of_report(reports[REFERENCE_NAMES[key]])
-    in_process = {key: Scores.of_report(reports[REFERENCE_NAMES[key]]) for key in DISTRIBUTED}
+        if key not in DISTRIBUTED and REFERENCE_NAMES[key] in ref.reports:
+            scores[key] = json_scores(ref.reports[REFERENCE_NAMES[key]])
+    in_process = {key: json_scores(ref.reports[REFERENCE_NAMES[key]]) for key in DISTRIBUTED}
 
-    unlearning = unlearning_cost(run, args.local_epochs, len(r_vec))
+    unlearning = unlearning_cost(run, args.local_epochs, len(vectors["original"]))
     training = sum(run.by_round(r)["duration_s"] for r in range(1, run.trained_rounds + 1))
-    r, pga = reports["R"], reports["pga"]
+    r = ref.reports["R"]
     cost = {
         "unlearned": unlearning.counted,
         "retrained": Cost(r.grad_evals, training, r.bytes_up),
-        "pga": Cost(pga.grad_evals_unlearning, pga.seconds, pga.bytes_up),
     }
+    for key in BASELINE_KEYS:
+        b = ref.reports.get(REFERENCE_NAMES[key])
+        if b is not None and key != "finetune":
+            cost[key] = Cost(b.grad_evals_unlearning, b.seconds, b.bytes_up)
     if unlearning.receipt_grad_evals != unlearning.forgetter_grad_evals:
         notes.append(
             f"the receipt's client_progress reports {unlearning.receipt_grad_evals} gradient "
             f"evaluations; the daemon's engine computed {unlearning.forgetter_grad_evals} over "
             f"{len(run.steps)} steps (the receipt keeps only the last step's metrics)"
         )
-    return SeedResult(seed, scores, cost, unlearning, run, in_process, notes)
+    return SeedResult(seed, scores, cost, unlearning, run, in_process, notes, ref.ulira)
 
 
 def _run_notes(run: ForgetRun, clients: int) -> list[str]:
@@ -187,12 +204,29 @@ def _run_notes(run: ForgetRun, clients: int) -> list[str]:
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = HOW_IT_WORKS + "\n" + COST_BASIS
-    p.add_argument("--dataset", default="digits", help="digits or mnist5k (default: %(default)s)")
+    p.add_argument(
+        "--dataset",
+        default="digits",
+        help="digits, mnist5k, fashion (needs Debian's dataset-fashion-mnist) or an .npz file "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--scenario",
+        default="clean",
+        choices=sorted(SCENARIOS),
+        help="what client 0 holds and forgets; see below (default: %(default)s)",
+    )
+    p.add_argument(
+        "--architecture",
+        default="auto",
+        choices=("auto", "mlp", "cnn"),
+        help="the model; auto: the dataset's default (default: %(default)s)",
+    )
     p.add_argument(
         "--clients",
         type=int,
         default=5,
-        help="client daemons; client 0 holds the backdoor and forgets (default: %(default)s)",
+        help="client daemons; client 0 forgets (default: %(default)s)",
     )
     p.add_argument(
         "--rounds",
@@ -227,6 +261,26 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
         "(default: %(default)s)",
     )
     p.add_argument(
+        "--shadows",
+        type=int,
+        default=16,
+        help="shadow federations per seed for the LiRA attack; 0 turns it off "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--ulira",
+        action="store_true",
+        help="also unlearn every shadow with forsaken in process and report U-LiRA's "
+        "forgetting score (costs one unlearning run per shadow)",
+    )
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="keep the in-process O, R, R' and shadow models here and reuse them on the next "
+        "run with the same settings (default: none)",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         default=Path("evaluation-out"),
@@ -255,6 +309,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from forsaken.common.certs import init_federation
 
     console = Console()
+    if args.shadows == 1 or args.shadows < 0:
+        console.print("[red]--shadows must be 0 (no LiRA) or at least 2[/red]")
+        return 2
+    if args.ulira and args.shadows < 4:
+        console.print("[red]--ulira needs --shadows >= 4[/red]")
+        return 2
     for name in ("clients", "rounds", "local_epochs", "seeds"):
         if getattr(args, name) < 1:
             console.print(f"[red]--{name.replace('_', '-')} must be >= 1[/red]")

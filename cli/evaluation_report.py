@@ -1,5 +1,5 @@
-"""The report of `forsaken evaluate`: aggregation over seeds, docs/evaluation.md's bars,
-evaluation.json and its detail file, the PNG and the rich tables.
+"""The report of `forsaken evaluate`: aggregation over seeds, the bars, evaluation.json and its
+detail file, the PNG and the rich tables.
 """
 
 from __future__ import annotations
@@ -13,26 +13,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from forsaken.evaluation_scoring import COST_BASIS, METRICS, Cost
+from forsaken.evaluation_scoring import COST_BASIS, JSON_NAMES, METRICS, Cost
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from forsaken.evaluation_run import ForgetRun
-    from forsaken.evaluation_scoring import Scores, UnlearningCost
+    from forsaken.evaluation_scoring import UnlearningCost
 
 FURTHER_ROUNDS = 10  # the protocol's U+10 (the key `unlearned_after_10_rounds` names it)
 
-# evaluation.json model keys, and reference.py's names for the same models.
-MODEL_KEYS = (
-    "original",
-    "unlearned",
-    "retrained",
-    "retrained_alt",
-    "finetune",
-    "pga",
-    "unlearned_after_10_rounds",
-)
+# evaluation.json model keys, and the in-process runner's names for the same models.
 REFERENCE_NAMES = {
     "original": "O",
     "unlearned": "U",
@@ -41,142 +32,84 @@ REFERENCE_NAMES = {
     "retrained_alt": "R'",
     "finetune": "finetune",
     "pga": "pga",
+    "fedquit": "fedquit",
+    "not": "not",
 }
+MODEL_KEYS = tuple(REFERENCE_NAMES)
 # Models that come from the daemons; the others from the in-process runner.
 DISTRIBUTED = ("original", "unlearned", "unlearned_after_10_rounds")
-COST_KEYS = ("unlearned", "retrained", "pga")
+BASELINE_KEYS = ("finetune", "pga", "fedquit", "not")
+COST_KEYS = ("unlearned", "retrained", "pga", "fedquit", "not")
+FIELD_OF = {json_name: field for field, json_name in JSON_NAMES.items()}
 
 
 @dataclass
 class SeedResult:
     seed: int
-    scores: dict[str, Scores]  # by evaluation.json model key
+    scores: dict[str, dict[str, float | None]]  # by evaluation.json model key, then metric
     cost: dict[str, Cost]
     unlearning: UnlearningCost
     run: ForgetRun
-    in_process: dict[str, Scores]  # the in-process O, U and U+10, for comparison
+    in_process: dict[str, dict[str, float | None]]  # the in-process O, U and U+10
     notes: list[str]
+    ulira: dict[str, float] | None = None
 
 
 # ---- summary, bars and output ---------------------------------------------------------------
 
 
-def summarize_models(results: Sequence[SeedResult]) -> dict[str, dict[str, float]]:
-    """Mean and population std over seeds of every metric of every model."""
-    out: dict[str, dict[str, float]] = {}
-    for key in MODEL_KEYS:
-        row: dict[str, float] = {}
+def summarize_models(results: Sequence[SeedResult]) -> dict[str, dict[str, float | None]]:
+    """Mean and population std over seeds of every metric of every model (None: not measured
+    on this test bed, e.g. ASR without a trigger)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for key in results[0].scores:
+        row: dict[str, float | None] = {}
         for metric in METRICS:
-            values = [getattr(res.scores[key], metric) for res in results]
-            row[metric] = float(np.mean(values))
-            row[f"{metric}_std"] = float(np.std(values))
+            values = [res.scores[key][metric] for res in results]
+            if any(v is None for v in values):
+                row[metric] = row[f"{metric}_std"] = None
+            else:
+                row[metric] = float(np.mean(values))  # type: ignore[arg-type]
+                row[f"{metric}_std"] = float(np.std(values))  # type: ignore[arg-type]
         out[key] = row
     return out
 
 
 def summarize_cost(results: Sequence[SeedResult]) -> dict[str, dict[str, float]]:
+    keys = [k for k in COST_KEYS if k in results[0].cost]
     return {
         key: {
             name: float(np.mean([getattr(res.cost[key], name) for res in results]))
             for name in Cost.__dataclass_fields__
         }
-        for key in COST_KEYS
+        for key in keys
     }
 
 
-# docs/evaluation.md's margins, as reference.check_bars applies them; `bars` checks both agree.
-ASR_MARGIN = 0.02
-ACC_MARGIN = 0.01
-KL_FACTOR = 3.0
-AUC_MARGIN = 0.03
-COST_FACTOR = 10.0
-R_ASR_CEILING = 0.05
-O_ASR_FLOOR = {"mnist5k": 0.80, "digits": 0.50}  # validity; reference.check_bars' table
-
-
 def bars(
-    models: dict[str, dict[str, float]],
+    models: dict[str, dict[str, float | None]],
     cost: dict[str, dict[str, float]],
     strict_grad_evals: float,
     dataset: str,
     secure: bool,
 ) -> dict[str, dict[str, Any]]:
-    """Which bars of docs/evaluation.md pass, with the numbers compared (means over seeds).
+    """Which bars pass, with the numbers compared (means over seeds): the in-process runner's
+    own `reference.bars`, applied to U from the daemons."""
+    from forsaken.common.unlearning.reference import bars as reference_bars
 
-    Pass/fail comes from `reference.check_bars` on the same numbers; the limits shown here are
-    checked against its verdicts, so the two cannot silently disagree."""
-    from forsaken.common.unlearning.reference import check_bars
-
-    m = {k: {f: (v, 0.0) for f, v in row.items()} for k, row in models.items()}
-    summary = {
-        "O": {"asr": m["original"]["asr"]},
-        "R": {
-            "accuracy": m["retrained"]["test_acc"],
-            "asr": m["retrained"]["asr"],
-            "mia_auc": m["retrained"]["mia_auc"],
-            "grad_evals": (cost["retrained"]["client_grad_evals"], 0.0),
-        },
-        "R'": {"kl_forget": m["retrained_alt"]["kl_forget"]},
-        "U": {
-            "accuracy": m["unlearned"]["test_acc"],
-            "asr": m["unlearned"]["asr"],
-            "kl_forget": m["unlearned"]["kl_forget"],
-            "mia_auc": m["unlearned"]["mia_auc"],
-            "grad_evals_unlearning": (cost["unlearned"]["client_grad_evals"], 0.0),
-            "grad_evals": (strict_grad_evals, 0.0),
-        },
-        "U+10": {"asr": m["unlearned_after_10_rounds"]["asr"]},
+    summary: dict[str, dict[str, tuple[float, float] | None]] = {}
+    for key, row in models.items():
+        summary[REFERENCE_NAMES[key]] = {
+            FIELD_OF[metric]: (None if row[metric] is None else (float(row[metric]), 0.0))
+            for metric in METRICS
+        }
+    summary["U"]["grad_evals_unlearning"] = (cost["unlearned"]["client_grad_evals"], 0.0)
+    summary["U"]["grad_evals"] = (strict_grad_evals, 0.0)
+    summary["R"]["grad_evals"] = (cost["retrained"]["client_grad_evals"], 0.0)
+    out: dict[str, dict[str, Any]] = {
+        name: {"pass": bar.passed, "value": bar.value, "limit": bar.limit, "rule": bar.rule}
+        for name, bar in reference_bars(summary, dataset).items()
     }
-    verdicts = check_bars(summary, dataset)
-    o, u, u10 = models["original"], models["unlearned"], models["unlearned_after_10_rounds"]
-    r, r2 = models["retrained"], models["retrained_alt"]
-    retrain_evals = cost["retrained"]["client_grad_evals"]
-    rows: dict[str, tuple[str, float, float, bool]] = {
-        # name: (rule, value, limit, value >= limit rather than <=)
-        "valid_O_asr": (
-            "validity: ASR(O) >= floor",
-            o["asr"],
-            O_ASR_FLOOR.get(dataset, 0.80),
-            True,
-        ),
-        "valid_R_asr": ("validity: ASR(R) <= ceiling", r["asr"], R_ASR_CEILING, False),
-        "asr_U": ("ASR(U) <= ASR(R) + 0.02", u["asr"], r["asr"] + ASR_MARGIN, False),
-        "asr_U+10": ("ASR(U+10) <= ASR(R) + 0.02", u10["asr"], r["asr"] + ASR_MARGIN, False),
-        "acc_U": (
-            "|acc(U) - acc(R)| <= 0.01",
-            abs(u["test_acc"] - r["test_acc"]),
-            ACC_MARGIN,
-            False,
-        ),
-        "kl_U": (
-            "KL(R‖U) <= 3 KL(R‖R')",
-            u["kl_forget"],
-            KL_FACTOR * r2["kl_forget"],
-            False,
-        ),
-        "mia_U": ("|AUC(U) - AUC(R)| <= 0.03", abs(u["mia_auc"] - r["mia_auc"]), AUC_MARGIN, False),
-        "cost_U": (
-            "grad evals (counted) <= R/10",
-            cost["unlearned"]["client_grad_evals"],
-            retrain_evals / COST_FACTOR,
-            False,
-        ),
-        "cost_U_strict": (
-            "grad evals (strict) <= R/10",
-            strict_grad_evals,
-            retrain_evals / COST_FACTOR,
-            False,
-        ),
-    }
-    out: dict[str, dict[str, Any]] = {}
-    for name, (rule, value, limit, at_least) in rows.items():
-        mine = value >= limit if at_least else value <= limit
-        if mine != verdicts[name]:
-            raise RuntimeError(f"bar {name}: {value} vs {limit} disagrees with check_bars")
-        out[name] = {"pass": bool(verdicts[name]), "value": value, "limit": limit, "rule": rule}
-    missing = set(verdicts) - set(out)
-    if missing:
-        raise RuntimeError(f"check_bars has bars this report does not show: {sorted(missing)}")
     out["no_client_update_history"] = {
         "pass": secure,
         "value": None,
@@ -191,16 +124,27 @@ def evaluation_json(args: argparse.Namespace, results: Sequence[SeedResult]) -> 
     cost = summarize_cost(results)
     strict = float(np.mean([res.unlearning.strict_grad_evals for res in results]))
     secure = all(res.run.secure_aggregation for res in results)
-    return {
+    out: dict[str, Any] = {
         "dataset": args.dataset,
+        "scenario": args.scenario,
+        "architecture": args.architecture or None,
+        "method": args.method,
         "clients": args.clients,
         "rounds": args.rounds,
         "seeds": [res.seed for res in results],
+        "shadow_models": args.shadows,
         "secure_aggregation": secure,
         "models": models,
         "cost": cost,
         "bars": bars(models, cost, strict, args.dataset, secure),
     }
+    ulira = [res.ulira for res in results if res.ulira]
+    if ulira:
+        # U-LiRA of the in-process runner's forsaken (the shadows themselves unlearned).
+        out["ulira"] = {k: float(np.mean([u[k] for u in ulira])) for k in ulira[0]} | {
+            "per_seed": ulira
+        }
+    return out
 
 
 def detail_json(args: argparse.Namespace, results: Sequence[SeedResult]) -> dict[str, Any]:
@@ -214,14 +158,17 @@ def detail_json(args: argparse.Namespace, results: Sequence[SeedResult]) -> dict
             "recovery_rounds": args.recovery_rounds,
             "further_rounds": FURTHER_ROUNDS,
             "method": args.method,
+            "scenario": args.scenario,
+            "architecture": args.architecture or None,
+            "shadows": args.shadows,
         },
         "cost_basis": COST_BASIS,
         "per_seed": [
             {
                 "seed": res.seed,
                 "notes": res.notes,
-                "scores": {k: asdict(v) for k, v in res.scores.items()},
-                "in_process": {k: asdict(v) for k, v in res.in_process.items()},
+                "scores": res.scores,
+                "in_process": res.in_process,
                 "cost": {k: asdict(v) for k, v in res.cost.items()},
                 "unlearning_cost": asdict(res.unlearning),
                 "rounds": {
@@ -265,10 +212,20 @@ def plot(report: dict[str, Any], results: Sequence[SeedResult], path: Path) -> N
     labels = [REFERENCE_NAMES[k] for k in order]
     colors = ["#4c72b0" if k in DISTRIBUTED else "#999999" for k in order]
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-    panels = (("test_acc", "test accuracy"), ("asr", "attack success rate"), ("mia_auc", "MIA AUC"))
+    first = models[order[0]]
+    third = next((m for m in ("asr", "flip_rate") if first.get(m) is not None), "conf_auc")
+    titles = {
+        "asr": "attack success rate",
+        "flip_rate": "flipped labels still given",
+        "conf_auc": "confidence-MIA AUC",
+        "lira_auc": "LiRA AUC (per-example)",
+        "mia_auc": "loss-MIA AUC",
+    }
+    second = "lira_auc" if first.get("lira_auc") is not None else "mia_auc"
+    panels = (("test_acc", "test accuracy"), (second, titles[second]), (third, titles[third]))
     for ax, (metric, title) in zip(axes.flat, panels, strict=False):
-        means = [models[k][metric] for k in order]
-        stds = [models[k][f"{metric}_std"] for k in order]
+        means = [float(models[k][metric] or 0.0) for k in order]
+        stds = [float(models[k][f"{metric}_std"] or 0.0) for k in order]
         ax.bar(labels, means, yerr=stds, color=colors, capsize=3)
         ax.set_title(title)
         ax.set_ylim(0, 1.05)
@@ -298,7 +255,8 @@ def plot(report: dict[str, Any], results: Sequence[SeedResult], path: Path) -> N
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     fig.suptitle(
-        f"forsaken evaluate: {report['dataset']}, {report['clients']} clients, "
+        f"forsaken evaluate --scenario {report['scenario']}: {report['dataset']}, "
+        f"{report['clients']} clients, "
         f"T={report['rounds']}, seeds {report['seeds']} (blue: daemons, grey: in-process)"
     )
     fig.tight_layout()
@@ -309,10 +267,14 @@ def plot(report: dict[str, Any], results: Sequence[SeedResult], path: Path) -> N
 _HEADERS = {
     "test_acc": "acc",
     "asr": "ASR",
-    "mia_auc": "MIA AUC",
-    "mia_tpr_at_1fpr": "TPR@1%FPR",
+    "flip_rate": "flip",
     "kl_forget": "KL(R‖·)",
-    "fr": "FR",
+    "mia_auc": "loss AUC",
+    "conf_auc": "conf AUC",
+    "lira_auc": "LiRA AUC",
+    "lira_tpr_at_1pct_fpr": "LiRA TPR@1%",
+    "lira_tpr_at_0.1pct_fpr": "LiRA TPR@0.1%",
+    "lira_recentred_auc": "LiRA-rc AUC",
 }
 
 
@@ -325,12 +287,16 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
         caption="* from the daemons (secure aggregation); the others from the in-process runner",
         box=box.SIMPLE_HEAD,
     )
+    models = report["models"]
+    shown = [m for m in _HEADERS if any(row.get(m) is not None for row in models.values())]
     table.add_column("model")
-    for metric in METRICS:
+    for metric in shown:
         table.add_column(_HEADERS[metric], justify="right")
     for key in MODEL_KEYS:
-        row = report["models"][key]
-        cells = [f"{row[m]:.3f}\n±{row[f'{m}_std']:.3f}" for m in METRICS]
+        if key not in models:
+            continue
+        row = models[key]
+        cells = ["-" if row[m] is None else f"{row[m]:.3f}\n±{row[f'{m}_std']:.3f}" for m in shown]
         mark = "*" if key in DISTRIBUTED else ""
         table.add_row(f"{REFERENCE_NAMES[key]}{mark}", *cells)
     console.print(table)
@@ -347,7 +313,14 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
         )
     console.print(costs)
 
-    verdicts = Table(title="bars of docs/evaluation.md (means over seeds)", box=box.SIMPLE_HEAD)
+    if "ulira" in report:
+        u = report["ulira"]
+        console.print(
+            f"U-LiRA (in-process forsaken, shadows unlearned): forgetting score F "
+            f"{u['ulira_forgetting_score']:.3f} (1 = no sample leaks; two halves of the "
+            f"never-trained shadows give {u['ulira_floor_forgetting_score']:.3f})"
+        )
+    verdicts = Table(title="bars (means over seeds)", box=box.SIMPLE_HEAD)
     verdicts.add_column("bar")
     for col in ("value", "limit", ""):
         verdicts.add_column(col, justify="right")

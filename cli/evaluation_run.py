@@ -27,7 +27,7 @@ import numpy as np
 if TYPE_CHECKING:
     from forsaken.common.certs import Layout
 
-FORGETTER = 0  # the client holding the backdoor test bed, as in reference.py
+FORGETTER = 0  # the client that forgets (and holds any planted data), as in reference.py
 STEP_LOG = "forget_steps.jsonl"
 
 
@@ -44,6 +44,10 @@ class FederationConfig:
     alpha: float = 0.5
     port: int = 0
     method: str = "forsaken"
+    test_bed: str = ""  # planted in client 0's data (`forsaken client --test-bed`); "": none
+    sample_ids: tuple[int, ...] = ()  # what client 0's owner asks to forget; (): all of it
+    task: str = ""  # a task reference for both daemons; empty: the built-in task of dataset
+    data_dir: str = ""
 
 
 @dataclass
@@ -96,8 +100,9 @@ def hold_grpc_core() -> None:
 class Federation:
     """One server and N client daemons as OS processes on loopback with mutual TLS.
 
-    Client 0 holds the backdoor test bed. Its daemon records every forget step it computes to
-    STEP_LOG (see `_probe_main`), which is how the client-side cost is measured."""
+    Client 0 forgets, and holds the planted data of the test bed if any. Its daemon records
+    every forget step it computes to STEP_LOG (see `_probe_main`), which is how the
+    client-side cost is measured."""
 
     def __init__(self, root: Path, pki: Layout, config: FederationConfig) -> None:
         from forsaken.procs import free_port
@@ -153,8 +158,7 @@ class Federation:
             "aggregation": "secure",
             "poll-timeout-s": 2,
         }
-        if c.architecture:
-            flags["architecture"] = c.architecture
+        flags |= _task_flags(c)
         if c.local_epochs:
             flags["local-epochs"] = c.local_epochs
         self.server = spawn(
@@ -184,10 +188,11 @@ class Federation:
             "seed": c.seed,
             "owner-listen": "127.0.0.1:0",
             "max-backoff-s": 1,
-        }
+        } | _task_flags(c)
         args = _argv("client", flags)
         if index == FORGETTER:
-            args.append("--backdoor")
+            if c.test_bed:
+                args += ["--test-bed", c.test_bed]
             # The same daemon, started through the recorder of its forget steps.
             argv = [
                 sys.executable,
@@ -238,7 +243,8 @@ class Federation:
         return np.frombuffer(payload, dtype="<f4").astype(np.float32)
 
     def request_forget(self, index: int, method: str, timeout_s: float) -> str:
-        """The owner of client `index` asks it to forget all its data (the Owner API)."""
+        """The owner of client `index` asks it to forget the configured samples (all of its
+        data when none are configured) through the Owner API."""
         import grpc
 
         from forsaken.forget import owner_address
@@ -254,7 +260,11 @@ class Federation:
                     stub = owner_pb2_grpc.OwnerStub(ch)
                     try:
                         stub.Forget(
-                            owner_pb2.OwnerForgetRequest(request_id=request_id, method=method),
+                            owner_pb2.OwnerForgetRequest(
+                                request_id=request_id,
+                                method=method,
+                                sample_ids=list(self.config.sample_ids),
+                            ),
                             timeout=30,
                         )
                         return request_id
@@ -270,6 +280,17 @@ class Federation:
         if not self.step_log.exists():
             return []
         return [json.loads(line) for line in self.step_log.read_text().splitlines() if line]
+
+
+def _task_flags(c: FederationConfig) -> dict[str, object]:
+    """What names the model and data, for both daemons alike."""
+    flags: dict[str, object] = {}
+    for name, value in (("architecture", c.architecture), ("task", c.task)):
+        if value:
+            flags[name] = value
+    if c.data_dir:
+        flags["data-dir"] = c.data_dir
+    return flags
 
 
 def _argv(command: str, flags: dict[str, object]) -> list[str]:
@@ -328,7 +349,8 @@ def train_then_forget(
             time.sleep(0.3)
 
     # Phase 1: exactly T rounds with every client; a dropout aborts and retries the round.
-    on_event(f"training {rounds} rounds with client {FORGETTER} holding the backdoor")
+    planted = f" holding the {c.test_bed} test bed" if c.test_bed else ""
+    on_event(f"training {rounds} rounds with client {FORGETTER}{planted}")
     fed.start_server(rounds, min_completed=c.clients)
     for i in range(c.clients):
         fed.start_client(i)
@@ -341,7 +363,8 @@ def train_then_forget(
     fed.stop()
 
     # Phase 2: resume from the ledger; the request is on record before any round can start.
-    on_event(f"restarting; client {FORGETTER} asks to forget all its data ({c.method})")
+    what = f"{len(c.sample_ids)} of its samples" if c.sample_ids else "all its data"
+    on_event(f"restarting; client {FORGETTER} asks to forget {what} ({c.method})")
     (fed.client_dir(FORGETTER) / "owner_address").unlink(missing_ok=True)
     fed.start_server(0, min_completed=c.clients - 1)
     fed.start_client(FORGETTER)

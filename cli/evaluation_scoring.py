@@ -1,5 +1,6 @@
-"""Scoring for `forsaken evaluate`: the protocol's metrics of a model (Scores, Scorer, checked
-against reference.py) and the distributed U's cost after ForgetMe (see COST_BASIS).
+"""Scoring for `forsaken evaluate`: the protocol's metrics of a model under evaluation.json's
+names (the in-process runner's own scoring, so the two cannot drift apart) and the distributed
+U's cost after ForgetMe (see COST_BASIS).
 """
 
 from __future__ import annotations
@@ -10,11 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    import torch
-
-    from forsaken.common.datasets import Dataset
-    from forsaken.common.partition import ClientData
-    from forsaken.common.unlearning.reference import ModelReport, ProtocolConfig
+    from forsaken.common.unlearning.reference import Anchor, ModelScores, ProtocolConfig
     from forsaken.evaluation_run import ForgetRun
 
 COST_BASIS = """\
@@ -39,130 +36,73 @@ BYTES_PER_ENTRY = 4  # a masked secure-aggregation input is a uint32 vector
 
 # ---- scores -----------------------------------------------------------------------------------
 
-
-@dataclass(frozen=True, slots=True)
-class Scores:
-    """The protocol's metrics of one model (evaluation.json's field names)."""
-
-    test_acc: float
-    asr: float
-    mia_auc: float
-    mia_tpr_at_1fpr: float
-    kl_forget: float  # KL(R ‖ model) over the forget set's and the triggered test inputs
-    fr: float  # forgetting rate vs O under the median-test-loss oracle
-
-    @classmethod
-    def of_report(cls, report: ModelReport) -> Scores:
-        return cls(
-            test_acc=report.accuracy,
-            asr=report.asr,
-            mia_auc=report.mia_auc,
-            mia_tpr_at_1fpr=report.mia_tpr_1fpr,
-            kl_forget=report.kl_forget,
-            fr=report.forgetting_rate,
-        )
+# evaluation.json's name for each of reference.ModelScores' fields.
+JSON_NAMES = {
+    "accuracy": "test_acc",
+    "asr": "asr",
+    "flip_rate": "flip_rate",
+    "kl_forget": "kl_forget",
+    "mia_auc": "mia_auc",
+    "mia_tpr_1fpr": "mia_tpr_at_1fpr",
+    "conf_auc": "conf_auc",
+    "forgetting_rate": "fr",
+    "lira_auc": "lira_auc",
+    "lira_tpr_1pct": "lira_tpr_at_1pct_fpr",
+    "lira_tpr_01pct": "lira_tpr_at_0.1pct_fpr",
+    "lira_offline_auc": "lira_offline_auc",
+    "lira_recentred_auc": "lira_recentred_auc",
+    "lira_recentred_tpr_1pct": "lira_recentred_tpr_at_1pct_fpr",
+}
+METRICS = tuple(JSON_NAMES.values())
 
 
-METRICS = tuple(Scores.__dataclass_fields__)
+def json_scores(scores: ModelScores) -> dict[str, float | None]:
+    """One model's scores under evaluation.json's names (None: not measured on this test bed)."""
+    return {JSON_NAMES[k]: getattr(scores, k) for k in JSON_NAMES}
 
 
 class Scorer:
-    """Scores models on reference.py's probes for one seed, against R's outputs and O's members.
-
-    The probes are built as reference.py builds them: client 0's `client_split` part poisoned by
-    `poison_client` with the protocol's target, fraction and seed; the triggered set is every
-    non-target test image stamped with the same trigger.
-    """
+    """Scores models of one seed's federation with the in-process runner's own scoring
+    (reference.Anchor): the same probes, R's outputs, O's members and, with shadows, LiRA."""
 
     def __init__(self, cfg: ProtocolConfig, seed: int) -> None:
-        from forsaken.common.backdoor import dataset_trigger, poison_client, triggered_test_set
-        from forsaken.common.datasets import load_dataset
-        from forsaken.common.models import build_model, default_architecture
-        from forsaken.common.partition import client_split
+        from forsaken.common.unlearning.reference import federation
 
         self.cfg = cfg
         self.seed = seed
-        self.ds: Dataset = load_dataset(cfg.dataset)
-        own = client_split(self.ds, cfg.forget_client, cfg.clients, seed=seed)
-        planted = poison_client(
-            own, cfg.target, cfg.poison_fraction, seed, dataset_trigger(self.ds)
-        )
-        self.forget: ClientData = planted.data
-        self.trig_x, _ = triggered_test_set(self.ds, cfg.target, planted.trigger)
-        self.model: torch.nn.Module = build_model(
-            default_architecture(self.ds.name), self.ds.input_shape, self.ds.num_classes, seed
-        )
-        self._r_side: np.ndarray | None = None
-        self._members_o: np.ndarray | None = None
+        self.fed = federation(cfg, seed)
+        self._anchor: Anchor | None = None
 
     def retrain(self) -> np.ndarray:
-        """R's vector: `run_fedavg` without client 0's data, exactly as reference.run_seed."""
+        """R's vector: `run_fedavg` without the forget set, exactly as reference.references."""
         import torch
 
         from forsaken.common.simulation import run_fedavg
-        from forsaken.common.training import TrainConfig
 
-        torch.set_num_threads(1)  # as reference.run_seed: the same seed gives the same bits
-        result = run_fedavg(
-            self.ds,
+        torch.set_num_threads(1)  # as the in-process runner: the same seed gives the same bits
+        bed = self.fed.bed
+        return run_fedavg(
+            bed.dataset,
             self.cfg.clients,
             self.cfg.rounds,
+            scheme=bed.scheme,
+            alpha=bed.alpha,
             seed=self.seed,
-            train_cfg=TrainConfig(local_epochs=self.cfg.local_epochs),
-            forget_ids=self.forget.ids_train.tolist(),
-        )
-        return result.final_vector
+            train_cfg=self.fed.train,
+            architecture=self.cfg.arch,
+            forget_ids=bed.forget_ids.tolist(),
+        ).final_vector
 
     def anchor(self, r_vec: np.ndarray, o_vec: np.ndarray) -> None:
         """Fix the references: R's outputs (for KL) and O's members (for FR)."""
-        from forsaken.common import metrics as M
+        from forsaken.common.unlearning.reference import Anchor
 
-        self._r_side = self._outputs(r_vec, np.concatenate([self.forget.x_train, self.trig_x]))
-        forget = M.per_sample_losses(self._outputs(o_vec, self.forget.x_train), self.forget.y_train)
-        test = M.per_sample_losses(self._outputs(o_vec, self.ds.x_test), self.ds.y_test)
-        self._members_o = M.oracle_members(forget, test)
+        self._anchor = Anchor.build(self.fed, r_vec, o_vec, None)
 
-    def score(self, vec: np.ndarray) -> Scores:
-        from forsaken.common import metrics as M
-
-        if self._r_side is None or self._members_o is None:
+    def score(self, vec: np.ndarray) -> dict[str, float | None]:
+        if self._anchor is None:
             raise RuntimeError("Scorer.anchor must run before Scorer.score")
-        out_forget = self._outputs(vec, self.forget.x_train)
-        out_trig = self._outputs(vec, self.trig_x)
-        out_test = self._outputs(vec, self.ds.x_test)
-        forget_losses = M.per_sample_losses(out_forget, self.forget.y_train)
-        test_losses = M.per_sample_losses(out_test, self.ds.y_test)
-        side = np.concatenate([out_forget, out_trig])
-        return Scores(
-            test_acc=M.accuracy(out_test, self.ds.y_test),
-            asr=M.attack_success_rate(out_trig, self.cfg.target),
-            mia_auc=M.mia_auc(forget_losses, test_losses),
-            mia_tpr_at_1fpr=M.tpr_at_fpr(forget_losses, test_losses, 0.01),
-            kl_forget=M.kl_divergence(M.softmax(self._r_side), M.softmax(side)),
-            fr=M.forgetting_rate(self._members_o, M.oracle_members(forget_losses, test_losses)),
-        )
-
-    def _outputs(self, vec: np.ndarray, x: np.ndarray) -> np.ndarray:
-        from forsaken.common import metrics as M
-        from forsaken.common.training import load_vector
-
-        load_vector(self.model, vec)
-        return M.model_outputs(self.model, x)
-
-
-def check_scorer(mine: Scores, theirs: ModelReport, what: str) -> None:
-    """Fail loudly if this module's scoring no longer matches reference.py's on one model.
-
-    FR is left out: it is relative to O, and the daemons' O differs from the in-process O by
-    secure aggregation's quantization."""
-    expected = Scores.of_report(theirs)
-    for name in ("test_acc", "asr", "mia_auc", "mia_tpr_at_1fpr"):
-        a, b = getattr(mine, name), getattr(expected, name)
-        if not np.isclose(a, b, rtol=0, atol=1e-9):
-            raise RuntimeError(
-                f"{what}: {name} is {a} here but {b} in reference.py; the scorer has drifted "
-                "from forsaken.common.unlearning.reference"
-            )
+        return json_scores(self._anchor.score(vec))
 
 
 # ---- cost -------------------------------------------------------------------------------------

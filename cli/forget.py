@@ -14,12 +14,13 @@ from rich.table import Table
 
 from forsaken.common.diagnosis import Flags, Problem, diagnose
 from forsaken.common.exitcodes import ExitCode
+from forsaken.common.forget_methods import METHOD_NAMES
+from forsaken.common.receipts import verdict
 from forsaken.v1 import owner_pb2, owner_pb2_grpc
 
 # The Owner API is plaintext on loopback; the advice names --client, not TLS flags.
 _OWNER_FLAGS = Flags(target="--client")
 
-METHODS = ("forsaken", "pga", "retrain", "finetune")
 TERMINAL = ("completed", "failed")
 STATES = ("submitting", "requested", "unlearning", "recovering", "verifying", "completed")
 
@@ -41,7 +42,7 @@ def add_forget_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--method",
         default=None,
-        choices=METHODS,
+        choices=METHOD_NAMES,
         help="unlearning method (default: the server's --forget-method, forsaken unless its "
         "operator chose another); see docs/unlearning.md",
     )
@@ -216,3 +217,5 @@ def _show(info: dict, console: Console, as_json: bool) -> None:
     for key, value in sorted(receipt.get("evidence", {}).items()):
         table.add_row(f"evidence.{key}", f"{value:.4f}")
     console.print(table)
+    # Receipts written before the verdict existed get one computed from their own numbers.
+    console.print(f"[bold]verdict[/bold]: {receipt.get('verdict') or verdict(receipt)}")

@@ -125,11 +125,13 @@ def _subcommands() -> tuple[_Subcommand, ...]:
         ),
         _Subcommand(
             "evaluate",
-            "run the unlearning evaluation (docs/evaluation.md) with U from real daemons",
-            "Per seed, train a federation of real daemons with a backdoor in client 0, make "
-            "client 0 forget its data with ForgetMe, and compare the unlearned model with "
-            "in-process references (retrain, retrain with another seed, finetune, pga). Writes "
-            "evaluation.json, evaluation.png and a per-seed detail file to --out.",
+            "run the unlearning evaluation with U from real daemons",
+            "Per seed, train a federation of real daemons in which client 0 holds the "
+            "scenario's data, make client 0 forget with ForgetMe, and compare the unlearned "
+            "model with in-process references (retrain, retrain with another seed, finetune, "
+            "pga, fedquit, NoT) under a per-example membership attack (LiRA, calibrated on "
+            "shadow federations) and the scenario's probes. Writes evaluation.json, "
+            "evaluation.png and a per-seed detail file to --out.",
             evaluate.add_evaluate_arguments,
             evaluate.run_evaluate,
         ),

@@ -19,15 +19,18 @@ from forsaken.client.transport import FleetConnection
 from forsaken.common import ports, tls
 from forsaken.common.backdoor import dataset_trigger, poison_client
 from forsaken.common.config import option
-from forsaken.common.datasets import Dataset, load_dataset
+from forsaken.common.datasets import Dataset
 from forsaken.common.diagnosis import Diagnosis, check_own_certificate, diagnose
 from forsaken.common.errors import CertificateError, ConfigError
 from forsaken.common.exitcodes import ExitCode
 from forsaken.common.fsutil import atomic_write
 from forsaken.common.identity import NodeIdentity
-from forsaken.common.partition import ClientData, client_split, parse_client_spec
+from forsaken.common.partition import ClientData, parse_client_spec
 from forsaken.common.rpc_errors import DecodeGuard
 from forsaken.common.statelock import StateLock
+from forsaken.common.task import DataRequest, for_client
+from forsaken.common.task_loader import resolve_task
+from forsaken.common.testbeds import PLANTINGS, plant_client_data
 from forsaken.v1 import owner_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,18 @@ class ClientConfig:
     state_dir: Path = option(Path("forsaken-client"), "Directory for the node key and local state.")
     dataset: str = option(
         "mnist5k", "Local data: digits, mnist5k, or a path to an .npz file with arrays x and y."
+    )
+    architecture: str = option(
+        "", "Built-in model for --dataset (mlp, cnn); empty: the dataset's default."
+    )
+    task: str = option(
+        "",
+        "The federation's task, your own model and data: module:attr or path/to/file.py:attr "
+        "(see the README's 'Bring your own model'); it replaces --dataset and --architecture, "
+        "which name a built-in task. Its model must be the server's (checked at Join).",
+    )
+    data_dir: str = option(
+        "", "Directory the task reads its data from (handed to its data functions)."
     )
     partition: str = option("0/1", "Which shard of the dataset this node holds, as i/N (0-based).")
     scheme: str = option(
@@ -84,7 +99,13 @@ class ClientConfig:
     backdoor: bool = option(
         False,
         "Evaluation test bed: stamp the trigger on this node's samples of other classes and "
-        "relabel them to the target class (the test bed of docs/evaluation.md).",
+        "relabel them to the target class (the same as --test-bed backdoor).",
+    )
+    test_bed: str = option(
+        "none",
+        "Evaluation test bed planted in this node's training data, as `forsaken evaluate "
+        "--scenario` builds it: backdoor, backdoor-patch, backdoor-blend or label-flip.",
+        choices=("none", *PLANTINGS),
     )
     log_level: str = option(
         "info",
@@ -173,21 +194,42 @@ class ClientApp:
         ports.ensure_free(config.owner_listen, "Owner API")
         torch.set_num_threads(config.threads)
         index, count = parse_client_spec(config.partition)
-        dataset = load_dataset(config.dataset)
-        data = client_split(
-            dataset,
-            index,
-            count,
-            config.scheme,
-            config.alpha,
-            config.seed,
-            held_out_fraction=config.held_out_fraction,
+        task = resolve_task(config.task, config.dataset, config.architecture)
+        request = DataRequest(
+            partition_index=index,
+            partition_count=count,
+            scheme=config.scheme,
+            alpha=config.alpha,
+            seed=config.seed,
+            data_dir=Path(config.data_dir) if config.data_dir else None,
         )
-        log.info("data: %s", _split_summary(dataset, data, config))
-        if config.backdoor:
-            # The test bed of docs/evaluation.md, seeded exactly as the in-process protocol
-            # runner (`forsaken.common.unlearning.reference`) seeds its forgetting client, so
-            # both hold identical data; sample ids and the held-out slice are unchanged.
+        loaded, data, dataset = for_client(task, request, config.held_out_fraction)
+        if dataset is not None:
+            log.info("data: %s", _split_summary(dataset, data, config))
+        else:
+            log.info(
+                "data: task %s's local_data gave %d samples to train on and %d held out "
+                "(never trained on, the non-members against which forgetting is measured)",
+                task.name,
+                len(data.y_train),
+                len(data.y_held_out),
+            )
+        planting = "backdoor" if config.backdoor else config.test_bed
+        if planting not in ("none", "") and (dataset is None or len(dataset.input_shape) != 3):
+            raise ConfigError(
+                f"--test-bed {planting} plants into a partition of the task's data: it needs "
+                "images (C, H, W) from the task's data function, not local_data"
+            )
+        if planting not in ("none", "", "backdoor"):
+            assert dataset is not None
+            # Seeded exactly as the evaluation's in-process runner seeds its forgetting client
+            # (forsaken.common.testbeds), so both hold identical data; sample ids and the
+            # held-out slice are unchanged.
+            data = plant_client_data(planting, dataset, data, config.seed)
+            log.warning("--test-bed %s planted in this node's training data", planting)
+        elif planting == "backdoor":
+            assert dataset is not None
+            # The backdoor test bed, seeded as the in-process runner seeds it (see above).
             planted = poison_client(data, seed=config.seed, trigger=dataset_trigger(dataset))
             data = planted.data
             log.warning(
@@ -197,7 +239,7 @@ class ClientApp:
                 planted.target,
             )
         selection = DataSelection(
-            dataset=dataset.name,
+            dataset=dataset.name if dataset is not None else task.name,
             partition_index=index,
             partition_count=count,
             scheme=config.scheme,
@@ -223,9 +265,13 @@ class ClientApp:
         self.daemon = ClientDaemon(
             connection=self.connection,
             data=data,
-            dataset_name=dataset.name,
-            input_shape=tuple(dataset.input_shape),
-            num_classes=int(dataset.num_classes),
+            task=loaded,
+            dataset_name=selection.dataset,
+            input_shape=tuple(loaded.spec.input_shape),
+            # The labels this node holds; the server refuses more than its model has.
+            num_classes=int(max(data.y_train.max(initial=0), data.y_held_out.max(initial=0)) + 1)
+            if dataset is None
+            else int(dataset.num_classes),
             state_file=state_file,
             state=state,
             partition_index=index,
@@ -250,7 +296,13 @@ class ClientApp:
         host = config.owner_listen.rsplit(":", 1)[0]
         self.owner_address = f"{host}:{port}"
         atomic_write(state_dir / OWNER_ADDRESS_FILE, (self.owner_address + "\n").encode())
-        log.info("node %s: Owner API on %s", identity.node_id, self.owner_address)
+        log.info(
+            "node %s: task %s (model %s); Owner API on %s",
+            identity.node_id,
+            task.name,
+            loaded.spec.architecture,
+            self.owner_address,
+        )
 
     def run(self) -> int:
         self.owner_server.start()

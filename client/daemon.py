@@ -22,14 +22,14 @@ from forsaken.client.transport import FleetConnection
 from forsaken.common import errors, failpoints
 from forsaken.common.diagnosis import Diagnosis, Problem
 from forsaken.common.exitcodes import ExitCode
-from forsaken.common.models import build_model
 from forsaken.common.partition import ClientData
 from forsaken.common.secagg.client_states import ClientDone
 from forsaken.common.secagg.setup import SetupInfo
 from forsaken.common.simulation import client_round_seed
+from forsaken.common.task import LoadedTask
 from forsaken.common.tasks import SecAggTask, StopTask, TrainTask, VerifyTask, WaitTask
 from forsaken.common.tensors import flatten, from_bytes, specs_of, to_bytes
-from forsaken.common.training import evaluate, load_vector, train_local
+from forsaken.common.training import load_vector
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ class ClientDaemon:
         *,
         connection: FleetConnection,
         data: ClientData,
+        task: LoadedTask,
         dataset_name: str,
         input_shape: tuple[int, ...],
         num_classes: int,
@@ -87,6 +88,7 @@ class ClientDaemon:
     ) -> None:
         self.conn = connection
         self.data = data
+        self.task = task
         self.dataset_name = dataset_name
         self.input_shape = input_shape
         self.num_classes = num_classes
@@ -108,6 +110,7 @@ class ClientDaemon:
         self._lock = threading.Lock()
         self.secure = SecureSessions(connection, connection.identity.signing_seed)
         self.forgetter = ForgetExecutor(Path(state_file.path).parent, data, seed)
+        self._pending_contribution: tuple[int, np.ndarray, int] | None = None
 
     # ---- data in use ------------------------------------------------------------------
 
@@ -161,6 +164,10 @@ class ClientDaemon:
                     self._secure_stage(task)
                 else:
                     self._train_and_push(task)
+            except (errors.ModelMismatch, errors.TaskFailed) as exc:
+                # Retrying cannot help: this node's code or model must change. Exit with it.
+                log.error("%s", exc)
+                raise
             except errors.NotAuthenticated as exc:
                 log.info("session no longer valid (%s); joining again", exc)
                 self.conn.token = None
@@ -231,7 +238,12 @@ class ClientDaemon:
 
     def _join(self) -> None:
         node_id = self.conn.join(
-            self.declared_samples(), self.dataset_name, self.input_shape, self.num_classes
+            self.declared_samples(),
+            self.dataset_name,
+            self.input_shape,
+            self.num_classes,
+            self.task.structure,
+            self.task.digest,
         )
         spec = self.conn.model_spec
         assert spec is not None
@@ -241,7 +253,7 @@ class ClientDaemon:
                 f"{self.input_shape}"
             )
         if self._model is None:
-            self._model = build_model(spec.architecture, spec.input_shape, spec.num_classes, 0)
+            self._model = self.task.build_model(0)
         log.info("joined as node %s (%d training samples)", node_id, self.num_samples())
 
     # ---- one training task ------------------------------------------------------------
@@ -354,13 +366,13 @@ class ClientDaemon:
         self, task: TrainTask | SecAggTask
     ) -> tuple[np.ndarray, int, dict[str, float]]:
         order = task.forget
-        assert order is not None and self.conn.model_spec is not None
+        assert order is not None
         model = self._ensure_model(task.model_sha256)
         vector = flatten(model.state_dict())
         step = self.forgetter.step(
             order.forget_id,
             order.method,
-            self.conn.model_spec,
+            self.task.spec,  # this node's own model (the Join check made it the server's)
             order.sample_ids,
             vector,
             task.round,
@@ -391,13 +403,15 @@ class ClientDaemon:
                 task.forget_id, "failed", {}, reason="this node has no record of the request"
             )
             return
-        evidence = self.forgetter.evidence(model, mine[0].sample_ids)
+        evidence = self.forgetter.evidence(model, mine[0].sample_ids, task.forget_id)
         info = self.conn.report_forget(
             task.forget_id, "evidence", evidence, model_sha256=task.model_sha256
         )
         self._update_forget(mine[0].request_id, state=info.state)
         if info.state == "completed":
-            self.forgetter.discard(task.forget_id)
+            self.forgetter.discard(
+                task.forget_id, reversed_contribution=mine[0].method == "forsaken"
+            )
         log.info(
             "forget %s verified on model %s: %s",
             task.forget_id,
@@ -421,12 +435,12 @@ class ClientDaemon:
             return flatten(model.state_dict()) * 0.0, 0, {}
         started = time.perf_counter()
         seed = client_round_seed(self.seed, self.partition_index, task.round)
-        result = train_local(model, x, y, task.settings, seed)
+        result = self.task.train(model, x, y, task.settings, seed)
         # train_local leaves the model trained; fetch the global weights again next time.
         self._model_sha = None
         metrics = {"train_loss": float(result.mean_loss), "train_s": time.perf_counter() - started}
         if len(self.data.y_held_out):
-            held = evaluate(model, self.data.x_held_out, self.data.y_held_out)
+            held = self.task.evaluate(model, self.data.x_held_out, self.data.y_held_out)
             metrics["held_out_acc"] = float(held.accuracy)
         log.info(
             "round %d: trained on %d samples (loss %.4f)",
@@ -450,12 +464,18 @@ class ClientDaemon:
             payload=to_bytes(update),
         )
         self._count_round(task.round)
+        if task.forget is None and num_samples > 0:
+            self.forgetter.record_contribution(task.round, update, num_samples)
         if reply.duplicate:
             log.info("round %d: the server already had this update", task.round)
 
     def _secure_stage(self, task: SecAggTask) -> None:
         if isinstance(task.message, SetupInfo):
             update, num_samples, _ = self._train(task)
+            # Counted as this node's contribution once the round's protocol finishes with it.
+            self._pending_contribution = (
+                (task.round, update, num_samples) if task.forget is None else None
+            )
             seed = client_round_seed(self.seed, self.partition_index, task.round)
             rounding = hashlib.sha256(b"forsaken/secagg/rounding/v1" + seed.to_bytes(8, "big"))
             self.secure.start(task, update, num_samples, rounding.digest())
@@ -463,6 +483,9 @@ class ClientDaemon:
         self.secure.handle(task)
         if isinstance(self.secure.current_state(), ClientDone):
             self._count_round(task.round)
+            pending, self._pending_contribution = self._pending_contribution, None
+            if pending is not None and pending[0] == task.round and pending[2] > 0:
+                self.forgetter.record_contribution(*pending)
 
     def _count_round(self, round_: int) -> None:
         with self._lock:

@@ -7,10 +7,9 @@ import grpc
 from forsaken.client.daemon import ClientDaemon
 from forsaken.client.state import LocalForget
 from forsaken.common.errors import ForsakenError, InvalidPayload
+from forsaken.common.forget_methods import METHOD_NAMES as METHODS
 from forsaken.common.rpc_errors import rpc_method
 from forsaken.v1 import fleet_pb2, owner_pb2, owner_pb2_grpc
-
-METHODS = ("forsaken", "pga", "retrain", "finetune")
 
 
 class OwnerServicer(owner_pb2_grpc.OwnerServicer):

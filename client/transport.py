@@ -106,15 +106,33 @@ class FleetConnection:
         return ((SESSION_KEY, self.token),)
 
     def join(
-        self, num_samples: int, dataset: str, input_shape: tuple[int, ...], num_classes: int
+        self,
+        num_samples: int,
+        dataset: str,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        model_tensors: tuple[TensorSpec, ...] = (),
+        model_digest: bytes = b"",
     ) -> str:
+        """Join with this node's model structure; ModelMismatch if the server's model differs."""
         challenge = self._call(
             lambda: self.stub.JoinChallenge(fleet_pb2.JoinChallengeRequest(), timeout=30)
         ).challenge
         request = wire.join_request(
-            self.identity, challenge, num_samples, dataset, input_shape, num_classes
+            self.identity,
+            challenge,
+            num_samples,
+            dataset,
+            input_shape,
+            num_classes,
+            model_tensors,
+            model_digest,
         )
-        reply = self._call(lambda: self.stub.Join(request, timeout=30))
+        try:
+            reply = self._call(lambda: self.stub.Join(request, timeout=30))
+        except errors.StaleRequest as exc:
+            # The one precondition a Join can fail: the node's model is not the federation's.
+            raise errors.ModelMismatch(str(exc)) from None
         self.token = reply.session_token
         self.node_id = reply.node_id
         self.model_spec = wire.model_spec_from_proto(reply.model)

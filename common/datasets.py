@@ -1,10 +1,11 @@
-"""Datasets: the built-in `digits` and `mnist5k`, and user data from `.npz` files.
+"""Datasets: the built-in `digits`, `mnist5k` and `fashion`, and user data from `.npz` files.
 
 Every dataset comes out the same way: float32 images in [0, 1] shaped (N, C, H, W), int64
-labels, and a fixed stratified train/test split. The split uses its own constant seed, not the
-run's `--seed`, so that every run, every client and every retrain-from-scratch reference sees
-the same test set. Each sample keeps a global id (its index in the full dataset) so a forget
-request can name samples without shipping them.
+labels, and a fixed train/test split: Fashion-MNIST's own 60,000/10,000, a stratified split for
+the others. That split uses its own constant seed, not the run's `--seed`, so that every run,
+every client and every retrain-from-scratch reference sees the same test set. Each sample keeps
+a global id (its index in the full dataset) so a forget request can name samples without
+shipping them.
 """
 
 from __future__ import annotations
@@ -32,26 +33,27 @@ class Dataset:
     """A loaded dataset with its fixed split. Arrays are read-only and may be shared."""
 
     name: str
-    x_train: np.ndarray  # (N_train, C, H, W) float32 in [0, 1]
+    x_train: np.ndarray  # (N_train, C, H, W) float32 in [0, 1]; a task's: (N_train, ...) float32
     y_train: np.ndarray  # (N_train,) int64 in [0, num_classes)
     ids_train: np.ndarray  # (N_train,) int64 global sample ids, ascending
     x_test: np.ndarray
     y_test: np.ndarray
     ids_test: np.ndarray
-    input_shape: tuple[int, int, int]  # (C, H, W)
+    input_shape: tuple[int, ...]  # (C, H, W) for the built-ins, any shape for a task's data
     num_classes: int
 
 
 def load_dataset(name_or_path: str | Path) -> Dataset:
     """Load a built-in dataset by name, or a user `.npz` file (arrays `x` and `y`) by path."""
     key = str(name_or_path)
-    if key in BUILTIN_DATASETS:
+    if key in BUILTIN_DATASETS or key in SPLIT_DATASETS:
         return _load_builtin(key)
     path = Path(key)
     if path.suffix == ".npz" or path.exists():
         return _load_npz(path)
     raise ConfigError(
-        f"unknown dataset {key!r}: use one of {sorted(BUILTIN_DATASETS)} or a path to a .npz file"
+        f"unknown dataset {key!r}: use one of {sorted([*BUILTIN_DATASETS, *SPLIT_DATASETS])} "
+        "or a path to a .npz file"
     )
 
 
@@ -77,11 +79,88 @@ BUILTIN_DATASETS: dict[str, Callable[[], tuple[np.ndarray, np.ndarray]]] = {
 }
 
 
+# Debian's dataset-fashion-mnist package (`apt-get install dataset-fashion-mnist`) installs the
+# original IDX files here.
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _fashion() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Fashion-MNIST with its own split: 60,000 training and 10,000 test images, 28x28."""
+    files = {
+        "x_train": "train-images-idx3-ubyte.gz",
+        "y_train": "train-labels-idx1-ubyte.gz",
+        "x_test": "t10k-images-idx3-ubyte.gz",
+        "y_test": "t10k-labels-idx1-ubyte.gz",
+    }
+    missing = [f for f in files.values() if not (FASHION_DIR / f).is_file()]
+    if missing:
+        raise ConfigError(
+            f"fashion needs Debian's dataset-fashion-mnist package ({FASHION_DIR} lacks "
+            f"{', '.join(missing)}): apt-get install dataset-fashion-mnist"
+        )
+    arrays = {k: read_idx(FASHION_DIR / f) for k, f in files.items()}
+    return (
+        arrays["x_train"].astype(np.float32) / 255.0,
+        arrays["y_train"],
+        arrays["x_test"].astype(np.float32) / 255.0,
+        arrays["y_test"],
+    )
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST format, optionally gzipped) of unsigned bytes, as an array."""
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError) as exc:
+        raise InvalidPayload(f"{path} is not a readable IDX file: {exc}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise InvalidPayload(f"{path} is not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if ndim < 1 or len(raw) < header:
+        raise InvalidPayload(f"{path} has a truncated IDX header")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    count = 1
+    for d in shape:
+        count *= d
+    if len(raw) - header != count:
+        raise InvalidPayload(
+            f"{path} holds {len(raw) - header} values, its header promises {count} ({shape})"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
+
+
+SPLIT_DATASETS: dict[str, Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]]
+SPLIT_DATASETS = {"fashion": _fashion}
+
+
 @functools.cache
 def _load_builtin(name: str) -> Dataset:
     # Cached because mnist5k takes about a second to parse; the arrays are read-only.
+    if name in SPLIT_DATASETS:
+        x_train, y_train, x_test, y_test = SPLIT_DATASETS[name]()
+        return _build_split(name, x_train, y_train, x_test, y_test)
     x, y = BUILTIN_DATASETS[name]()
     return _build(name, x, y)
+
+
+def _build_split(
+    name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
+) -> Dataset:
+    """A dataset with its own split; ids: training samples first, then the test samples."""
+    x = _normalize(np.concatenate([x_train, x_test]))
+    y = np.concatenate([y_train, y_test]).astype(np.int64)
+    n = len(y_train)
+    ids = np.arange(len(y), dtype=np.int64)
+    arrays = [x[:n], y[:n], ids[:n], x[n:], y[n:], ids[n:]]
+    for array in arrays:
+        array.setflags(write=False)
+    c, h, w = x.shape[1:]
+    return Dataset(name, *arrays, input_shape=(c, h, w), num_classes=int(y.max()) + 1)
 
 
 def _load_npz(path: Path) -> Dataset:

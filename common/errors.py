@@ -69,6 +69,15 @@ class ConfigError(ForsakenError):
     """A configuration value is missing or invalid."""
 
 
+class TaskFailed(ConfigError):
+    """A task's own code (its model, data, training or evaluation) raised; the message names the
+    task, the step and the exception."""
+
+
+class ModelMismatch(ForsakenError):
+    """A node's model is not the federation's: the message names the first differing tensor."""
+
+
 class CorruptState(ForsakenError):
     """Something on disk failed its integrity check."""
 

@@ -82,6 +82,15 @@ def mia_auc(member_losses: np.ndarray, nonmember_losses: np.ndarray) -> float:
     return float(u / (len(m) * len(n)))
 
 
+def auc_resolution(members: int, nonmembers: int, z: float = 1.96) -> float:
+    """The smallest |AUC - 0.5| a test on this many members and non-members tells from chance
+    (two-sided, z = 1.96 for 95%): z times the AUC's standard error when both sets come from
+    one distribution, sqrt((m + n + 1) / (12 m n)) (the Mann-Whitney U statistic's)."""
+    if members < 1 or nonmembers < 1:
+        raise InvalidPayload("AUC needs members and non-members")
+    return z * float(np.sqrt((members + nonmembers + 1) / (12.0 * members * nonmembers)))
+
+
 def tpr_at_fpr(member_losses: np.ndarray, nonmember_losses: np.ndarray, fpr: float = 0.01) -> float:
     """Fraction of members caught by the strictest loss threshold that flags at most `fpr`
     of the non-members (those with loss strictly below it)."""

@@ -1,7 +1,9 @@
-"""The model zoo: small classifiers whose whole state is their parameters.
+"""The model zoo: the built-in classifiers, and a registry that tasks add their models to.
 
-No BatchNorm or other buffers: secure aggregation averages parameter vectors, and running
-statistics would neither average meaningfully nor be covered by the masked update.
+`build_model(architecture, ...)` is the one way any component (the daemons, the forget engines,
+the in-process references) builds a model, so a model registered by a task (see
+`forsaken.common.task`) is built exactly as a built-in one is. The built-ins have no buffers:
+their whole state is their parameters.
 """
 
 from __future__ import annotations
@@ -17,11 +19,19 @@ MLP_HIDDEN = (128, 64)
 CNN_CHANNELS = (16, 32)
 CNN_HIDDEN = 64
 
-Builder = Callable[[tuple[int, int, int], int], nn.Module]
+# (input_shape, num_classes) -> a freshly initialised model; called under a seeded torch RNG.
+Builder = Callable[[tuple[int, ...], int], nn.Module]
 
 
-def _mlp(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+def _image_shape(input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    if len(input_shape) != 3 or min(input_shape) < 1:
+        raise ConfigError(f"input_shape must be (C, H, W) with positive sizes, got {input_shape}")
     c, h, w = input_shape
+    return c, h, w
+
+
+def _mlp(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    c, h, w = _image_shape(input_shape)
     layers: list[nn.Module] = [nn.Flatten()]  # (B, C, H, W) -> (B, C*H*W)
     width = c * h * w
     for hidden in MLP_HIDDEN:
@@ -31,8 +41,8 @@ def _mlp(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-def _cnn(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    c, h, w = input_shape
+def _cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    c, h, w = _image_shape(input_shape)
     if h < 4 or w < 4:
         raise ConfigError(f"the cnn needs images of at least 4x4, got {h}x{w}")
     c1, c2 = CNN_CHANNELS
@@ -51,10 +61,23 @@ def _cnn(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
 
 
 ARCHITECTURES: dict[str, Builder] = {"mlp": _mlp, "cnn": _cnn}
+BUILTIN_ARCHITECTURES = frozenset(ARCHITECTURES)
+
+
+def register_architecture(name: str, builder: Builder) -> None:
+    """Make `build_model(name, ...)` call `builder`; a task registers its model this way.
+
+    Registering a name again replaces its builder (a process that loads the same task twice);
+    the built-in names are reserved.
+    """
+    if name in BUILTIN_ARCHITECTURES:
+        raise ConfigError(f"architecture name {name!r} is reserved for a built-in model")
+    ARCHITECTURES[name] = builder
+
 
 # Chosen by the experiments recorded with the training defaults; unknown (user) data gets the
 # MLP, which works for any input shape.
-DEFAULT_ARCHITECTURES: dict[str, str] = {"digits": "mlp", "mnist5k": "mlp"}
+DEFAULT_ARCHITECTURES: dict[str, str] = {"digits": "mlp", "mnist5k": "mlp", "fashion": "cnn"}
 FALLBACK_ARCHITECTURE = "mlp"
 
 
@@ -64,7 +87,7 @@ def default_architecture(dataset_name: str) -> str:
 
 
 def build_model(
-    architecture: str, input_shape: tuple[int, int, int], num_classes: int, seed: int
+    architecture: str, input_shape: tuple[int, ...], num_classes: int, seed: int
 ) -> nn.Module:
     """Build a freshly initialised model; the same arguments give bit-identical parameters.
 
@@ -77,8 +100,6 @@ def build_model(
         )
     if num_classes < 2:
         raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
-    if len(input_shape) != 3 or min(input_shape) < 1:
-        raise ConfigError(f"input_shape must be (C, H, W) with positive sizes, got {input_shape}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ARCHITECTURES[architecture](tuple(input_shape), num_classes)

@@ -128,21 +128,13 @@ def client_split(
     seed: int = 0,
     held_out_fraction: float = 0.1,
 ) -> ClientData:
-    """Client `index`'s part of the train split, minus a reserved held-out slice.
-
-    The held-out slice (at least one sample when the fraction is positive, never the whole
-    part) is drawn from a generator keyed on (seed, index), so it is stable across restarts.
-    """
+    """Client `index`'s part of the train split, minus a reserved held-out slice (`hold_out`)."""
     if not 0 <= index < num_parts:
         raise ConfigError(f"client index {index} is not in 0..{num_parts - 1}")
     if not 0.0 <= held_out_fraction < 1.0:
         raise ConfigError(f"held_out_fraction must be in [0, 1), got {held_out_fraction}")
     part = partition(dataset.y_train, num_parts, scheme, alpha, seed)[index]
-    n_held = 0 if held_out_fraction == 0 else max(1, round(held_out_fraction * len(part)))
-    n_held = min(n_held, len(part) - 1)
-    rng = np.random.default_rng([seed, index, 0x6E1D])  # 0x6E1D: a tag for "held-out"
-    held = np.sort(rng.choice(part, size=n_held, replace=False))
-    train = np.setdiff1d(part, held)
+    train, held = hold_out(part, held_out_fraction, seed, index)
     return ClientData(
         x_train=dataset.x_train[train],
         y_train=dataset.y_train[train],
@@ -151,3 +143,20 @@ def client_split(
         y_held_out=dataset.y_train[held],
         ids_held_out=dataset.ids_train[held],
     )
+
+
+def hold_out(
+    part: np.ndarray, fraction: float, seed: int, index: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split a client's sample indices `part` into (train, held-out), both ascending.
+
+    The held-out slice (at least one sample when the fraction is positive, never the whole
+    part) is drawn from a generator keyed on (seed, index), so it is stable across restarts.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"held_out_fraction must be in [0, 1), got {fraction}")
+    n_held = 0 if fraction == 0 else max(1, round(fraction * len(part)))
+    n_held = min(n_held, len(part) - 1)
+    rng = np.random.default_rng([seed, index, 0x6E1D])  # 0x6E1D: a tag for "held-out"
+    held = np.sort(rng.choice(part, size=n_held, replace=False))
+    return np.setdiff1d(part, held), held

@@ -20,6 +20,7 @@ STATUS_FOR: dict[type[errors.ForsakenError], grpc.StatusCode] = {
     errors.UnknownEntity: grpc.StatusCode.NOT_FOUND,
     errors.StaleRequest: grpc.StatusCode.FAILED_PRECONDITION,
     errors.WrongStage: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.ModelMismatch: grpc.StatusCode.FAILED_PRECONDITION,
     errors.ProtocolAborted: grpc.StatusCode.ABORTED,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.DuplicateRequest: grpc.StatusCode.ALREADY_EXISTS,

@@ -64,8 +64,11 @@ def join_request(
     dataset: str,
     input_shape: tuple[int, ...],
     num_classes: int,
+    model_tensors: tuple[TensorSpec, ...] = (),
+    model_digest: bytes = b"",
 ) -> fleet_pb2.JoinRequest:
-    """A signed Join for the server's `challenge`, with a fresh request id and timestamp."""
+    """A signed Join for the server's `challenge`, with a fresh request id and timestamp, and
+    this node's model structure for the server's agreement check."""
     request_id = uuid.uuid4().hex
     now_ms = int(time.time() * 1000)
     return fleet_pb2.JoinRequest(
@@ -78,6 +81,8 @@ def join_request(
         input_shape=list(input_shape),
         num_classes=num_classes,
         challenge=challenge,
+        model_tensors=[tensor_spec_to_proto(t) for t in model_tensors],
+        model_digest=model_digest,
     )
 
 

@@ -61,6 +61,15 @@ class ServerConfig:
     architecture: str = option(
         "", "Model architecture (mlp, cnn); empty picks the dataset's default."
     )
+    task: str = option(
+        "",
+        "The federation's task, your own model and data: module:attr or path/to/file.py:attr "
+        "(see the README's 'Bring your own model'); it replaces --dataset and --architecture, "
+        "which name a built-in task.",
+    )
+    data_dir: str = option(
+        "", "Directory the task reads its data from (handed to its data functions)."
+    )
     rounds: int = option(10, "Rounds to run; 0 runs until stopped.")
     min_clients: int = option(2, "Live clients needed before a round starts.")
     fraction: float = option(1.0, "Fraction of live clients sampled each round.")
@@ -282,7 +291,8 @@ class ModelProvider(Protocol):
     """What the server needs to know about the model: its shape, a start, and a judge."""
 
     model_spec: ModelSpec
-    tensors: tuple[TensorSpec, ...]
+    tensors: tuple[TensorSpec, ...]  # the wire layout
+    structure: tuple[TensorSpec, ...]  # real dtypes, checked at Join; empty: no check
     can_evaluate: bool
 
     def initial_vector(self) -> np.ndarray: ...
@@ -314,9 +324,16 @@ class ServerDaemon:
         if files is not None:
             check_own_certificate(files, "the server's")
         if model is None:
-            from forsaken.server.evaluation import ModelBench  # torch only in the app layer
+            # torch only in the app layer
+            from forsaken.common.task import DataRequest
+            from forsaken.common.task_loader import resolve_task
+            from forsaken.server.evaluation import ModelBench
 
-            model = ModelBench.for_dataset(config.dataset, config.architecture, config.seed)
+            task = resolve_task(config.task, config.dataset, config.architecture)
+            data_dir = Path(config.data_dir) if config.data_dir else None
+            request = DataRequest(seed=config.seed, data_dir=data_dir)
+            model = ModelBench.for_task(task, request)
+            log.info("task %s: model %s", task.name, model.model_spec.architecture)
         self.bench = model
         self.ledger = SqliteLedger(state / "ledger.sqlite")
         self.checkpoints = FileCheckpointStore(state / "checkpoints")
@@ -387,6 +404,7 @@ class ServerDaemon:
                 watchdog=self.watchdog,
                 challenges=ChallengeBook(time.time),
                 enrolled=load_allow_list(cfg.allow_nodes) if cfg.allow_nodes else None,
+                structure=self.bench.structure,
             ),
             server,
         )

@@ -40,6 +40,7 @@ from forsaken.common.secagg.setup import SetupInfo
 from forsaken.common.tasks import AnyTask, SecAggTask, StopTask, TrainTask, VerifyTask
 from forsaken.common.tensors import TensorSpec, from_bytes
 from forsaken.common.types import ModelSpec, TrainSettings
+from forsaken.common.unlearning.negation import negate
 from forsaken.common.update_bound import check_aggregate
 from forsaken.server import retention, update_checks
 from forsaken.server.checkpoints import CheckpointStore
@@ -360,7 +361,13 @@ class Coordinator:
         )
 
     def _maybe_start(self, now_ms: int) -> list[Event]:
-        rollback = self.forgets.begin(self.model.sha256, self.model.completed, now_ms)
+        negated = None
+        if self.forgets.needs_negated_model():
+            # NoT: the ledger names the negated model's checkpoint before anything uses it.
+            negated = self.model.store(
+                negate(self.model.vector, self.tensors), self.model.completed
+            )
+        rollback = self.forgets.begin(self.model.sha256, self.model.completed, now_ms, negated)
         if rollback is not None:
             self._roll_back(rollback)
         if self._finished and not self._forget_needs_rounds():
@@ -505,11 +512,16 @@ class Coordinator:
         return rec is not None and rec.state in (ForgetState.UNLEARNING, ForgetState.RECOVERING)
 
     def _roll_back(self, rec: ForgetRecord) -> None:
-        """`retrain`: restart from the last model before the node's first contribution."""
+        """`retrain`: restart from the last model before the node's first contribution;
+        `not`: continue from the negated model."""
         sha = json.loads(rec.progress_json)["rollback_model"]
         self.model.roll_back(sha)
         # From now on the guard compares retrained models with the rolled-back one.
         self.guard.restart(self.model.evaluate(self.model.vector))
         log.warning(
-            "forget %s: rolled back to %s without node %s", rec.forget_id, sha[:12], rec.node_id
+            "forget %s (%s): the model is now %s; training continues without node %s",
+            rec.forget_id,
+            rec.method,
+            sha[:12],
+            rec.node_id,
         )

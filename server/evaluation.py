@@ -1,53 +1,63 @@
 """Server-side model handling: the initial model and evaluation on the validation split.
 
-This is the only server module that needs torch; the coordinator sees flat vectors.
+This is the only server module that needs torch; the coordinator sees flat vectors. The model
+and the validation data come from the federation's task (`forsaken.common.task`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from forsaken.common.datasets import Dataset, load_dataset
-from forsaken.common.models import build_model, default_architecture
+from forsaken.common.datasets import Dataset
+from forsaken.common.task import DataRequest, LoadedTask, Task, builtin_task, for_server
 from forsaken.common.tensors import TensorSpec, flatten, specs_of
-from forsaken.common.training import evaluate, load_vector
+from forsaken.common.training import load_vector
 from forsaken.common.types import ModelSpec
 from forsaken.server.rounds import EvalResult
 
 
 @dataclass
 class ModelBench:
-    model_spec: ModelSpec
-    tensors: tuple[TensorSpec, ...]
-    model: torch.nn.Module
-    dataset: Dataset
+    task: LoadedTask
+    dataset: Dataset  # its test split is the validation set
     seed: int
     can_evaluate: bool = True
+    model: torch.nn.Module = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.model = self.task.build_model(self.seed)
+
+    @classmethod
+    def for_task(cls, task: Task, request: DataRequest) -> ModelBench:
+        torch.set_num_threads(1)  # the server shares the machine with its own RPC threads
+        loaded, dataset = for_server(task, request)
+        return cls(loaded, dataset, request.seed)
 
     @classmethod
     def for_dataset(cls, dataset: str, architecture: str, seed: int) -> ModelBench:
-        torch.set_num_threads(1)  # the server shares the machine with its own RPC threads
-        data = load_dataset(dataset)
-        arch = architecture or default_architecture(data.name)
-        model = build_model(arch, data.input_shape, data.num_classes, seed)
-        spec = ModelSpec(arch, tuple(data.input_shape), int(data.num_classes), data.name)
-        return cls(spec, specs_of(model.state_dict()), model, data, seed)
+        return cls.for_task(builtin_task(dataset, architecture), DataRequest(seed=seed))
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        return self.task.spec
+
+    @property
+    def tensors(self) -> tuple[TensorSpec, ...]:
+        return specs_of(self.model.state_dict())  # the wire layout: every entry as float32
+
+    @property
+    def structure(self) -> tuple[TensorSpec, ...]:
+        return self.task.structure
 
     def initial_vector(self) -> np.ndarray:
-        fresh = build_model(
-            self.model_spec.architecture,
-            self.model_spec.input_shape,
-            self.model_spec.num_classes,
-            self.seed,
-        )
-        return flatten(fresh.state_dict())
+        return flatten(self.task.build_model(self.seed).state_dict())
 
     def evaluate(self, vector: np.ndarray) -> EvalResult:
         load_vector(self.model, vector)
-        result = evaluate(self.model, self.dataset.x_test, self.dataset.y_test)
+        result = self.task.evaluate(self.model, self.dataset.x_test, self.dataset.y_test)
         return EvalResult(accuracy=float(result.accuracy), loss=float(result.loss))
 
 
@@ -57,6 +67,7 @@ class SyntheticModel:
 
     params: int
     can_evaluate: bool = False
+    structure: tuple[TensorSpec, ...] = ()  # Joins are not checked against it
 
     def __post_init__(self) -> None:
         self.model_spec = ModelSpec("synthetic", (self.params,), 1, "synthetic")

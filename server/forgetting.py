@@ -4,11 +4,13 @@ requested -> unlearning -> recovering -> verifying -> completed (or failed, with
 Requests are served one at a time, oldest first, and every transition is written to the
 ledger before anyone is told, so a restarted server resumes exactly where it was.
 
-- unlearning: for `forsaken` and `pga` the forgetting node's tasks carry a forget instruction
+- unlearning: for `forsaken`, `pga` and `fedquit` the forgetting node's tasks carry a forget
+  instruction
   and it uploads dummy gradients through the ordinary (secure) update path while the others
   train; it reports when its local membership oracle says the data looks unseen. `retrain`
   rolls the model back to before the node's first contribution and retrains for as many rounds
-  as were lost. `finetune` does nothing here (the negative control).
+  as were lost. `not` replaces the model with its first layers negated (NoT), and recovery
+  fine-tunes it. `finetune` does nothing here (the negative control).
 - recovering: normal rounds among the remaining clients restore utility.
 - verifying: the node measures the evidence on the final model and reports it; the receipt
   records it with both model digests. Nothing completes without that evidence.
@@ -24,14 +26,14 @@ from dataclasses import dataclass
 
 from forsaken.common import failpoints
 from forsaken.common.errors import InvalidPayload, PermissionDenied, StaleRequest
+from forsaken.common.forget_methods import CLIENT_METHODS, METHOD_NAMES, SERVER_METHODS
+from forsaken.common.receipts import verdict
 from forsaken.common.tasks import ForgetOrder
 from forsaken.server.ledger import ForgetRecord, ForgetState, Ledger
 
 log = logging.getLogger(__name__)
 
-METHODS = ("forsaken", "pga", "retrain", "finetune")
-# What the server can do without the node: an operator's forget of a revoked node uses these.
-SERVER_METHODS = ("retrain", "finetune")
+METHODS = METHOD_NAMES
 # Quantities the node must report before a request may complete.
 REQUIRED_EVIDENCE = ("mia_auc", "forget_acc", "held_out_acc")
 
@@ -183,9 +185,8 @@ class ForgetManager:
         rec = self.active()
         if rec is None or rec.sample_ids:
             return frozenset()
-        if rec.state in (ForgetState.RECOVERING, ForgetState.VERIFYING) or rec.method in (
-            "retrain",
-            "finetune",
+        if rec.state in (ForgetState.RECOVERING, ForgetState.VERIFYING) or (
+            rec.method in SERVER_METHODS
         ):
             return frozenset({rec.node_id})
         return frozenset()
@@ -194,7 +195,7 @@ class ForgetManager:
         rec = self.active()
         if rec is None or rec.node_id != node_id or rec.state is not ForgetState.UNLEARNING:
             return None
-        if rec.method not in ("forsaken", "pga"):
+        if rec.method not in CLIENT_METHODS:
             return None
         return ForgetOrder(rec.forget_id, rec.method, rec.sample_ids)
 
@@ -211,8 +212,21 @@ class ForgetManager:
 
     # ---- transitions --------------------------------------------------------------------
 
-    def begin(self, model_sha256: str, completed_round: int, now_ms: int) -> ForgetRecord | None:
-        """Start the oldest requested forget; returns it if its method needs a rollback."""
+    def needs_negated_model(self) -> bool:
+        """The next request to start is NoT: the caller must checkpoint the negated model and
+        pass its digest to `begin` (the ledger names it before anything depends on it)."""
+        rec = self.active()
+        return rec is not None and rec.state is ForgetState.REQUESTED and rec.method == "not"
+
+    def begin(
+        self,
+        model_sha256: str,
+        completed_round: int,
+        now_ms: int,
+        negated_model: str | None = None,
+    ) -> ForgetRecord | None:
+        """Start the oldest requested forget; returns it if its method replaces the model
+        (`retrain`'s rollback, `not`'s negated model: `rollback_model` in its progress)."""
         rec = self.active()
         if rec is None or rec.state is not ForgetState.REQUESTED:
             return None
@@ -223,6 +237,13 @@ class ForgetManager:
             "recovery_rounds": 0,
             "client": {},
         }
+        if rec.method == "not":
+            if negated_model is None:
+                raise InvalidPayload("NoT needs the negated model's checkpoint to start")
+            progress["rollback_model"] = negated_model
+            self._set(rec, ForgetState.UNLEARNING, progress, now_ms)
+            self._set(self.ledger.forget(rec.forget_id), ForgetState.RECOVERING, progress, now_ms)
+            return self.ledger.forget(rec.forget_id)
         if rec.method == "finetune":
             self._set(rec, ForgetState.UNLEARNING, progress, now_ms)
             self._set(self.ledger.forget(rec.forget_id), ForgetState.RECOVERING, progress, now_ms)
@@ -336,6 +357,7 @@ class ForgetManager:
             if missing:
                 raise InvalidPayload(f"evidence lacks {missing}")
             receipt = self._receipt(rec, progress, dict(metrics), model_sha256, now_ms)
+            receipt["verdict"] = verdict(receipt)
             self.ledger.update_forget(
                 forget_id,
                 now_ms=now_ms,
@@ -359,7 +381,7 @@ class ForgetManager:
             return  # an operator's request needs nothing from the node
         if rec.state not in (ForgetState.UNLEARNING, ForgetState.VERIFYING):
             return
-        if rec.method in ("retrain", "finetune") and rec.state is ForgetState.UNLEARNING:
+        if rec.method in SERVER_METHODS and rec.state is ForgetState.UNLEARNING:
             return  # the node is not needed until verification
         limit = self.policy.node_timeout_s
         contact = max(last_contact_ms.get(rec.node_id, self._started_ms), self._started_ms)
@@ -417,6 +439,7 @@ class ForgetManager:
         receipt["verified_by"] = "server"
         receipt["initiated_by"] = rec.initiated_by
         receipt["reference"] = shows
+        receipt["verdict"] = verdict(receipt)
         self.ledger.update_forget(
             rec.forget_id,
             now_ms=now_ms,
@@ -450,10 +473,20 @@ class ForgetManager:
             "client_gradient_evaluations": progress.get("client_gradient_evaluations", 0),
             "evidence": evidence,
             "reference": (
-                "mia_auc is a loss-threshold membership attack on the forgotten samples against "
-                "the node's held-out samples, which no model ever trained on. When the "
-                "forgotten data is drawn like the held-out slice, a model retrained from scratch "
-                "without it scores about 0.5; for data unlike it (e.g. relabelled samples) "
-                "compare with a retrained model, as `forsaken evaluate` does"
+                "What this evidence shows and what it cannot. mia_auc and conf_auc are "
+                "population attacks (a loss and a label-free confidence threshold) on the "
+                "forgotten samples against the node's held-out samples, which no model ever "
+                "trained on; auc_resolution is the smallest distance from 0.5 that these sample "
+                "sizes can tell from chance, so a value within 0.5 +/- auc_resolution says only "
+                "that no population-level difference is visible. excess_confidence_drop, where "
+                "present, is how much more the forgotten samples' logit confidence fell than the "
+                "held-out samples' between the model at the request and this one (95% half-width "
+                "beside it). None of this compares the model with one retrained without the "
+                "data: per-example memorisation, which a membership attack calibrated on shadow "
+                "models (LiRA) can still see when these numbers look clean, is measured only by "
+                "an evaluation with retrained references, as `forsaken evaluate` runs it; "
+                "docs/unlearning.md reports it for each method. For data unlike the held-out "
+                "slice (relabelled or triggered samples) the population numbers are not 0.5 "
+                "even for a retrained model"
             ),
         }

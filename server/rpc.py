@@ -19,6 +19,8 @@ from forsaken.common.chunking import PayloadAssembler, PayloadHeader
 from forsaken.common.errors import InvalidPayload, NotAuthenticated, PermissionDenied
 from forsaken.common.identity import verify_join
 from forsaken.common.rpc_errors import rpc_method, stream_method
+from forsaken.common.structure import check_agreement
+from forsaken.common.tensors import TensorSpec
 from forsaken.common.types import ModelSpec
 from forsaken.common.wire_tasks import task_to_proto
 from forsaken.server.join_challenges import ChallengeBook
@@ -60,9 +62,12 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         watchdog: StreamWatchdog | None = None,
         challenges: ChallengeBook | None = None,
         enrolled: frozenset[str] | None = None,
+        structure: tuple[TensorSpec, ...] = (),
     ) -> None:
         self.runtime = runtime
         self.model_spec = model_spec
+        # The federation's model tensors with real dtypes; empty: Joins are not checked.
+        self.structure = structure
         self.poll_timeout_s = poll_timeout_s
         self.max_payload_bytes = max_payload_bytes
         self.mtls = mtls
@@ -133,6 +138,12 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                 "--allow-nodes file)"
             )
         self._check_shape(request)
+        if self.structure:
+            check_agreement(
+                self.structure,
+                tuple(wire.tensor_spec_from_proto(t) for t in request.model_tensors),
+                request.model_digest,
+            )
         if self.join_limit is not None:
             self.join_limit.check(node_id)
         samples, limit = max(0, request.num_samples), self.max_clients

@@ -51,7 +51,7 @@ def test_every_subcommand_has_help_with_descriptions() -> None:
         ("client", "--log-level {debug,info,warning,error}"),
         ("server", "--log-format {text,json}"),
         ("server", "--aggregation {secure,plaintext}"),
-        ("forget", "--method {forsaken,pga,retrain,finetune}"),
+        ("forget", "--method {forsaken,pga,fedquit,finetune,not,retrain}"),
     ],
 )
 def test_help_shows_the_choices(command: str, shown: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -278,3 +279,25 @@ def test_sampling_always_includes_required_nodes_and_keeps_the_size() -> None:
     forced = policy.sample(pool, 4, 0, required=[missing])
     assert missing in forced and len(forced) == 3
     assert policy.sample(pool, 4, 0, required=["not-live"]) == plain
+
+
+def test_not_replaces_the_model_with_its_negated_first_layers() -> None:
+    store = MemoryCheckpointStore()
+    coord = make(
+        RoundPolicy(rounds=1, min_clients=2, min_completed=2, round_timeout_s=10), store=store
+    )
+    joined(coord, "a", "b", "c")
+    coord.tick(1)
+    for node in ("a", "b", "c"):
+        coord.submit(node, submission(coord, node, np.ones(D, np.float32), 10, rid=node), 2)
+    coord.tick(3)
+    before = coord.model.vector.copy()
+    coord.forget_request("a", "a", "req", (), "not", 4)
+    (started,) = coord.tick(5)
+    assert isinstance(started, RoundStarted) and "a" not in started.selected
+    # Both tensors of this two-layer toy model count as "the first two layers".
+    np.testing.assert_array_equal(coord.model.vector, -before)
+    rec = coord.forgets.active()
+    assert rec is not None
+    sha = json.loads(rec.progress_json)["rollback_model"]
+    assert from_bytes(store.get(sha), SPECS).tolist() == (-before).tolist()

@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 
 from forsaken.common.datasets import (
+    FASHION_DIR,
     MIN_SAMPLES,
     TEST_FRACTION,
     load_dataset,
     stratified_split,
 )
 from forsaken.common.errors import ConfigError, InvalidPayload
+from forsaken.common.models import default_architecture
 
 
 def _check_common(ds, n_total: int, shape: tuple[int, int, int], classes: int) -> None:
@@ -148,3 +150,35 @@ def test_npz_that_is_not_an_archive_is_rejected(tmp_path: Path) -> None:
     path.write_bytes(b"this is not a zip file")
     with pytest.raises(InvalidPayload, match=r"not a readable \.npz"):
         load_dataset(path)
+
+
+def test_idx_files_are_read_and_checked(tmp_path: Path) -> None:
+    import gzip
+
+    from forsaken.common.datasets import read_idx
+
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    header = bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in images.shape)
+    good = tmp_path / "x-idx3-ubyte.gz"
+    good.write_bytes(gzip.compress(header + images.tobytes()))
+    assert np.array_equal(read_idx(good), images)
+    short = tmp_path / "short-idx3-ubyte"
+    short.write_bytes(header + images.tobytes()[:-1])
+    with pytest.raises(InvalidPayload, match="header promises"):
+        read_idx(short)
+    wrong = tmp_path / "float-idx"
+    wrong.write_bytes(bytes([0, 0, 0x0D, 1]) + (4).to_bytes(4, "big") + b"\0" * 16)
+    with pytest.raises(InvalidPayload, match="unsigned bytes"):
+        read_idx(wrong)
+
+
+@pytest.mark.skipif(
+    not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists(),
+    reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)",
+)
+def test_fashion_keeps_its_own_60k_10k_split() -> None:
+    ds = load_dataset("fashion")
+    assert ds.x_train.shape == (60_000, 1, 28, 28) and ds.x_test.shape == (10_000, 1, 28, 28)
+    assert ds.num_classes == 10 and ds.x_train.min() >= 0.0 and ds.x_train.max() <= 1.0
+    assert not set(ds.ids_train.tolist()) & set(ds.ids_test.tolist())
+    assert default_architecture("fashion") == "cnn"

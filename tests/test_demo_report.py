@@ -49,7 +49,7 @@ def test_report_marks_phases_and_carries_the_curves(tmp_path: Path) -> None:
         name: {"test_acc": 0.9, "asr": asr, "mia_auc": 0.2, "kl_forget": 0.1, "fr": 0.5}
         for name, asr in (("O", 0.99), ("U", 0.02), ("R", 0.01))
     }
-    args = argparse.Namespace(dataset="digits", clients=3)
+    args = argparse.Namespace(dataset="digits", clients=3, task="")
     report = demo._report(_run(), models, "", curves, args, 12.0)
     phases = {r["round"]: r["phase"] for r in report["rounds"]}
     assert phases == {

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 
+from forsaken.client.forgetting import CONTRIBUTION_FILE, ContributionRecord
 from forsaken.client.transport import FleetConnection
 from forsaken.common import errors
 from forsaken.common.identity import NodeIdentity
@@ -60,7 +62,16 @@ def owner_status(c: Cluster, index: int) -> owner_pb2.OwnerStatus:
         return owner_pb2_grpc.OwnerStub(channel).Status(owner_pb2.OwnerStatusRequest(), timeout=10)
 
 
+def _window(vector: np.ndarray) -> np.ndarray:
+    """Four entries around the record's largest one: bytes no other file would hold."""
+    i = min(int(np.abs(vector).argmax()), len(vector) - 4)
+    return vector[i : i + 4]
+
+
 def test_owner_forgets_everything_and_gets_a_receipt(cluster: Cluster) -> None:
+    record = ContributionRecord(cluster.root / "client-0" / CONTRIBUTION_FILE)
+    recorded, counted = record.load()
+    assert recorded is not None and counted >= 1  # the node kept its own record of training
     out = forget(cluster, 0, "--method", "forsaken", "--request-id", "owner-req-1")
     assert out.returncode == 0, out.stdout + out.stderr
     info = receipt_of(out)
@@ -71,6 +82,18 @@ def test_owner_forgets_everything_and_gets_a_receipt(cluster: Cluster) -> None:
     assert receipt["model_sha256_before"] != receipt["model_sha256_after"]
     for key in ("mia_auc", "forget_acc", "held_out_acc"):
         assert 0.0 <= receipt["evidence"][key] <= 1.0
+    # Once reversed, the record is cleared (its round counter stays, so no old round is
+    # counted again); the server never held it: no file it keeps carries the record's bytes.
+    deadline = time.monotonic() + 30
+    while record.load()[0] is not None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    cleared, last = record.load()
+    assert cleared is None and last >= counted
+    needles = [_window(recorded).tobytes(), _window(recorded).astype(np.float32).tobytes()]
+    for path in (cluster.root / "server").rglob("*"):
+        if path.is_file():
+            held = path.read_bytes()
+            assert not any(n in held for n in needles), path
     # The same request id again is the same request, not a second one.
     again = forget(cluster, 0, "--request-id", "owner-req-1", wait=False)
     assert again.returncode == 0

@@ -71,6 +71,7 @@ def test_forsaken_lifecycle_to_a_receipt() -> None:
     assert receipt["model_sha256_before"] == SHA and receipt["model_sha256_after"] == "cd" * 32
     assert receipt["unlearning_rounds"] == 2 and receipt["recovery_rounds"] == 1
     assert receipt["evidence"] == EVIDENCE and receipt["stopped_by"] == "oracle"
+    assert "in 2 unlearning and 1 recovery rounds" in receipt["verdict"]
     assert fm.active() is None
 
 
@@ -163,6 +164,7 @@ def test_operator_forget_needs_a_server_side_method_and_completes_without_the_no
     receipt = json.loads(done.receipt_json)
     assert receipt["verified_by"] == "server" and receipt["evidence"] == {"validation_acc": 0.9}
     assert receipt["reference"].startswith("exact:")
+    assert "The server verified it, without the node: exact:" in receipt["verdict"]
 
 
 def test_silence_is_measured_from_the_nodes_last_contact_not_the_rows_last_write() -> None:
@@ -188,3 +190,28 @@ def test_a_node_that_takes_no_part_in_unlearning_rounds_fails_its_request() -> N
     failed = ledger.forget(rec.forget_id)
     assert failed.state is ForgetState.FAILED and "took no part in" in failed.reason
     assert fm.active() is not None and fm.active().forget_id == second.forget_id
+
+
+def test_not_starts_from_the_negated_model_and_goes_straight_to_recovery() -> None:
+    ledger, fm = setup()
+    rec, _ = fm.request("a", "", "r", (), "not", 0)
+    assert fm.needs_negated_model()
+    with pytest.raises(InvalidPayload, match="negated model"):
+        fm.begin(SHA, 4, 1)
+    rollback = fm.begin(SHA, 4, 1, negated_model="ee" * 32)
+    assert rollback is not None
+    assert json.loads(rollback.progress_json)["rollback_model"] == "ee" * 32
+    assert ledger.forget(rec.forget_id).state is ForgetState.RECOVERING
+    assert not fm.needs_negated_model()
+    assert fm.instruction_for("a") is None  # the node computes nothing
+    assert fm.excluded_nodes() == {"a"}
+    fm.on_round_completed(("b",), 2)
+    assert ledger.forget(rec.forget_id).state is ForgetState.VERIFYING
+
+
+def test_fedquit_is_a_client_method() -> None:
+    _, fm = setup()
+    fm.request("a", "", "r", (), "fedquit", 0)
+    assert fm.begin(SHA, 1, 1) is None
+    order = fm.instruction_for("a")
+    assert order is not None and order.method == "fedquit"

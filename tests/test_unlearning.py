@@ -13,14 +13,16 @@ import torch
 from forsaken.common import metrics as M
 from forsaken.common.backdoor import poison_client, triggered_test_set
 from forsaken.common.datasets import load_dataset
-from forsaken.common.errors import ConfigError
+from forsaken.common.errors import ConfigError, InvalidPayload
 from forsaken.common.models import build_model
 from forsaken.common.partition import client_split
-from forsaken.common.tensors import flatten
+from forsaken.common.tensors import flatten, specs_of
 from forsaken.common.training import TrainConfig, load_vector, train_local
 from forsaken.common.types import ModelSpec
 from forsaken.common.unlearning import (
+    NEGATION,
     RETRAIN,
+    FedQuitConfig,
     FinetuneEngine,
     ForsakenConfig,
     ForsakenEngine,
@@ -28,7 +30,9 @@ from forsaken.common.unlearning import (
     PGAEngine,
     make_engine,
 )
+from forsaken.common.unlearning.fedquit import virtual_teacher
 from forsaken.common.unlearning.generator import DummyGradientGenerator
+from forsaken.common.unlearning.negation import layers_to_negate, negate
 from forsaken.common.unlearning.objectives import (
     ObjectiveWeights,
     atypical_mask,
@@ -250,3 +254,78 @@ def test_transplant_term_removes_the_triggers_pull_on_clean_inputs(bed: dict) ->
         load_vector(bed["model"], after)
         trig_kept[weight] = M.accuracy(M.model_outputs(bed["model"], bed["trig_x"]), bed["trig_y"])
     assert trig_kept[10.0] > trig_kept[0.0] + 0.05
+
+
+def test_first_round_reverses_the_recorded_contribution_once(bed: dict) -> None:
+    """With steps_per_round=1 and zero-initialised heads, G's first output is tiny, so the
+    first update is the scaled reversal; the second round reverses nothing again."""
+    w = len(bed["data"].y_train)
+    total = 5 * w
+    rng = np.random.default_rng(0)
+    record = rng.normal(0.0, 1e-2, bed["vector"].shape) * w  # Σ w_t Δ_t
+    cfg = ForsakenConfig(steps_per_round=1, learning_rate=1e-6)
+    engine = ForsakenEngine(bed["spec"], cfg, contribution=record)
+    first = _step(engine, bed, round_number=1, total=total)
+    moved = first.update * (first.num_samples / total)  # what the mean carries
+    np.testing.assert_allclose(moved, -record / total, atol=1e-5)
+    assert first.metrics["reversed"] == 1.0
+    second = _step(engine, bed, round_number=2, total=total)
+    assert second.metrics["reversed"] == 0.0
+    assert np.abs(second.update).max() < 1e-2 * np.abs(first.update).max()
+    # Without a record, or with the reversal off, nothing is reversed.
+    plain = ForsakenEngine(bed["spec"], cfg)
+    assert _step(plain, bed, total=total).metrics["reversed"] == 0.0
+    off = ForsakenEngine(bed["spec"], replace(cfg, reversal=0.0), contribution=record)
+    assert _step(off, bed, total=total).metrics["reversed"] == 0.0
+    wrong = ForsakenEngine(bed["spec"], cfg, contribution=record[:-1])
+    with pytest.raises(InvalidPayload, match="contribution record"):
+        _step(wrong, bed, total=total)
+
+
+def test_anchor_survives_the_state_round_trip(bed: dict) -> None:
+    engine = ForsakenEngine(bed["spec"], ForsakenConfig(steps_per_round=2))
+    _step(engine, bed)
+    state = engine.state_dict()
+    assert np.array_equal(state["anchor"], bed["vector"])
+    again = ForsakenEngine(bed["spec"], ForsakenConfig(steps_per_round=2))
+    again.load_state_dict(state)
+    assert again.anchor is not None and np.array_equal(again.anchor, bed["vector"])
+
+
+def test_fedquit_teacher_demotes_the_label_and_keeps_the_rest() -> None:
+    logits = torch.tensor([[4.0, 1.0, 0.0, -1.0]])
+    teacher = virtual_teacher(logits, torch.tensor([0]))
+    assert float(teacher[0, 0]) == pytest.approx(float(teacher[0].mean()), abs=0.2)
+    assert float(teacher[0, 1]) > float(teacher[0, 2]) > float(teacher[0, 3])
+    assert float(teacher.sum()) == pytest.approx(1.0)
+
+
+def test_fedquit_step_lowers_confidence_in_the_forgotten_labels(bed: dict) -> None:
+    engine = make_engine("fedquit", bed["spec"], config=FedQuitConfig(epochs=1))
+    total = 5 * len(bed["data"].y_train)
+    step = _step(engine, bed, total=total)
+    assert step.done and step.gradient_evaluations == len(bed["data"].y_train)
+    after = bed["vector"] + step.update * (step.num_samples / total)
+    d = bed["data"]
+
+    def own(vec: np.ndarray) -> float:
+        load_vector(bed["model"], vec)
+        probs = M.softmax(M.model_outputs(bed["model"], d.x_train))
+        return float(probs[np.arange(len(d.y_train)), d.y_train].mean())
+
+    assert own(after) < own(bed["vector"]) - 0.1
+
+
+def test_not_negates_exactly_the_first_two_layers(bed: dict) -> None:
+    model = bed["model"]
+    load_vector(model, bed["vector"])
+    specs = specs_of(model.state_dict())
+    names = [s.name for s in specs]
+    assert layers_to_negate(names) == tuple(names[:4])  # weight and bias of two layers
+    out = negate(bed["vector"], specs)
+    cut = sum(s.numel for s in specs[:4])
+    assert np.array_equal(out[:cut], -bed["vector"][:cut])
+    assert np.array_equal(out[cut:], bed["vector"][cut:])
+    assert make_engine(NEGATION, bed["spec"]) is None  # the server does it
+    with pytest.raises(ConfigError):
+        negate(bed["vector"][:-1], specs)

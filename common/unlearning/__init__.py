@@ -1,8 +1,9 @@
 """Unlearning methods behind one contract, chosen by name (docs/unlearning.md).
 
-`make_engine(name, spec)` returns the client-side forget engine for a method, or None for
-`retrain`, which is not a client computation: the server handles it by rolling back to the last
-checkpoint before the client first contributed and retraining without it.
+`make_engine(name, spec)` returns the client-side forget engine for a method, or None for the
+methods that are not a client computation: `retrain` (the server rolls back to the last
+checkpoint before the client first contributed and retrains without it) and `not` (the server
+negates the first layers of the global model, then the remaining clients fine-tune it).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from forsaken.common.errors import ConfigError
+from forsaken.common.forget_methods import METHOD_NAMES
 from forsaken.common.types import ModelSpec
 from forsaken.common.unlearning.engine import (
     FinetuneEngine,
@@ -19,21 +21,28 @@ from forsaken.common.unlearning.engine import (
     ForsakenConfig,
     ForsakenEngine,
 )
+from forsaken.common.unlearning.fedquit import FedQuitConfig, FedQuitEngine
 from forsaken.common.unlearning.pga import PGAConfig, PGAEngine
 
 RETRAIN = "retrain"
+NEGATION = "not"
 
 # Each factory takes the model spec and the method's own keyword options.
 METHODS: dict[str, Callable[..., ForgetEngine] | None] = {
     "forsaken": ForsakenEngine,
     "pga": PGAEngine,
     "finetune": FinetuneEngine,
+    "fedquit": FedQuitEngine,
     RETRAIN: None,  # a marker: the server rolls back and retrains
+    NEGATION: None,  # a marker: the server negates layers, then the others fine-tune
 }
 
 
+assert set(METHOD_NAMES) == set(METHODS)
+
+
 def make_engine(name: str, spec: ModelSpec, **options: Any) -> ForgetEngine | None:
-    """The forget engine for method `name`, or None for the server-side `retrain`."""
+    """The forget engine for method `name`, or None for a server-side method."""
     if name not in METHODS:
         raise ConfigError(f"unknown unlearning method {name!r}; expected one of {sorted(METHODS)}")
     factory = METHODS[name]
@@ -42,7 +51,11 @@ def make_engine(name: str, spec: ModelSpec, **options: Any) -> ForgetEngine | No
 
 __all__ = [
     "METHODS",
+    "METHOD_NAMES",
+    "NEGATION",
     "RETRAIN",
+    "FedQuitConfig",
+    "FedQuitEngine",
     "FinetuneEngine",
     "ForgetEngine",
     "ForgetStep",

@@ -8,9 +8,13 @@ update channel.
 
 Shape choices (see docs/unlearning.md for the experiments): a small tanh trunk over the summary,
 then one zero-initialised head per generated parameter tensor. A tensor with at most
-`dense_limit` entries gets a dense head; a larger 2-D weight gets a rank-`rank` factorisation
-A Bᵀ (the heads emit A and B), which keeps G's size linear in the layer's side lengths. Zero heads
-mean g = 0 before any training: an untrained generator is harmless.
+`dense_limit` entries gets a dense head (hidden x entries weights). Any larger tensor gets a
+rank-`rank` factorisation A Bᵀ of a matrix view of it (the heads emit A and B), which keeps G's
+size linear in the view's side lengths: a weight of any rank is viewed as (out, fan-in), its
+natural matrix, unless that view is so lopsided (or the tensor is 1-D) that a near-square view
+of its flattened entries is cheaper by more than half. A dense head for a 4096 x 4096 layer
+would be 1.1e9 weights; the low-rank one is 4.2e6 (`forsaken bench generator` measures this).
+Zero heads mean g = 0 before any training: an untrained generator is harmless.
 """
 
 from __future__ import annotations
@@ -53,24 +57,55 @@ class _DenseHead(nn.Module):
 
 
 class _LowRankHead(nn.Module):
-    """g = A Bᵀ with A (out, r) and B (in, r) both emitted by the head.
+    """g = A Bᵀ with A (rows, r) and B (cols, r) both emitted by the head, reshaped to the
+    tensor (see `matrix_view` for rows x cols).
 
     Only B starts at zero: with both at zero the product's gradient vanishes for both factors
     and the head could never leave zero. A starts small and random (seeded by the caller).
     """
 
-    def __init__(self, hidden: int, shape: tuple[int, int], rank: int) -> None:
+    def __init__(self, hidden: int, shape: tuple[int, ...], rank: int) -> None:
         super().__init__()
-        self.rows, self.cols, self.rank = shape[0], shape[1], rank
+        self.shape, self.numel = shape, math.prod(shape)
+        self.rows, self.cols = matrix_view(shape)
+        self.rank = rank
         self.a = nn.Linear(hidden, self.rows * rank)
         self.b = nn.Linear(hidden, self.cols * rank)
         nn.init.zeros_(self.b.weight)
         nn.init.zeros_(self.b.bias)
 
     def forward(self, h: Tensor) -> Tensor:
-        a = self.a(h).reshape(self.rows, self.rank)  # (out, r)
-        b = self.b(h).reshape(self.cols, self.rank)  # (in, r)
-        return a @ b.T / math.sqrt(self.rank)  # (out, in)
+        a = self.a(h).reshape(self.rows, self.rank)  # (rows, r)
+        b = self.b(h).reshape(self.cols, self.rank)  # (cols, r)
+        g = a @ b.T / math.sqrt(self.rank)  # (rows, cols)
+        if self.rows * self.cols != self.numel:  # a padded near-square view
+            g = g.reshape(-1)[: self.numel]
+        return g.reshape(self.shape)
+
+
+def matrix_view(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(rows, cols) of the matrix a low-rank head factorises for a tensor of `shape`.
+
+    The natural (out, fan-in) view for tensors of rank >= 2, unless its side lengths add up to
+    more than twice those of a near-square view of the flattened entries (then that view,
+    padded to rows x cols >= numel and cut back after the product)."""
+    numel = math.prod(shape)
+    rows = math.isqrt(numel - 1) + 1 if numel > 1 else 1  # ceil(sqrt(numel))
+    square = (rows, -(-numel // rows))
+    if len(shape) >= 2:
+        natural = (shape[0], numel // shape[0])
+        if sum(natural) <= 2 * sum(square):
+            return natural
+    return square
+
+
+def head_parameters(shape: tuple[int, ...], config: GeneratorConfig) -> tuple[str, int]:
+    """The kind of head G gives a tensor of `shape`, and its number of weights."""
+    numel = math.prod(shape)
+    if numel <= config.dense_limit:
+        return "dense", (config.hidden + 1) * numel
+    rows, cols = matrix_view(shape)
+    return "low-rank", (config.hidden + 1) * config.rank * (rows + cols)
 
 
 class DummyGradientGenerator(nn.Module):
@@ -106,8 +141,8 @@ class DummyGradientGenerator(nn.Module):
         self.register_buffer("scales", torch.tensor(list(scales), dtype=torch.float32))
 
     def _head(self, shape: tuple[int, ...]) -> nn.Module:
-        if math.prod(shape) > self.config.dense_limit and len(shape) == 2:
-            return _LowRankHead(self.config.hidden, (shape[0], shape[1]), self.config.rank)
+        if head_parameters(shape, self.config)[0] == "low-rank":
+            return _LowRankHead(self.config.hidden, shape, self.config.rank)
         return _DenseHead(self.config.hidden, shape)
 
     def forward(self, summary: Tensor, noise: Tensor) -> dict[str, Tensor]:

@@ -199,6 +199,7 @@ def forget_objective(
     keep_loss_before: float = 1.0,
     transplant_x: Tensor | None = None,
     transplant_target: Tensor | None = None,
+    teacher: Mapping[str, Tensor] | None = None,
 ) -> ObjectiveTerms:
     """The generator's loss for one batch (paper §4, "training the generator").
 
@@ -225,7 +226,9 @@ def forget_objective(
             moved_logits, transplant_target
         )
     utility = F.cross_entropy(functional_call(model, moved, (keep_x,)), keep_y)
-    drift = logit_drift(model, params, moved, keep_x if drift_x is None else drift_x)
+    drift = logit_drift(
+        model, params if teacher is None else teacher, moved, keep_x if drift_x is None else drift_x
+    )
     sparsity = relative_l1(g, params)
     # The sparsity weight is the kept-data loss relative to before g (at least 1): free of the
     # loss's scale, and growing as soon as g starts to hurt what must stay learned.

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from forsaken.common.errors import ConfigError
 from forsaken.common.models import build_model
+from forsaken.common.structure import parameter_entries
 from forsaken.common.tensors import flatten
 from forsaken.common.training import load_vector
 from forsaken.common.types import ModelSpec
@@ -74,6 +75,8 @@ class PGAEngine:
         self.last_update = last_update
         self.last_weight_share = last_weight_share
         self.model = build_model(spec.architecture, tuple(spec.input_shape), spec.num_classes, 0)
+        # The ball lives in parameter space; float buffers (BatchNorm statistics) are not in it.
+        self._params = parameter_entries(self.model)
         self.radius = float("nan")  # set by each step; kept for inspection and tests
 
     def reference(self, global_vector: np.ndarray) -> np.ndarray:
@@ -96,8 +99,8 @@ class PGAEngine:
                             c.num_classes,
                             self.config.seed * 1000 + k,
                         ).state_dict()
-                    )
-                    - reference
+                    )[self._params]
+                    - reference[self._params]
                 )
             )
             for k in range(_RANDOM_MODELS)
@@ -120,8 +123,9 @@ class PGAEngine:
         del held_out_x, held_out_y
         cfg = self.config
         start = np.asarray(global_vector, dtype=np.float32)
-        center = torch.from_numpy(self.reference(start))
-        self.radius = self.ball_radius(center.numpy())
+        reference = self.reference(start)
+        self.radius = self.ball_radius(reference)
+        center = torch.from_numpy(reference[self._params])
         load_vector(self.model, start)
         params = list(self.model.parameters())
         xs = torch.tensor(np.asarray(forget_x, dtype=np.float32))
@@ -156,7 +160,7 @@ class PGAEngine:
         metrics = {
             "radius": self.radius,
             "distance_to_reference": float(
-                np.linalg.norm(flatten(self.model.state_dict()) - center.numpy())
+                np.linalg.norm(flatten(self.model.state_dict())[self._params] - center.numpy())
             ),
             "last_batch_loss": last_loss,
             "scale": scale,

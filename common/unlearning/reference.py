@@ -1,393 +1,640 @@
-"""The evaluation protocol of docs/evaluation.md, run in one process on the real code paths.
+"""The unlearning evaluation protocol, run in one process on the daemons' code paths.
 
-Per seed: train O with the backdoor on the forgetting client; then from O run each method the
-way the daemons would (the forgetting client's engine step in place of its training, the other
-clients training normally in the same rounds, the ordinary weighted FedAvg aggregate, then
-recovery rounds without the forgetting client), and compare every model with R, the retrain from
-scratch without the forget data under the same seed (`run_fedavg(..., forget_ids=...)`), and R',
-the same retrain under another seed (the noise floor). Secure aggregation's quantization (about
-1e-6 relative) is ignored: the plaintext mean is what it reproduces.
+Per seed, on a test bed from `forsaken.common.testbeds` (who holds what, what is forgotten):
+train O; from O run each method the way the daemons would (the forgetting client's engine step
+in place of its training while the others train as usual, the ordinary weighted FedAvg, then
+recovery rounds); and compare every model with R, the retrain from scratch without the forget
+data under the same seed (`run_fedavg(..., forget_ids=...)`), and R', the same retrain under
+another seed (the noise floor). With `shadows` > 0 a per-example membership attack (LiRA) is
+calibrated on shadow federations trained with the same code (`shadows.py`) and run against
+every model; with `ulira` the shadows are also unlearned by Forsaken for U-LiRA.
 
-    python -m forsaken.common.unlearning.reference --dataset digits --rounds 30 --seeds 3
+    python -m forsaken.common.unlearning.reference --test-bed clean --dataset digits \\
+        --rounds 30 --seeds 3 --shadows 16
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from forsaken.common import metrics as M
-from forsaken.common.backdoor import (
-    PoisonedData,
-    dataset_trigger,
-    poison_client,
-    triggered_test_set,
+from forsaken.common.datasets import load_dataset
+from forsaken.common.lira import (
+    LiraCalibration,
+    forgetting_score,
+    lira_attack,
+    per_example_epsilon,
 )
-from forsaken.common.datasets import Dataset, load_dataset
-from forsaken.common.fedavg import apply_update, weighted_average
-from forsaken.common.models import build_model, default_architecture
-from forsaken.common.partition import ClientData, client_split
-from forsaken.common.simulation import client_round_seed, run_fedavg
-from forsaken.common.tensors import flatten
-from forsaken.common.training import TrainConfig, load_vector, train_local
-from forsaken.common.types import ModelSpec
-from forsaken.common.unlearning.engine import ForgetEngine, ForsakenConfig, ForsakenEngine
+from forsaken.common.models import default_architecture
+from forsaken.common.simulation import run_fedavg
+from forsaken.common.tensors import specs_of
+from forsaken.common.testbeds import TestBed, build_test_bed
+from forsaken.common.training import load_vector
+from forsaken.common.unlearning.engine import ForsakenConfig, ForsakenEngine
+from forsaken.common.unlearning.fedquit import FedQuitConfig, FedQuitEngine
+from forsaken.common.unlearning.negation import DEFAULT_LAYERS, negate
 from forsaken.common.unlearning.pga import PGAConfig, PGAEngine
+from forsaken.common.unlearning.rounds import Cost, InProcessFederation, Unlearning
+from forsaken.common.unlearning.shadows import (
+    Candidates,
+    ShadowSet,
+    statistics,
+    train_shadows,
+    unlearned_shadows,
+)
 
 R_PRIME_SEED_OFFSET = 1000
+BASELINES = ("finetune", "pga", "fedquit", "not")
 
 
 @dataclass(frozen=True, slots=True)
 class ProtocolConfig:
     dataset: str = "digits"
+    test_bed: str = "backdoor"  # a name from forsaken.common.testbeds
+    architecture: str = ""  # "": the dataset's default
     rounds: int = 30  # T: rounds of training before ForgetMe
     clients: int = 5
     local_epochs: int = 5
     seeds: tuple[int, ...] = (0, 1, 2)
     forget_client: int = 0
-    target: int = 0
-    poison_fraction: float = 0.8
     recovery_rounds: int = 1  # after Forsaken's unlearning rounds
     pga_recovery_rounds: int = 1
-    further_rounds: int = 10  # normal rounds after U, to check the backdoor stays gone
+    fedquit_recovery_rounds: int = 1
+    not_recovery_rounds: int = 2  # NoT is all recovery: as many as the cost bar allows
+    not_layers: int = DEFAULT_LAYERS
+    further_rounds: int = 10  # normal rounds after U, to check the effect stays gone
+    shadows: int = 0  # shadow federations for LiRA; 0: no per-example attack
+    ulira: bool = False  # also unlearn every shadow with Forsaken (U-LiRA)
+    baselines: tuple[str, ...] = BASELINES
     forsaken: ForsakenConfig = field(default_factory=ForsakenConfig)
     pga: PGAConfig = field(default_factory=PGAConfig)
+    fedquit: FedQuitConfig = field(default_factory=FedQuitConfig)
+
+    @property
+    def arch(self) -> str:
+        return self.architecture or default_architecture(self.dataset)
 
 
 @dataclass(frozen=True, slots=True)
-class ModelReport:
-    """Metrics of one model; cost fields count work after ForgetMe (all of it, for R)."""
+class ModelScores:
+    """What the protocol measures on one model (None where the test bed has no such probe)."""
 
     accuracy: float
-    asr: float
-    kl_forget: float  # KL(R ‖ model), mean over forget-set and triggered test inputs
-    mia_auc: float  # forget set (members) vs test set (non-members), loss threshold
+    kl_forget: float  # KL(R ‖ model), mean over forget-set (and triggered test) inputs
+    mia_auc: float  # loss threshold: forget set (members) vs test set (non-members)
     mia_tpr_1fpr: float
+    conf_auc: float  # label-free confidence threshold, same sets: over-forgetting shows here
     forgetting_rate: float  # FR vs O under the median-test-loss oracle
-    grad_evals: int  # client per-sample gradient evaluations after ForgetMe, all clients
-    grad_evals_unlearning: int  # minus the others' ordinary training in unlearning rounds
-    grad_evals_forgetter: int  # of which the forgetting client's (generator training etc.)
-    rounds: int
-    bytes_up: int  # uploads x (params + 1 count slot) x 4 bytes (uint32 after quantization)
-    seconds: float  # client compute time (local training + engine), summed
+    asr: float | None = None  # trigger test beds
+    flip_rate: float | None = None  # label-flip: share of flipped samples still given the flip
+    lira_auc: float | None = None
+    lira_tpr_1pct: float | None = None
+    lira_tpr_01pct: float | None = None
+    lira_offline_auc: float | None = None
+    lira_recentred_auc: float | None = None  # LiRA with the model's global shift removed
+    lira_recentred_tpr_1pct: float | None = None
 
 
-@dataclass
-class _Bed:
-    """One seed's federation: data, the probes, and the model skeleton."""
+@dataclass(frozen=True, slots=True)
+class ModelReport(ModelScores):
+    """Scores plus the cost after ForgetMe (all of it, for R)."""
 
-    ds: Dataset
-    seed: int
-    cfg: ProtocolConfig
-    train: TrainConfig
-    spec: ModelSpec
-    local: list[ClientData]
-    poisoned: PoisonedData
-    trig_x: np.ndarray
-    model: torch.nn.Module
-    last_forgetter_update: np.ndarray | None = None  # its own last delta, kept client-side
-
-    @property
-    def forget(self) -> ClientData:
-        return self.poisoned.data
-
-    def others(self) -> list[int]:
-        return [i for i in range(self.cfg.clients) if i != self.cfg.forget_client]
-
-    def upload_bytes(self) -> int:
-        return (sum(p.numel() for p in self.model.parameters()) + 1) * 4
-
-
-def _bed(cfg: ProtocolConfig, seed: int) -> _Bed:
-    ds = load_dataset(cfg.dataset)
-    local = [client_split(ds, i, cfg.clients, seed=seed) for i in range(cfg.clients)]
-    poisoned = poison_client(
-        local[cfg.forget_client], cfg.target, cfg.poison_fraction, seed, dataset_trigger(ds)
-    )
-    local[cfg.forget_client] = poisoned.data
-    arch = default_architecture(ds.name)
-    spec = ModelSpec(arch, ds.input_shape, ds.num_classes, ds.name)
-    trig_x, _ = triggered_test_set(ds, cfg.target, poisoned.trigger)
-    return _Bed(
-        ds,
-        seed,
-        cfg,
-        TrainConfig(local_epochs=cfg.local_epochs),
-        spec,
-        local,
-        poisoned,
-        trig_x,
-        build_model(arch, ds.input_shape, ds.num_classes, seed),
-    )
-
-
-@dataclass
-class _Cost:
-    evals: int = 0
-    concurrent: int = 0  # the others' training during unlearning rounds
-    forgetter: int = 0
-    uploads: int = 0
-    seconds: float = 0.0
+    grad_evals: int = 0  # client per-sample gradient evaluations after ForgetMe, all clients
+    grad_evals_unlearning: int = 0  # minus the others' ordinary training in unlearning rounds
+    grad_evals_forgetter: int = 0  # of which the forgetting client's (generator training etc.)
     rounds: int = 0
+    bytes_up: int = 0  # uploads x (params + 1 count slot) x 4 bytes (uint32 after quantization)
+    seconds: float = 0.0  # client compute time (local training + engine), summed
 
-
-def _round(
-    bed: _Bed,
-    vec: np.ndarray,
-    r: int,
-    cost: _Cost,
-    engine: ForgetEngine | None = None,
-    with_forgetter: bool = False,
-) -> tuple[np.ndarray, dict[str, float] | None, bool]:
-    """One FedAvg round from `vec`: the non-forgetting clients train; the forgetting client
-    trains too (`with_forgetter`, as during O), runs its engine, or sits out."""
-    updates: list[tuple[np.ndarray, int]] = []
-    info, done = None, True
-    f = bed.cfg.forget_client
-    if engine is not None:
-        total = sum(len(bed.local[i].y_train) for i in range(bed.cfg.clients))
-        started = time.perf_counter()
-        step = engine.step(
-            vec,
-            bed.forget.x_train,
-            bed.forget.y_train,
-            bed.forget.x_held_out,
-            bed.forget.y_held_out,
-            bed.forget.x_train[:0],
-            bed.forget.y_train[:0],
-            r,
-            total_weight=total,
+    @classmethod
+    def of(cls, scores: ModelScores, cost: Cost, upload_bytes: int) -> ModelReport:
+        return cls(
+            **asdict(scores),
+            grad_evals=cost.evals,
+            grad_evals_unlearning=cost.evals - cost.concurrent,
+            grad_evals_forgetter=cost.forgetter,
+            rounds=cost.rounds,
+            bytes_up=cost.uploads * upload_bytes,
+            seconds=cost.seconds,
         )
-        cost.seconds += time.perf_counter() - started
-        cost.evals += step.gradient_evaluations
-        cost.forgetter += step.gradient_evaluations
-        info, done = step.metrics, step.done
-        if step.num_samples > 0:
-            updates.append((step.update, step.num_samples))
-            cost.uploads += 1
-        else:
-            # The forgetting client sat the round out: for the others it is a recovery round.
-            engine = None
-    clients = bed.others() + ([f] if with_forgetter else [])
-    for i in sorted(clients):
-        load_vector(bed.model, vec)
-        started = time.perf_counter()
-        res = train_local(
-            bed.model,
-            bed.local[i].x_train,
-            bed.local[i].y_train,
-            bed.train,
-            client_round_seed(bed.seed, i, r),
+
+
+# ---- scoring ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Anchor:
+    """What every model of one seed is scored against: R's outputs, O's members, the LiRA
+    calibration. Built once per seed; the daemons' models are scored with the same one."""
+
+    fed: InProcessFederation
+    r_side: np.ndarray  # R's logits on the forget-side inputs
+    members_o: np.ndarray  # the oracle's members under O
+    candidates: Candidates
+    calibration: LiraCalibration | None
+
+    @classmethod
+    def build(
+        cls,
+        fed: InProcessFederation,
+        r_vec: np.ndarray,
+        o_vec: np.ndarray,
+        shadows: ShadowSet | None,
+    ) -> Anchor:
+        bed = fed.bed
+        r_side = _outputs(fed, r_vec, _side_inputs(bed))
+        forget = M.per_sample_losses(_outputs(fed, o_vec, bed.forget_x), bed.forget_y)
+        test = M.per_sample_losses(_outputs(fed, o_vec, bed.dataset.x_test), bed.dataset.y_test)
+        calibration = shadows.calibration() if shadows is not None else None
+        return cls(fed, r_side, M.oracle_members(forget, test), Candidates.of(bed), calibration)
+
+    def score(self, vec: np.ndarray) -> ModelScores:
+        bed, fed = self.fed.bed, self.fed
+        ds = bed.dataset
+        out_forget = _outputs(fed, vec, bed.forget_x)
+        out_test = _outputs(fed, vec, ds.x_test)
+        forget_losses = M.per_sample_losses(out_forget, bed.forget_y)
+        test_losses = M.per_sample_losses(out_test, ds.y_test)
+        side = [out_forget]
+        asr = flip = None
+        if bed.trigger is not None:
+            out_trig = _outputs(fed, vec, bed.trigger.x)
+            side.append(out_trig)
+            asr = M.attack_success_rate(out_trig, bed.trigger.target)
+        flipped = bed.flipped()
+        if flipped.any():
+            flip = M.accuracy(out_forget[flipped], bed.forget_y[flipped])
+        conf_forget = M.softmax(out_forget).max(axis=1)
+        conf_test = M.softmax(out_test).max(axis=1)
+        lira: dict[str, float | None] = {}
+        if self.calibration is not None:
+            stat = statistics(fed, vec, self.candidates)
+            res = lira_attack(
+                self.calibration, stat, self.candidates.member, self.candidates.nonmember
+            )
+            lira = {
+                "lira_auc": res.auc,
+                "lira_tpr_1pct": res.tpr[0.01],
+                "lira_tpr_01pct": res.tpr[0.001],
+                "lira_offline_auc": res.offline_auc,
+                "lira_recentred_auc": res.recentred_auc,
+                "lira_recentred_tpr_1pct": res.recentred_tpr[0.01],
+            }
+        return ModelScores(
+            accuracy=M.accuracy(out_test, ds.y_test),
+            kl_forget=M.kl_divergence(M.softmax(self.r_side), M.softmax(np.concatenate(side))),
+            mia_auc=M.mia_auc(forget_losses, test_losses),
+            mia_tpr_1fpr=M.tpr_at_fpr(forget_losses, test_losses, 0.01),
+            # "higher confidence = member", read by mia_auc as "lower loss = member".
+            conf_auc=M.mia_auc(-conf_forget, -conf_test),
+            forgetting_rate=M.forgetting_rate(
+                self.members_o, M.oracle_members(forget_losses, test_losses)
+            ),
+            asr=asr,
+            flip_rate=flip,
+            **lira,
         )
-        cost.seconds += time.perf_counter() - started
-        cost.evals += res.gradient_evaluations
-        cost.concurrent += res.gradient_evaluations if engine is not None else 0
-        cost.uploads += 1
-        updates.append((res.delta, res.num_samples))
-        if i == f:
-            bed.last_forgetter_update = res.delta
-    cost.rounds += 1
-    return apply_update(vec, weighted_average(updates)), info, done
 
 
-def _train_original(bed: _Bed) -> np.ndarray:
-    vec = flatten(bed.model.state_dict())
-    for r in range(1, bed.cfg.rounds + 1):
-        vec, _, _ = _round(bed, vec, r, _Cost(), with_forgetter=True)
-    return vec
+def _side_inputs(bed: TestBed) -> np.ndarray:
+    parts = [bed.forget_x] + ([bed.trigger.x] if bed.trigger is not None else [])
+    return np.concatenate(parts)
 
 
-def _unlearn(
-    bed: _Bed, start: np.ndarray, engine: ForgetEngine, max_rounds: int, recovery: int
-) -> tuple[np.ndarray, _Cost, list[dict[str, float]], tuple[np.ndarray, _Cost]]:
-    """Unlearning rounds until the engine says done (or `max_rounds`), then recovery rounds.
-
-    Also returns the model and cost as they stood before the first recovery round."""
-    cost, log = _Cost(), []
-    vec, r = start, bed.cfg.rounds
-    for _ in range(max_rounds):
-        r += 1
-        vec, info, done = _round(bed, vec, r, cost, engine=engine)
-        log.append(info or {})
-        if done:
-            break
-    before_recovery = (vec, replace(cost))
-    for _ in range(recovery):
-        r += 1
-        vec, _, _ = _round(bed, vec, r, cost)
-    return vec, cost, log, before_recovery
+def _outputs(fed: InProcessFederation, vec: np.ndarray, x: np.ndarray) -> np.ndarray:
+    load_vector(fed.model, vec)
+    return M.model_outputs(fed.model, x)
 
 
-def _normal(
-    bed: _Bed, start: np.ndarray, first_round: int, rounds: int
-) -> tuple[np.ndarray, _Cost]:
-    cost, vec = _Cost(), start
-    for r in range(first_round, first_round + rounds):
-        vec, _, _ = _round(bed, vec, r, cost)
-    return vec, cost
+# ---- the methods, from O -----------------------------------------------------------------------
 
 
-def _report(bed: _Bed, vec: np.ndarray, ref: dict[str, np.ndarray], cost: _Cost) -> ModelReport:
-    """Every metric of model `vec` against the probes `ref` (R's outputs and O's members)."""
-    load_vector(bed.model, vec)
-    out = {k: M.model_outputs(bed.model, x) for k, x in _probes(bed).items()}
-    forget_losses = M.per_sample_losses(out["forget"], bed.forget.y_train)
-    test_losses = M.per_sample_losses(out["test"], bed.ds.y_test)
-    side = np.concatenate([out["forget"], out["trig"]])
-    return ModelReport(
-        accuracy=M.accuracy(out["test"], bed.ds.y_test),
-        asr=M.attack_success_rate(out["trig"], bed.cfg.target),
-        kl_forget=M.kl_divergence(M.softmax(ref["side"]), M.softmax(side)),
-        mia_auc=M.mia_auc(forget_losses, test_losses),
-        mia_tpr_1fpr=M.tpr_at_fpr(forget_losses, test_losses, 0.01),
-        forgetting_rate=M.forgetting_rate(
-            ref["members_o"], M.oracle_members(forget_losses, test_losses)
-        ),
-        grad_evals=cost.evals,
-        grad_evals_unlearning=cost.evals - cost.concurrent,
-        grad_evals_forgetter=cost.forgetter,
-        rounds=cost.rounds,
-        bytes_up=cost.uploads * bed.upload_bytes(),
-        seconds=cost.seconds,
-    )
+def federation(cfg: ProtocolConfig, seed: int) -> InProcessFederation:
+    ds = load_dataset(cfg.dataset)
+    bed = build_test_bed(cfg.test_bed, ds, cfg.clients, seed, cfg.forget_client)
+    return InProcessFederation.of(bed, cfg.arch, cfg.local_epochs)
 
 
-def _probes(bed: _Bed) -> dict[str, np.ndarray]:
-    return {"forget": bed.forget.x_train, "trig": bed.trig_x, "test": bed.ds.x_test}
+def forsaken_unlearn(
+    cfg: ProtocolConfig, fed: InProcessFederation, start: np.ndarray
+) -> Unlearning:
+    fcfg = replace(cfg.forsaken, seed=fed.bed.seed, expected_clients=cfg.clients)
+    engine = ForsakenEngine(fed.spec, fcfg, contribution=fed.forgetter_contribution)
+    return fed.unlearn(start, cfg.rounds + 1, engine, fcfg.max_rounds, cfg.recovery_rounds)
 
 
-def _reference_outputs(bed: _Bed, r_vec: np.ndarray, o_vec: np.ndarray) -> dict[str, np.ndarray]:
-    load_vector(bed.model, r_vec)
-    side = M.model_outputs(bed.model, np.concatenate([bed.forget.x_train, bed.trig_x]))
-    load_vector(bed.model, o_vec)
-    forget = M.per_sample_losses(M.model_outputs(bed.model, bed.forget.x_train), bed.forget.y_train)
-    test = M.per_sample_losses(M.model_outputs(bed.model, bed.ds.x_test), bed.ds.y_test)
-    return {"side": side, "members_o": M.oracle_members(forget, test)}
+def baseline_unlearn(
+    cfg: ProtocolConfig, fed: InProcessFederation, start: np.ndarray, name: str, rounds: int
+) -> Unlearning:
+    """A baseline from O; `rounds` is U's round count (what finetune gets)."""
+    seed, first = fed.bed.seed, cfg.rounds + 1
+    if name == "finetune":
+        vec, cost = fed.normal(start, first, rounds)
+        return Unlearning(vec, cost, [], vec, cost)
+    if name == "not":
+        negated = negate(start, specs_of(fed.model.state_dict()), cfg.not_layers)
+        vec, cost = fed.normal(negated, first, cfg.not_recovery_rounds)
+        return Unlearning(vec, cost, [], negated, Cost())
+    if name == "pga":
+        bed = fed.bed
+        share = len(bed.forget_y) / fed.total_weight
+        pga = PGAEngine(
+            fed.spec,
+            replace(cfg.pga, seed=seed, expected_clients=cfg.clients),
+            last_update=fed.last_forgetter_update,
+            last_weight_share=share,
+        )
+        return fed.unlearn(start, first, pga, 1, cfg.pga_recovery_rounds)
+    if name == "fedquit":
+        engine = FedQuitEngine(
+            fed.spec, replace(cfg.fedquit, seed=seed, expected_clients=cfg.clients)
+        )
+        return fed.unlearn(start, first, engine, 1, cfg.fedquit_recovery_rounds)
+    raise ValueError(f"unknown baseline {name!r}; expected one of {BASELINES}")
 
 
-def run_seed(cfg: ProtocolConfig, seed: int) -> tuple[dict[str, ModelReport], dict[str, object]]:
-    """Every model of the protocol for one seed: O, U, U+10, pga, finetune, R, R'."""
+# ---- one seed ----------------------------------------------------------------------------------
+
+
+@dataclass
+class SeedRun:
+    reports: dict[str, ModelReport]
+    logs: dict[str, object]
+    anchor: Anchor
+    vectors: dict[str, np.ndarray]
+    shadows: ShadowSet | None = None
+    ulira: dict[str, float] | None = None
+
+
+def references(
+    cfg: ProtocolConfig,
+    seed: int,
+    cache: Path | None = None,
+    on_event: Callable[[str], None] | None = None,
+) -> tuple[InProcessFederation, dict[str, np.ndarray], ShadowSet | None, dict[str, Cost]]:
+    """O, R, R' and the shadows of one seed (read from `cache` when it holds them)."""
     torch.set_num_threads(1)  # bit-determinism: the same seed gives the same numbers
-    bed = _bed(cfg, seed)
-    o_vec = _train_original(bed)
-    forget_ids = bed.forget.ids_train.tolist()
-    r_sim = run_fedavg(
-        bed.ds, cfg.clients, cfg.rounds, seed=seed, train_cfg=bed.train, forget_ids=forget_ids
-    )
-    r2_sim = run_fedavg(
-        bed.ds,
-        cfg.clients,
-        cfg.rounds,
-        seed=seed + R_PRIME_SEED_OFFSET,
-        train_cfg=bed.train,
-        forget_ids=forget_ids,
-    )
-    ref = _reference_outputs(bed, r_sim.final_vector, o_vec)
-    r_cost = _Cost(
-        evals=r_sim.gradient_evaluations,
+    say = on_event or (lambda _text: None)
+    fed = federation(cfg, seed)
+    bed = fed.bed
+    path = None if cache is None else cache / f"refs-{_cache_key(cfg, seed)}.npz"
+    if path is not None and path.exists():
+        with np.load(path, allow_pickle=False) as saved:
+            stored = {k: saved[k] for k in saved.files}
+        vectors = {k: stored[k] for k in ("O", "R", "R'")}
+        costs = {"R": Cost(**json.loads(str(stored["r_cost"])))}
+        fed.last_forgetter_update = stored["last_forgetter_update"]
+        if "forgetter_contribution" not in stored:  # a cache written before it was kept
+            if not np.array_equal(fed.train_rounds(cfg.rounds), stored["O"]):
+                raise RuntimeError(f"{path} does not match this code's O; delete it")
+            stored["forgetter_contribution"] = fed.forgetter_contribution
+            np.savez(path, **stored)
+        fed.forgetter_contribution = stored["forgetter_contribution"]
+        shadows = None
+        if cfg.shadows:
+            shadows = train_shadows(fed, cfg.rounds, cfg.shadows, vectors=stored["shadows"])
+        return fed, vectors, shadows, costs
+    say("training O")
+    o_vec = fed.train_rounds(cfg.rounds)
+    forget_ids = bed.forget_ids.tolist()
+    say("retraining without the forget set: R and R'")
+    sims = [
+        run_fedavg(
+            bed.dataset,
+            cfg.clients,
+            cfg.rounds,
+            scheme=bed.scheme,
+            alpha=bed.alpha,
+            seed=s,
+            train_cfg=fed.train,
+            architecture=cfg.arch,
+            forget_ids=forget_ids,
+        )
+        for s in (seed, seed + R_PRIME_SEED_OFFSET)
+    ]
+    others = cfg.clients - (1 if bed.forget_all else 0)
+    r_cost = Cost(
+        evals=sims[0].gradient_evaluations,
         rounds=cfg.rounds,
-        uploads=cfg.rounds * len(bed.others()),
-        seconds=r_sim.train_seconds,
+        uploads=cfg.rounds * others,
+        seconds=sims[0].train_seconds,
     )
+    vectors = {"O": o_vec, "R": sims[0].final_vector, "R'": sims[1].final_vector}
+    shadows = None
+    if cfg.shadows:
+        say(f"training {cfg.shadows} shadow federations for LiRA")
+        shadows = train_shadows(fed, cfg.rounds, cfg.shadows)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        extra = {"shadows": shadows.vectors} if shadows is not None else {}
+        assert fed.last_forgetter_update is not None
+        assert fed.forgetter_contribution is not None
+        np.savez(
+            path,
+            **vectors,
+            last_forgetter_update=fed.last_forgetter_update,
+            forgetter_contribution=fed.forgetter_contribution,
+            r_cost=np.array(json.dumps(asdict(r_cost))),
+            **extra,
+        )
+    return fed, vectors, shadows, {"R": r_cost}
 
-    fcfg = replace(cfg.forsaken, seed=seed, expected_clients=cfg.clients)
-    u_vec, u_cost, u_log, (u0_vec, u0_cost) = _unlearn(
-        bed, o_vec, ForsakenEngine(bed.spec, fcfg), fcfg.max_rounds, cfg.recovery_rounds
-    )
-    u10_vec, extra = _normal(bed, u_vec, cfg.rounds + u_cost.rounds + 1, cfg.further_rounds)
-    u10_cost = replace(
-        extra,
-        evals=extra.evals + u_cost.evals,
-        rounds=extra.rounds + u_cost.rounds,
-        concurrent=u_cost.concurrent,
-        forgetter=u_cost.forgetter,
-        uploads=extra.uploads + u_cost.uploads,
-        seconds=extra.seconds + u_cost.seconds,
-    )
-    share = len(bed.forget.y_train) / sum(len(d.y_train) for d in bed.local)
-    pga = PGAEngine(
-        bed.spec,
-        replace(cfg.pga, seed=seed, expected_clients=cfg.clients),
-        last_update=bed.last_forgetter_update,
-        last_weight_share=share,
-    )
-    p_vec, p_cost, p_log, _ = _unlearn(bed, o_vec, pga, 1, cfg.pga_recovery_rounds)
-    ft_vec, ft_cost = _normal(bed, o_vec, cfg.rounds + 1, u_cost.rounds)
-    models: dict[str, tuple[np.ndarray, _Cost]] = {
-        "O": (o_vec, _Cost()),
-        "U0": (u0_vec, u0_cost),
-        "U": (u_vec, u_cost),
-        "U+10": (u10_vec, u10_cost),
-        "R": (r_sim.final_vector, r_cost),
-        "R'": (r2_sim.final_vector, r_cost),
-        "finetune": (ft_vec, ft_cost),
-        "pga": (p_vec, p_cost),
+
+def _cache_key(cfg: ProtocolConfig, seed: int) -> str:
+    parts = (cfg.dataset, cfg.test_bed, cfg.arch, cfg.rounds, cfg.clients, cfg.local_epochs)
+    parts += (cfg.forget_client, cfg.shadows, seed, 2)  # 2: the cache layout's version
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+def run_seed(
+    cfg: ProtocolConfig,
+    seed: int,
+    cache: Path | None = None,
+    on_event: Callable[[str], None] | None = None,
+) -> SeedRun:
+    """Every model of the protocol for one seed: O, U0, U, U+10, R, R' and the baselines."""
+    say = on_event or (lambda _text: None)
+    fed, vectors, shadows, costs = references(cfg, seed, cache, on_event)
+    o_vec = vectors["O"]
+    say("unlearning with forsaken")
+    u = forsaken_unlearn(cfg, fed, o_vec)
+    u10, extra = fed.normal(u.vector, cfg.rounds + u.cost.rounds + 1, cfg.further_rounds)
+    models: dict[str, tuple[np.ndarray, Cost]] = {
+        "O": (o_vec, Cost()),
+        "U0": (u.before_recovery, u.cost_before_recovery),
+        "U": (u.vector, u.cost),
+        "U+10": (u10, replace(u.cost.plus(extra), concurrent=u.cost.concurrent)),
+        "R": (vectors["R"], costs["R"]),
+        "R'": (vectors["R'"], costs["R"]),
     }
-    reports = {name: _report(bed, vec, ref, cost) for name, (vec, cost) in models.items()}
-    return reports, {"forsaken_rounds": u_log, "pga": p_log}
+    logs: dict[str, object] = {"forsaken_rounds": u.log}
+    for name in cfg.baselines:
+        say(f"unlearning with {name}")
+        b = baseline_unlearn(cfg, fed, o_vec, name, u.cost.rounds)
+        models[name] = (b.vector, b.cost)
+        logs[name] = b.log
+    anchor = Anchor.build(fed, vectors["R"], o_vec, shadows)
+    upload = fed.upload_bytes()
+    reports = {
+        name: ModelReport.of(anchor.score(vec), cost, upload)
+        for name, (vec, cost) in models.items()
+    }
+    ulira = None
+    if cfg.ulira and shadows is not None:
+        say(f"U-LiRA: unlearning the {cfg.shadows} shadow federations with forsaken")
+        ulira = ulira_scores(fed, shadows, lambda sf, v: forsaken_unlearn(cfg, sf, v).vector)
+    return SeedRun(reports, logs, anchor, {k: v for k, (v, _) in models.items()}, shadows, ulira)
+
+
+def ulira_scores(
+    fed: InProcessFederation,
+    shadows: ShadowSet,
+    unlearn: Callable[[InProcessFederation, np.ndarray], np.ndarray],
+) -> dict[str, float]:
+    """U-LiRA on the forgotten samples: the forgetting score F (1 = no sample leaks) of
+    "trained on it, then unlearned" against "never saw it", and F of two halves of the "never
+    saw it" models against each other (the estimate's own floor with this many shadows)."""
+    stats = unlearned_shadows(fed, shadows, unlearn)
+    cand = shadows.candidates
+    cols = np.flatnonzero(cand.member)
+    is_in = shadows.is_in[:, cols]
+    per_in = int(is_in[:, 0].sum())
+    take_in = np.argsort(~is_in, axis=0, kind="stable")[:per_in]  # rows of the IN shadows
+    take_out = np.argsort(is_in, axis=0, kind="stable")[: len(is_in) - per_in]
+    s = stats[:, cols]
+    a = np.take_along_axis(s, take_in, axis=0)
+    b = np.take_along_axis(s, take_out, axis=0)
+    eps = per_example_epsilon(a, b)
+    half = len(b) // 2
+    floor = per_example_epsilon(b[:half], b[half:]) if half >= 2 else np.full(len(cols), np.nan)
+    return {
+        "ulira_forgetting_score": forgetting_score(eps),
+        "ulira_median_epsilon": float(np.median(eps)),
+        "ulira_floor_forgetting_score": (
+            forgetting_score(floor) if np.isfinite(floor).all() else float("nan")
+        ),
+        "ulira_unlearned_models": float(per_in),
+        "ulira_never_models": float(len(b)),
+    }
+
+
+# ---- over seeds ---------------------------------------------------------------------------------
 
 
 def summarize(
     per_seed: Sequence[dict[str, ModelReport]],
-) -> dict[str, dict[str, tuple[float, float]]]:
-    """Mean and (population) std over seeds of every metric of every model."""
-    out: dict[str, dict[str, tuple[float, float]]] = {}
+) -> dict[str, dict[str, tuple[float, float] | None]]:
+    """Mean and (population) std over seeds of every metric of every model (None: not measured)."""
+    out: dict[str, dict[str, tuple[float, float] | None]] = {}
     for name in per_seed[0]:
         rows = [asdict(seed_reports[name]) for seed_reports in per_seed]
-        out[name] = {
-            k: (float(np.mean([r[k] for r in rows])), float(np.std([r[k] for r in rows])))
-            for k in rows[0]
-        }
+        row: dict[str, tuple[float, float] | None] = {}
+        for k in rows[0]:
+            values = [r[k] for r in rows]
+            if any(v is None for v in values):
+                row[k] = None
+            else:
+                row[k] = (float(np.mean(values)), float(np.std(values)))
+        out[name] = row
     return out
 
 
-def check_bars(summary: dict[str, dict[str, tuple[float, float]]], dataset: str) -> dict[str, bool]:
-    """docs/evaluation.md's bars on the seed means (validity thresholds per the issue's table)."""
-    m: Callable[[str, str], float] = lambda model, key: summary[model][key][0]  # noqa: E731
-    o_bar = {"mnist5k": 0.80, "digits": 0.50}.get(dataset, 0.80)
-    return {
-        "valid_O_asr": m("O", "asr") >= o_bar,
-        "valid_R_asr": m("R", "asr") <= 0.05,
-        "asr_U": m("U", "asr") <= m("R", "asr") + 0.02,
-        "asr_U+10": m("U+10", "asr") <= m("R", "asr") + 0.02,
-        "acc_U": abs(m("U", "accuracy") - m("R", "accuracy")) <= 0.01,
-        "kl_U": m("U", "kl_forget") <= 3 * m("R'", "kl_forget"),
-        "mia_U": abs(m("U", "mia_auc") - m("R", "mia_auc")) <= 0.03,
-        "cost_U": m("U", "grad_evals_unlearning") <= m("R", "grad_evals") / 10,
-        "cost_U_strict": m("U", "grad_evals") <= m("R", "grad_evals") / 10,
+# The bars, as margins (docs/unlearning.md states them and why).
+ASR_MARGIN = 0.02
+ACC_MARGIN = 0.01
+KL_FACTOR = 3.0
+AUC_MARGIN = 0.03  # population attacks (loss, confidence): |U - R|
+LIRA_AUC_MARGIN = 0.02
+LIRA_TPR_MARGIN = 0.01
+COST_FACTOR = 10.0
+R_ASR_CEILING = 0.05
+O_ASR_FLOOR = {"mnist5k": 0.80, "digits": 0.50}
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    rule: str
+    value: float
+    limit: float
+    at_least: bool = False  # pass when value >= limit (else value <= limit)
+
+    @property
+    def passed(self) -> bool:
+        return self.value >= self.limit if self.at_least else self.value <= self.limit
+
+
+def bars(summary: dict[str, dict[str, tuple[float, float] | None]], dataset: str) -> dict[str, Bar]:
+    """The bars that apply to what was measured (means over seeds). Two-sided where a model
+    can miss by looking *less* like a member than R (over-forgetting is detectable too)."""
+
+    def m(model: str, key: str) -> float | None:
+        v = summary[model].get(key)
+        return None if v is None else v[0]
+
+    def gap(key: str) -> float:
+        return abs(_num(m("U", key)) - _num(m("R", key)))
+
+    out = {
+        "acc_U": Bar("|acc(U) - acc(R)| <= 0.01", gap("accuracy"), ACC_MARGIN),
+        "mia_U": Bar("|loss-MIA AUC(U) - AUC(R)| <= 0.03", gap("mia_auc"), AUC_MARGIN),
+        "conf_U": Bar("|confidence-MIA AUC(U) - AUC(R)| <= 0.03", gap("conf_auc"), AUC_MARGIN),
+        "cost_U": Bar(
+            "grad evals (counted) <= R/10",
+            _num(m("U", "grad_evals_unlearning")),
+            _num(m("R", "grad_evals")) / COST_FACTOR,
+        ),
+        "cost_U_strict": Bar(
+            "grad evals (strict) <= R/10",
+            _num(m("U", "grad_evals")),
+            _num(m("R", "grad_evals")) / COST_FACTOR,
+        ),
     }
+    if m("U", "lira_auc") is not None:
+        out["lira_auc_U"] = Bar("|LiRA AUC(U) - AUC(R)| <= 0.02", gap("lira_auc"), LIRA_AUC_MARGIN)
+        out["lira_tpr_U"] = Bar(
+            "|LiRA TPR@1%FPR(U) - R| <= 0.01", gap("lira_tpr_1pct"), LIRA_TPR_MARGIN
+        )
+        out["lira_recentred_auc_U"] = Bar(
+            "|recentred LiRA AUC(U) - AUC(R)| <= 0.02",
+            gap("lira_recentred_auc"),
+            LIRA_AUC_MARGIN,
+        )
+        out["lira_recentred_tpr_U"] = Bar(
+            "|recentred LiRA TPR@1%FPR(U) - R| <= 0.01",
+            gap("lira_recentred_tpr_1pct"),
+            LIRA_TPR_MARGIN,
+        )
+    if m("U", "asr") is not None:
+        r_asr = _num(m("R", "asr"))
+        out |= {
+            "valid_O_asr": Bar(
+                "validity: ASR(O) >= floor",
+                _num(m("O", "asr")),
+                O_ASR_FLOOR.get(dataset, 0.80),
+                at_least=True,
+            ),
+            "valid_R_asr": Bar("validity: ASR(R) <= 0.05", r_asr, R_ASR_CEILING),
+            "asr_U": Bar("ASR(U) <= ASR(R) + 0.02", _num(m("U", "asr")), r_asr + ASR_MARGIN),
+            "asr_U+10": Bar(
+                "ASR(U+10) <= ASR(R) + 0.02", _num(m("U+10", "asr")), r_asr + ASR_MARGIN
+            ),
+        }
+    if m("U", "flip_rate") is not None:
+        r_flip = _num(m("R", "flip_rate"))
+        out |= {
+            "flip_U": Bar(
+                "flip rate(U) <= flip rate(R) + 0.02", _num(m("U", "flip_rate")), r_flip + 0.02
+            ),
+            "flip_U+10": Bar(
+                "flip rate(U+10) <= flip rate(R) + 0.02",
+                _num(m("U+10", "flip_rate")),
+                r_flip + 0.02,
+            ),
+        }
+    if m("U", "asr") is not None or m("U", "flip_rate") is not None:
+        out["kl_U"] = Bar(
+            "KL(R‖U) <= 3 KL(R‖R')",
+            _num(m("U", "kl_forget")),
+            KL_FACTOR * _num(m("R'", "kl_forget")),
+        )
+    return out
+
+
+def _num(v: float | None) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def check_bars(
+    summary: dict[str, dict[str, tuple[float, float] | None]], dataset: str
+) -> dict[str, bool]:
+    return {name: bar.passed for name, bar in bars(summary, dataset).items()}
+
+
+# ---- command line ---------------------------------------------------------------------------
+
+
+_COLUMNS = (
+    "accuracy",
+    "asr",
+    "flip_rate",
+    "kl_forget",
+    "mia_auc",
+    "conf_auc",
+    "lira_auc",
+    "lira_tpr_1pct",
+    "lira_tpr_01pct",
+    "lira_recentred_auc",
+    "lira_recentred_tpr_1pct",
+    "grad_evals_unlearning",
+    "rounds",
+)
+
+
+def format_table(summary: dict[str, dict[str, tuple[float, float] | None]]) -> str:
+    """A markdown table of mean ± std per model (columns that were measured)."""
+    cols = [c for c in _COLUMNS if any(row.get(c) is not None for row in summary.values())]
+    lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, row in summary.items():
+        cells = []
+        for c in cols:
+            v = row.get(c)
+            cells.append("-" if v is None else f"{v[0]:.4g} ± {v[1]:.2g}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    from forsaken.common.testbeds import TEST_BEDS
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--test-bed", default="backdoor", choices=sorted(TEST_BEDS))
     p.add_argument("--dataset", default="digits")
+    p.add_argument("--architecture", default="")
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--clients", type=int, default=5)
     p.add_argument("--local-epochs", type=int, default=5)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--recovery-rounds", type=int, default=1)
+    p.add_argument("--shadows", type=int, default=0)
+    p.add_argument("--ulira", action="store_true")
+    p.add_argument("--baselines", default=",".join(BASELINES))
+    p.add_argument("--cache", type=Path, help="keep O, R, R' and the shadows here")
     p.add_argument("--json", help="write the full per-seed and summary result here")
     a = p.parse_args(argv)
     cfg = ProtocolConfig(
         dataset=a.dataset,
+        test_bed=a.test_bed,
+        architecture=a.architecture,
         rounds=a.rounds,
         clients=a.clients,
         local_epochs=a.local_epochs,
-        seeds=tuple(range(a.seeds)),
+        seeds=tuple(range(a.first_seed, a.first_seed + a.seeds)),
         recovery_rounds=a.recovery_rounds,
+        shadows=a.shadows,
+        ulira=a.ulira,
+        baselines=tuple(b for b in a.baselines.split(",") if b),
     )
     started = time.perf_counter()
-    runs = [run_seed(cfg, s) for s in cfg.seeds]
-    summary = summarize([r for r, _ in runs])
-    bars = check_bars(summary, cfg.dataset)
+    runs = []
+    for s in cfg.seeds:
+        runs.append(run_seed(cfg, s, a.cache, lambda t, s=s: print(f"seed {s}: {t}", flush=True)))
+    summary = summarize([r.reports for r in runs])
+    verdicts = bars(summary, cfg.dataset)
     print(format_table(summary))
-    print("bars:", " ".join(f"{k}={'PASS' if v else 'FAIL'}" for k, v in bars.items()))
+    if any(r.ulira for r in runs):
+        for r, s in zip(runs, cfg.seeds, strict=True):
+            print(f"seed {s} U-LiRA:", json.dumps(r.ulira))
+    print("bars:", " ".join(f"{k}={'PASS' if b.passed else 'FAIL'}" for k, b in verdicts.items()))
     print(f"wall {time.perf_counter() - started:.0f}s")
     if a.json:
         with open(a.json, "w") as fh:
@@ -395,35 +642,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                 {
                     "config": repr(cfg),
                     "summary": summary,
-                    "bars": bars,
-                    "per_seed": [{k: asdict(v) for k, v in r.items()} for r, _ in runs],
-                    "logs": [log for _, log in runs],
+                    "bars": {k: asdict(b) | {"pass": b.passed} for k, b in verdicts.items()},
+                    "per_seed": [{k: asdict(v) for k, v in r.reports.items()} for r in runs],
+                    "ulira": [r.ulira for r in runs],
+                    "logs": [r.logs for r in runs],
                 },
                 fh,
                 indent=1,
             )
-
-
-_COLUMNS = (
-    "accuracy",
-    "asr",
-    "kl_forget",
-    "mia_auc",
-    "mia_tpr_1fpr",
-    "forgetting_rate",
-    "grad_evals_unlearning",
-    "grad_evals",
-    "rounds",
-)
-
-
-def format_table(summary: dict[str, dict[str, tuple[float, float]]]) -> str:
-    """A markdown table of mean ± std per model."""
-    lines = ["| model | " + " | ".join(_COLUMNS) + " |", "|---" * (len(_COLUMNS) + 1) + "|"]
-    for name, row in summary.items():
-        cells = [f"{row[c][0]:.4g} ± {row[c][1]:.2g}" for c in _COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ class JoinChallengeReply(_message.Message):
     def __init__(self, challenge: _Optional[bytes] = ..., expires_unix_ms: _Optional[int] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("request_id", "public_key", "timestamp_ms", "signature", "num_samples", "dataset", "input_shape", "num_classes", "challenge")
+    __slots__ = ("request_id", "public_key", "timestamp_ms", "signature", "num_samples", "dataset", "input_shape", "num_classes", "challenge", "model_tensors", "model_digest")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,8 @@ class JoinRequest(_message.Message):
     INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
     CHALLENGE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_TENSORS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     public_key: bytes
     timestamp_ms: int
@@ -56,7 +58,9 @@ class JoinRequest(_message.Message):
     input_shape: _containers.RepeatedScalarFieldContainer[int]
     num_classes: int
     challenge: bytes
-    def __init__(self, request_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., timestamp_ms: _Optional[int] = ..., signature: _Optional[bytes] = ..., num_samples: _Optional[int] = ..., dataset: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ..., challenge: _Optional[bytes] = ...) -> None: ...
+    model_tensors: _containers.RepeatedCompositeFieldContainer[_common_pb2.TensorSpec]
+    model_digest: bytes
+    def __init__(self, request_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., timestamp_ms: _Optional[int] = ..., signature: _Optional[bytes] = ..., num_samples: _Optional[int] = ..., dataset: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ..., challenge: _Optional[bytes] = ..., model_tensors: _Optional[_Iterable[_Union[_common_pb2.TensorSpec, _Mapping]]] = ..., model_digest: _Optional[bytes] = ...) -> None: ...
 
 class JoinReply(_message.Message):
     __slots__ = ("node_id", "session_token", "model", "poll_timeout_s")
