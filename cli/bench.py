@@ -148,7 +148,7 @@ def _light_client(address: str, params: int, seed: int, ready: Any) -> None:
     from forsaken.client.transport import FleetConnection
     from forsaken.common import errors
     from forsaken.common.identity import NodeIdentity
-    from forsaken.common.tasks import StopTask, TrainTask
+    from forsaken.common.round_tasks import StopTask, TrainTask
     from forsaken.common.tensors import TensorSpec, to_bytes
 
     conn = FleetConnection(address, NodeIdentity.generate())
@@ -318,7 +318,7 @@ async def _aio_client(address: str, params: int, seed: int, stop_at: float) -> d
     from forsaken.common.identity import NodeIdentity
     from forsaken.common.secagg.client_states import ClientDone
     from forsaken.common.secagg.setup import SetupInfo
-    from forsaken.common.wire_tasks import task_from_proto
+    from forsaken.common.wire_round_tasks import task_from_proto
     from forsaken.v1 import fleet_pb2, fleet_pb2_grpc
 
     stats = {"rounds": 0, "refused": 0, "retries": 0, "neighbors": 0}

@@ -23,11 +23,11 @@ from forsaken.common import errors, failpoints
 from forsaken.common.diagnosis import Diagnosis, Problem
 from forsaken.common.exitcodes import ExitCode
 from forsaken.common.partition import ClientData
+from forsaken.common.round_tasks import SecAggTask, StopTask, TrainTask, VerifyTask, WaitTask
 from forsaken.common.secagg.client_states import ClientDone
 from forsaken.common.secagg.setup import SetupInfo
 from forsaken.common.simulation import client_round_seed
 from forsaken.common.task import LoadedTask
-from forsaken.common.tasks import SecAggTask, StopTask, TrainTask, VerifyTask, WaitTask
 from forsaken.common.tensors import flatten, from_bytes, specs_of, to_bytes
 from forsaken.common.training import load_vector
 

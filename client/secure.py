@@ -16,11 +16,11 @@ import numpy as np
 
 from forsaken.client.transport import FleetConnection
 from forsaken.common import errors, failpoints
+from forsaken.common.round_tasks import SecAggTask
 from forsaken.common.secagg.client_states import ClientIdentity, start_client
 from forsaken.common.secagg.messages import MaskedInput
 from forsaken.common.secagg.quantize import quantize
 from forsaken.common.secagg.setup import SetupInfo
-from forsaken.common.tasks import SecAggTask
 from forsaken.common.tensors import TensorSpec, to_bytes
 
 log = logging.getLogger(__name__)

@@ -16,10 +16,10 @@ import grpc
 from forsaken.common import errors, tls, wire, wire_secagg
 from forsaken.common.chunking import PayloadAssembler, PayloadHeader, header_for
 from forsaken.common.identity import NodeIdentity
-from forsaken.common.tasks import AnyTask, SecAggTask, TrainTask
+from forsaken.common.round_tasks import AnyTask, SecAggTask, TrainTask
 from forsaken.common.tensors import TensorSpec
 from forsaken.common.types import ModelSpec
-from forsaken.common.wire_tasks import task_from_proto
+from forsaken.common.wire_round_tasks import task_from_proto
 from forsaken.v1 import fleet_pb2, fleet_pb2_grpc
 
 SESSION_KEY = wire.SESSION_KEY

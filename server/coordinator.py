@@ -34,10 +34,10 @@ from forsaken.common.errors import (
     WrongStage,
 )
 from forsaken.common.fedavg import weighted_average
+from forsaken.common.round_tasks import AnyTask, SecAggTask, StopTask, TrainTask, VerifyTask
 from forsaken.common.secagg.messages import MaskedInput
 from forsaken.common.secagg.messages import Stage as SecAggStage
 from forsaken.common.secagg.setup import SetupInfo
-from forsaken.common.tasks import AnyTask, SecAggTask, StopTask, TrainTask, VerifyTask
 from forsaken.common.tensors import TensorSpec, from_bytes
 from forsaken.common.types import ModelSpec, TrainSettings
 from forsaken.common.unlearning.negation import negate

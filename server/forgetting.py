@@ -28,7 +28,7 @@ from forsaken.common import failpoints
 from forsaken.common.errors import InvalidPayload, PermissionDenied, StaleRequest
 from forsaken.common.forget_methods import CLIENT_METHODS, METHOD_NAMES, SERVER_METHODS
 from forsaken.common.receipts import verdict
-from forsaken.common.tasks import ForgetOrder
+from forsaken.common.round_tasks import ForgetOrder
 from forsaken.server.ledger import ForgetRecord, ForgetState, Ledger
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from forsaken.common.rpc_errors import rpc_method, stream_method
 from forsaken.common.structure import check_agreement
 from forsaken.common.tensors import TensorSpec
 from forsaken.common.types import ModelSpec
-from forsaken.common.wire_tasks import task_to_proto
+from forsaken.common.wire_round_tasks import task_to_proto
 from forsaken.server.join_challenges import ChallengeBook
 from forsaken.server.ledger import ForgetRecord, Ledger, RoundRecord
 from forsaken.server.limits import CallQuota, RateLimiter

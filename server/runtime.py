@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from forsaken.common.errors import Unavailable
-from forsaken.common.tasks import AnyTask
+from forsaken.common.round_tasks import AnyTask
 from forsaken.server.coordinator import Coordinator
 from forsaken.server.rounds import Event
 from forsaken.server.sessions import SessionTable

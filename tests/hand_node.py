@@ -16,6 +16,7 @@ from forsaken.client.transport import SESSION_KEY, FleetConnection
 from forsaken.common import wire, wire_secagg
 from forsaken.common.chunking import header_for
 from forsaken.common.identity import NodeIdentity
+from forsaken.common.round_tasks import SecAggTask, WaitTask
 from forsaken.common.secagg.client_states import (
     ClientDone,
     ClientIdentity,
@@ -25,7 +26,6 @@ from forsaken.common.secagg.client_states import (
 from forsaken.common.secagg.messages import AdvertiseKeys, MaskedInput
 from forsaken.common.secagg.quantize import quantize
 from forsaken.common.secagg.setup import SetupInfo
-from forsaken.common.tasks import SecAggTask, WaitTask
 from forsaken.common.tensors import TensorSpec, to_bytes
 from forsaken.v1 import fleet_pb2, fleet_pb2_grpc, secagg_pb2
 

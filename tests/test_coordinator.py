@@ -15,7 +15,7 @@ from forsaken.common.errors import (
     StaleRequest,
     UnknownEntity,
 )
-from forsaken.common.tasks import StopTask, TrainTask
+from forsaken.common.round_tasks import StopTask, TrainTask
 from forsaken.common.tensors import TensorSpec, from_bytes, to_bytes
 from forsaken.common.types import ModelSpec, TrainSettings
 from forsaken.server.checkpoints import MemoryCheckpointStore

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from forsaken.common.errors import ConfigError
-from forsaken.common.tasks import TrainTask
+from forsaken.common.round_tasks import TrainTask
 from forsaken.common.tensors import TensorSpec, to_bytes
 from forsaken.common.types import ModelSpec, TrainSettings
 from forsaken.server.app import ServerConfig

@@ -16,7 +16,7 @@ from forsaken.client.transport import SESSION_KEY, FleetConnection
 from forsaken.common import errors, wire
 from forsaken.common.chunking import PayloadHeader, header_for
 from forsaken.common.identity import NodeIdentity
-from forsaken.common.tasks import TrainTask
+from forsaken.common.round_tasks import TrainTask
 from forsaken.common.tensors import TensorSpec, from_bytes, to_bytes
 from forsaken.v1 import fleet_pb2, fleet_pb2_grpc
 from tests.cluster import Cluster

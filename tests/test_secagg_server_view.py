@@ -22,6 +22,7 @@ from scipy import stats
 
 from forsaken.common.datasets import load_dataset
 from forsaken.common.identity import NodeIdentity
+from forsaken.common.round_tasks import AnyTask, SecAggTask
 from forsaken.common.secagg.graph import build_graph
 from forsaken.common.secagg.messages import (
     AdvertiseKeys,
@@ -39,7 +40,6 @@ from forsaken.common.secagg.unmask import (
     commitments_of,
     unmask_sum,
 )
-from forsaken.common.tasks import AnyTask, SecAggTask
 from forsaken.common.tensors import from_bytes
 from forsaken.server.app import ServerConfig, ServerDaemon
 from forsaken.server.checkpoints import FileCheckpointStore

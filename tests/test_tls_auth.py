@@ -26,7 +26,7 @@ from forsaken.client.transport import SESSION_KEY, FleetConnection
 from forsaken.common import certs, errors, tls, wire
 from forsaken.common.chunking import header_for
 from forsaken.common.identity import NodeIdentity
-from forsaken.common.tasks import TrainTask
+from forsaken.common.round_tasks import TrainTask
 from forsaken.common.tensors import TensorSpec
 from forsaken.procs import forsaken_command, free_port, terminate, wait_healthy
 from forsaken.procs import spawn as spawn_detached

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 from forsaken.common.errors import MemberFault, PermissionDenied
+from forsaken.common.round_tasks import SecAggTask
 from forsaken.common.secagg.client_states import ClientDone, ClientIdentity, start_client
 from forsaken.common.secagg.messages import MaskedInput
 from forsaken.common.secagg.quantize import quantize
 from forsaken.common.secagg.setup import SetupInfo
-from forsaken.common.tasks import SecAggTask
 from forsaken.common.tensors import TensorSpec, to_bytes
 from forsaken.common.types import ModelSpec, TrainSettings
 from forsaken.server.checkpoints import MemoryCheckpointStore

@@ -26,10 +26,10 @@ from forsaken.client.transport import SESSION_KEY, FleetConnection
 from forsaken.common import errors, wire
 from forsaken.common.chunking import header_for
 from forsaken.common.identity import NodeIdentity
+from forsaken.common.round_tasks import SecAggTask
 from forsaken.common.secagg.client_states import ClientDone
 from forsaken.common.secagg.messages import MaskedInput, ShareKeys
 from forsaken.common.secagg.setup import SetupInfo
-from forsaken.common.tasks import SecAggTask
 from forsaken.common.tensors import TensorSpec
 from forsaken.status import admin_channel
 from forsaken.v1 import admin_pb2, admin_pb2_grpc, fleet_pb2, fleet_pb2_grpc

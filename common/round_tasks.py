@@ -1,7 +1,7 @@
 """What the server asks a node to do next: one typed union, used on both sides of the wire.
 
 The server's coordinator returns these from a poll; the RPC edge encodes them with
-`wire_tasks`, and the client decodes the same types, so there is one definition of a task.
+`wire_round_tasks`, and the client decodes the same types, so there is one definition of a task.
 """
 
 from __future__ import annotations

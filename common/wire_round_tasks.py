@@ -1,10 +1,10 @@
-"""Tasks on the wire: the one codec between `common.tasks` and the Task proto, both ways."""
+"""Tasks on the wire: the one codec between `common.round_tasks` and the Task proto, both ways."""
 
 from __future__ import annotations
 
 from forsaken.common import wire, wire_secagg
 from forsaken.common.errors import InvalidPayload
-from forsaken.common.tasks import (
+from forsaken.common.round_tasks import (
     AnyTask,
     ForgetOrder,
     SecAggTask,
