@@ -91,7 +91,12 @@ def bench_generator(reference: str, data_dir: str, steps: int, repeats: int) -> 
 
     from forsaken.common.tensors import flatten
     from forsaken.common.training import TrainConfig, sgd_fit
-    from forsaken.common.unlearning.engine import ForsakenConfig, ForsakenEngine
+    from forsaken.common.unlearning.engine import (
+        ForgetData,
+        ForsakenConfig,
+        ForsakenEngine,
+        RoundWeights,
+    )
     from forsaken.common.unlearning.generator import head_parameters
 
     torch.set_num_threads(1)
@@ -121,10 +126,9 @@ def bench_generator(reference: str, data_dir: str, steps: int, repeats: int) -> 
     n = len(x) // 2
     # One unlearning round: the oracle's forward passes plus `steps` generator steps.
     fresh = lambda: ForsakenEngine(loaded.spec, config)  # noqa: E731 - a new G each repeat
-    round_s = _median_s(
-        lambda: fresh().step(vector, x[:n], y[:n], x[n:], y[n:], x[:0], y[:0], 1, 5 * n),
-        repeats,
-    )
+    data = ForgetData(x[:n], y[:n], x[:0], y[:0], x[n:], y[n:])
+    weights = RoundWeights(n, 5 * n)  # one of five equal clients
+    round_s = _median_s(lambda: fresh().step(vector, data, 1, weights), repeats)
     # Baseline: the same number of plain SGD steps on a batch the size of a generator step's.
     batch = config.forget_batch + 2 * config.keep_batch + config.transplant_batch
     model = loaded.build_model(SEED)

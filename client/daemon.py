@@ -30,6 +30,7 @@ from forsaken.common.simulation import client_round_seed
 from forsaken.common.task import LoadedTask
 from forsaken.common.tensors import flatten, from_bytes, specs_of, to_bytes
 from forsaken.common.training import load_vector
+from forsaken.common.unlearning.engine import RoundWeights
 
 log = logging.getLogger(__name__)
 
@@ -129,14 +130,6 @@ class ClientDaemon:
     def num_samples(self) -> int:
         return int(self.training_arrays()[1].shape[0])
 
-    def declared_samples(self) -> int:
-        """The weight this node announces. While one of its forget requests is unlearning it
-        keeps announcing its count from before, the weight its forget steps report, so the
-        round's total weight W that scales those steps includes it."""
-        with self._lock:
-            unlearning = any(f.state in UNLEARNING_STATES for f in self.state.forgets)
-        return len(self.data.ids_train) if unlearning else self.num_samples()
-
     # ---- main loop --------------------------------------------------------------------
 
     def run(self) -> int:
@@ -145,7 +138,7 @@ class ClientDaemon:
                 if self.conn.token is None:
                     self._join()
                 self._submit_forgets()
-                task = self.conn.pull(self.declared_samples())
+                task = self.conn.pull(self.num_samples())
                 self.connected = True
                 self.backoff.reset()
                 self._failures = (None, 0)
@@ -238,7 +231,7 @@ class ClientDaemon:
 
     def _join(self) -> None:
         node_id = self.conn.join(
-            self.declared_samples(),
+            self.num_samples(),
             self.dataset_name,
             self.input_shape,
             self.num_classes,
@@ -376,7 +369,7 @@ class ClientDaemon:
             order.sample_ids,
             vector,
             task.round,
-            task.total_weight,
+            RoundWeights(task.weight, task.total_weight),
         )
         metrics = {**step.metrics, "gradient_evaluations": float(step.gradient_evaluations)}
         # Report before uploading, so the server knows the verdict when this round closes.

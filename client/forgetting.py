@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,17 +31,15 @@ from forsaken.common.tensors import flatten
 from forsaken.common.training import load_vector
 from forsaken.common.types import ModelSpec
 from forsaken.common.unlearning import make_engine
-from forsaken.common.unlearning.engine import ForgetEngine, ForgetStep, ForsakenConfig
+from forsaken.common.unlearning.engine import (
+    ForgetData,
+    ForgetEngine,
+    ForgetStep,
+    ForsakenConfig,
+    RoundWeights,
+)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ForgetData:
-    forget_x: np.ndarray
-    forget_y: np.ndarray
-    retained_x: np.ndarray
-    retained_y: np.ndarray
 
 
 def split_forget(data: ClientData, sample_ids: tuple[int, ...]) -> ForgetData:
@@ -52,7 +49,12 @@ def split_forget(data: ClientData, sample_ids: tuple[int, ...]) -> ForgetData:
     else:
         mask = np.ones(len(data.ids_train), dtype=bool)
     return ForgetData(
-        data.x_train[mask], data.y_train[mask], data.x_train[~mask], data.y_train[~mask]
+        forget_x=data.x_train[mask],
+        forget_y=data.y_train[mask],
+        retained_x=data.x_train[~mask],
+        retained_y=data.y_train[~mask],
+        held_out_x=data.x_held_out,
+        held_out_y=data.y_held_out,
     )
 
 
@@ -199,7 +201,7 @@ class ForgetExecutor:
         sample_ids: tuple[int, ...],
         global_vector: np.ndarray,
         round_number: int,
-        total_weight: float,
+        weights: RoundWeights,
     ) -> ForgetStep:
         """One unlearning round: the engine's update, with its state saved before it is sent.
 
@@ -217,17 +219,7 @@ class ForgetExecutor:
             buffer = io.BytesIO()
             np.save(buffer, np.asarray(global_vector, dtype=np.float32))
             atomic_write(before, buffer.getvalue(), mode=0o600)
-        step = engine.step(
-            global_vector,
-            parts.forget_x,
-            parts.forget_y,
-            self.data.x_held_out,
-            self.data.y_held_out,
-            parts.retained_x,
-            parts.retained_y,
-            round_number,
-            total_weight=int(total_weight) if total_weight else None,
-        )
+        step = engine.step(global_vector, parts, round_number, weights)
         # The engine's state and the step it produced in one atomic file, so a restart finds
         # both or neither.
         buffer = io.BytesIO()

@@ -378,8 +378,8 @@ class Coordinator:
             return []
         deadline = now_ms + int(self.policy.round_timeout_s * 1000)
         rnd = OpenRound(number, self._attempt, selected, self.model.sha256, now_ms, deadline)
-        rnd.weights = {n: max(0, self.registry.samples(n)) for n in selected}
         rnd.forget_node = next((n for n in selected if self.forgets.instruction_for(n)), "")
+        rnd.weights = {n: self._weight(n, rnd.forget_node) for n in selected}
         self._round = rnd
         log.info("round %d (attempt %d) started with %d nodes", number, rnd.attempt, len(selected))
         if self.secure is not None:
@@ -425,6 +425,16 @@ class Coordinator:
         # The node uploading forget steps takes part in every round until it is done.
         forgetter = [n for n in live if self.forgets.instruction_for(n) is not None]
         return self.policy.sample(live, number, self._attempt, required=forgetter)
+
+    def _weight(self, node_id: str, forget_node: str) -> int:
+        """The FedAvg weight this round announces for a node: the count it declares, except
+        that the node uploading forget steps keeps the most it ever declared (its weight from
+        before the request), so its steps land with the share its training had. After a
+        server restart mid-request only the ledger's count is known; at least 1 keeps the
+        step's scale W / w consistent, whatever w is."""
+        if node_id == forget_node:
+            return max(1, self.registry.most_declared(node_id))
+        return max(0, self.registry.samples(node_id))
 
     def _finish(
         self,

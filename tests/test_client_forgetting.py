@@ -19,6 +19,7 @@ from forsaken.common.tensors import flatten
 from forsaken.common.training import TrainConfig, load_vector, train_local
 from forsaken.common.types import ModelSpec
 from forsaken.common.unlearning import ForsakenConfig, ForsakenEngine
+from forsaken.common.unlearning.engine import ForgetData, RoundWeights
 
 
 def test_record_sums_weighted_updates_once_per_round(tmp_path: Path) -> None:
@@ -65,11 +66,11 @@ def test_executor_steps_once_per_round_and_evidence_states_its_reach(
     vector = flatten(model.state_dict())
     ex.record_contribution(1, vector * 0.01, len(data.y_train))
     total = 5 * len(data.y_train)
-    first = ex.step("f1", "forsaken", spec, (), vector, 31, total)
+    first = ex.step("f1", "forsaken", spec, (), vector, 31, RoundWeights(len(data.y_train), total))
     assert first.metrics["reversed"] == 1.0
     again = ex.step("f1", "forsaken", spec, (), vector, 31, total)  # the round was retried
     assert again is first
-    ex.step("f1", "forsaken", spec, (), vector, 32, total)
+    ex.step("f1", "forsaken", spec, (), vector, 32, RoundWeights(len(data.y_train), total))
     evidence = ex.evidence(model, (), "f1")
     for key in ("mia_auc", "conf_auc", "auc_resolution", "excess_confidence_drop"):
         assert np.isfinite(evidence[key]), key
@@ -114,8 +115,8 @@ def test_the_record_survives_a_restart_and_drives_the_same_reversal(
     recorded, last = restarted.contributions.load()
     assert last == 2 and recorded is not None
     np.testing.assert_allclose(recorded, trained_delta.astype(np.float64) * w, rtol=1e-6)
-    a = steady.step("f", "forsaken", spec, (), vector, 3, total)
-    b = restarted.step("f", "forsaken", spec, (), vector, 3, total)
+    a = steady.step("f", "forsaken", spec, (), vector, 3, RoundWeights(len(data.y_train), total))
+    b = restarted.step("f", "forsaken", spec, (), vector, 3, RoundWeights(len(data.y_train), total))
     assert a.metrics["reversed"] > 0.0
     assert a.metrics == b.metrics
     np.testing.assert_array_equal(a.update, b.update)
@@ -129,10 +130,12 @@ def test_a_round_asked_for_again_after_a_restart_gets_the_same_step(
     w, total = len(data.y_train), 5 * len(data.y_train)
     ex = ForgetExecutor(tmp_path, data, seed=0)
     ex.record_contribution(1, (vector - _initial_vector(spec)) * 0.2, w)
-    first = ex.step("f", "forsaken", spec, (), vector, 7, total)
+    first = ex.step("f", "forsaken", spec, (), vector, 7, RoundWeights(len(data.y_train), total))
     assert first.metrics["reversed"] > 0.0
     # The node crashed after computing round 7; the round aborted and is asked for again.
-    again = ForgetExecutor(tmp_path, data, seed=0).step("f", "forsaken", spec, (), vector, 7, total)
+    again = ForgetExecutor(tmp_path, data, seed=0).step(
+        "f", "forsaken", spec, (), vector, 7, RoundWeights(len(data.y_train), total)
+    )
     np.testing.assert_array_equal(again.update, first.update)
     assert (again.num_samples, again.done, again.metrics) == (
         first.num_samples,
@@ -141,12 +144,16 @@ def test_a_round_asked_for_again_after_a_restart_gets_the_same_step(
     )
     assert again.gradient_evaluations == first.gradient_evaluations
     # The next round moves on and does not reverse the record a second time.
-    after = ForgetExecutor(tmp_path, data, seed=0).step("f", "forsaken", spec, (), vector, 8, total)
+    after = ForgetExecutor(tmp_path, data, seed=0).step(
+        "f", "forsaken", spec, (), vector, 8, RoundWeights(len(data.y_train), total)
+    )
     assert after.metrics["reversed"] == 0.0
     # A damaged state file is reported, not half-read.
     (tmp_path / "forget-f.npz").write_bytes(b"garbage")
     with pytest.raises(CorruptState, match="engine state"):
-        ForgetExecutor(tmp_path, data, seed=0).step("f", "forsaken", spec, (), vector, 9, total)
+        ForgetExecutor(tmp_path, data, seed=0).step(
+            "f", "forsaken", spec, (), vector, 9, RoundWeights(len(data.y_train), total)
+        )
 
 
 def test_nothing_but_the_update_leaves_the_node(tmp_path: Path, trained: tuple) -> None:
@@ -159,7 +166,7 @@ def test_nothing_but_the_update_leaves_the_node(tmp_path: Path, trained: tuple) 
     w, total = len(data.y_train), 5 * len(data.y_train)
     ex = ForgetExecutor(tmp_path, data, seed=0)
     ex.record_contribution(1, (vector - _initial_vector(spec)) * 0.2, w)
-    step = ex.step("f", "forsaken", spec, (), vector, 2, total)
+    step = ex.step("f", "forsaken", spec, (), vector, 2, RoundWeights(len(data.y_train), total))
     assert step.update.shape == vector.shape and step.update.dtype == np.float32
     evidence = ex.evidence(model, (), "f")
     for name, value in {**step.metrics, **evidence}.items():
@@ -193,14 +200,9 @@ def test_the_reversal_stops_short_of_wrecking_the_model(trained: tuple) -> None:
         engine = ForsakenEngine(spec, cfg, contribution=record)
         step = engine.step(
             vector.astype(np.float32),
-            data.x_train,
-            data.y_train,
-            kx,
-            ky,
-            data.x_train[:0],
-            data.y_train[:0],
+            ForgetData(data.x_train, data.y_train, data.x_train[:0], data.y_train[:0], kx, ky),
             1,
-            total_weight=total,
+            RoundWeights(len(data.y_train) + len(data.y_train[:0]), total),
         )
         reversed_share = step.metrics["reversed"]
         assert 0.0 <= reversed_share < 1.0

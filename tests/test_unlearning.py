@@ -30,6 +30,7 @@ from forsaken.common.unlearning import (
     PGAEngine,
     make_engine,
 )
+from forsaken.common.unlearning.engine import ForgetData, RoundWeights
 from forsaken.common.unlearning.fedquit import virtual_teacher
 from forsaken.common.unlearning.generator import DummyGradientGenerator
 from forsaken.common.unlearning.negation import layers_to_negate, negate
@@ -73,14 +74,10 @@ def _step(engine, bed: dict, round_number: int = 1, total: int | None = None):
     d = bed["data"]
     return engine.step(
         bed["vector"],
-        d.x_train,
-        d.y_train,
-        d.x_held_out,
-        d.y_held_out,
-        d.x_train[:0],
-        d.y_train[:0],
+        ForgetData(d.x_train, d.y_train, d.x_train[:0], d.y_train[:0], d.x_held_out, d.y_held_out),
         round_number,
-        total_weight=total,
+        # Without a stated total: one of five equal clients.
+        RoundWeights(len(d.y_train), 5 * len(d.y_train) if total is None else total),
     )
 
 

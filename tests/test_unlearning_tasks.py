@@ -16,7 +16,7 @@ from forsaken.common.task import DataRequest, LoadedTask, Task, for_client, for_
 from forsaken.common.tensors import flatten
 from forsaken.common.training import TrainConfig
 from forsaken.common.unlearning import METHODS, ForsakenConfig, make_engine
-from forsaken.common.unlearning.engine import augment, default_targets
+from forsaken.common.unlearning.engine import ForgetData, RoundWeights, augment, default_targets
 from forsaken.common.unlearning.generator import (
     DummyGradientGenerator,
     GeneratorConfig,
@@ -71,19 +71,21 @@ def test_every_client_side_method_steps_on_non_image_tasks(method: str, make_tas
     loaded, vector, part = trained(make_task())  # type: ignore[operator]
     options = {}
     if method == "forsaken":
-        options = {"config": ForsakenConfig(steps_per_round=4, expected_clients=3)}
+        options = {"config": ForsakenConfig(steps_per_round=4)}
     engine = make_engine(method, loaded.spec, **options)
     assert engine is not None
     step = engine.step(
         vector,
-        part.x_train,
-        part.y_train,
-        part.x_held_out,
-        part.y_held_out,
-        part.x_train[:0],
-        part.y_train[:0],
+        ForgetData(
+            part.x_train,
+            part.y_train,
+            part.x_train[:0],
+            part.y_train[:0],
+            part.x_held_out,
+            part.y_held_out,
+        ),
         1,
-        total_weight=3 * len(part.y_train),
+        RoundWeights(len(part.y_train) + len(part.y_train[:0]), 3 * len(part.y_train)),
     )
     assert step.update.shape == vector.shape and np.isfinite(step.update).all()
     if method == "forsaken":
@@ -111,14 +113,11 @@ def test_forsaken_reports_the_atypical_features_it_found() -> None:
     assert engine is not None
     step = engine.step(
         vector,
-        forget_x,
-        part.y_train,
-        part.x_held_out,
-        part.y_held_out,
-        forget_x[:0],
-        part.y_train[:0],
+        ForgetData(
+            forget_x, part.y_train, forget_x[:0], part.y_train[:0], part.x_held_out, part.y_held_out
+        ),
         1,
-        total_weight=3 * len(forget_x),
+        RoundWeights(len(part.y_train) + len(part.y_train[:0]), 3 * len(forget_x)),
     )
     assert step.metrics["atypical_positions"] == 1.0
 

@@ -5,11 +5,11 @@ sample count the client reports as its weight, exactly what `train_local` gives 
 so masking, quantization and secure aggregation cannot tell unlearning from training
 (STYLE habit 9). The server sees Σ wᵢ uᵢ / Σ wᵢ and nothing else.
 
-Scaling so the update survives averaging: the engine reports weight w (the count the client
-reported while training, so the weight itself gives nothing away) and uploads
-u = (W / w) · δ, where W is the round's total weight (announced by the server; by default
-estimated as w · expected_clients). The aggregate then carries δ at full strength, plus the
-other clients' ordinary training at weight (W - w)/W.
+Scaling so the update survives averaging: the server announces each round's weights
+(`RoundWeights`: this node's w, the count it was credited with before the request, so the
+weight itself gives nothing away, and the round's total W); the engine reports w and uploads
+u = (W / w) · δ. The aggregate then carries δ at full strength, plus the other clients'
+ordinary training at weight (W - w)/W.
 
 `ForsakenEngine` is the seed method (Liu et al., "Learn to Forget", §4): a dummy-gradient
 generator trained each unlearning round, stopping when a local loss-threshold membership oracle
@@ -57,33 +57,53 @@ class ForgetStep:
     gradient_evaluations: int  # per-sample forward+backward passes through the model
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class ForgetData:
+    """What a forgetting node holds for one request: the samples to forget, the training
+    samples it keeps, and its held-out slice (never trained on; the engines' unseen data)."""
+
+    forget_x: np.ndarray
+    forget_y: np.ndarray
+    retained_x: np.ndarray
+    retained_y: np.ndarray
+    held_out_x: np.ndarray
+    held_out_y: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class RoundWeights:
+    """The weights the server announced for this round: this node's and the sum over the
+    round's selected nodes. An upload lands in the mean with weight / total."""
+
+    weight: int
+    total: int
+
+    def __post_init__(self) -> None:
+        if self.weight < 1 or self.total < self.weight:
+            raise ConfigError(
+                f"round total weight {self.total} is below this client's weight {self.weight}"
+            )
+
+    @property
+    def scale(self) -> float:
+        """total / weight: the factor that makes this node's upload land at full strength."""
+        return self.total / self.weight
+
+
 class ForgetEngine(Protocol):
     """What a client's unlearning executor drives, one call per unlearning round."""
 
     def step(
         self,
         global_vector: np.ndarray,
-        forget_x: np.ndarray,
-        forget_y: np.ndarray,
-        held_out_x: np.ndarray,
-        held_out_y: np.ndarray,
-        retained_x: np.ndarray,
-        retained_y: np.ndarray,
+        data: ForgetData,
         round_number: int,
-        total_weight: int | None = None,
+        weights: RoundWeights,
     ) -> ForgetStep: ...
 
     def state_dict(self) -> dict[str, np.ndarray]: ...
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None: ...
-
-
-def update_scale(weight: int, total_weight: int | None, expected_clients: int) -> float:
-    """W / w: the factor that makes a weight-w upload land at full strength in the mean."""
-    total = total_weight if total_weight is not None else weight * expected_clients
-    if weight < 1 or total < weight:
-        raise ConfigError(f"round total weight {total} is below this client's weight {weight}")
-    return total / weight
 
 
 def params_of(spec: ModelSpec, vector: np.ndarray) -> dict[str, Tensor]:
@@ -135,7 +155,6 @@ class ForsakenConfig:
     # (the model G starts from) or "original" (the global model when unlearning began, a model
     # of this federation for which the slice is just as unseen).
     profile_reference: str = "original"
-    expected_clients: int = 5
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -226,14 +245,9 @@ class ForsakenEngine:
     def step(
         self,
         global_vector: np.ndarray,
-        forget_x: np.ndarray,
-        forget_y: np.ndarray,
-        held_out_x: np.ndarray,
-        held_out_y: np.ndarray,
-        retained_x: np.ndarray,
-        retained_y: np.ndarray,
+        data: ForgetData,
         round_number: int,
-        total_weight: int | None = None,
+        weights: RoundWeights,
     ) -> ForgetStep:
         """One unlearning round (paper §4): train G, emit the scaled step, ask the oracle.
 
@@ -242,19 +256,20 @@ class ForsakenEngine:
         everything still holds).
         """
         cfg = self.config
+        forget_x, held_out_x, retained_x = data.forget_x, data.held_out_x, data.retained_x
         if len(forget_x) == 0 or len(held_out_x) == 0:
             raise ConfigError("forsaken needs a non-empty forget set and held-out slice")
         incoming = params_of(self.spec, global_vector)
-        keep = (retained_x, retained_y) if len(retained_x) else (held_out_x, held_out_y)
+        keep = (retained_x, data.retained_y) if len(retained_x) else (held_out_x, data.held_out_y)
         batch = _Round(
             fx=_tensor(forget_x),
-            fy=_tensor(forget_y, torch.int64),
+            fy=_tensor(data.forget_y, torch.int64),
             hx=_tensor(held_out_x),
-            hy=_tensor(held_out_y, torch.int64),
+            hy=_tensor(data.held_out_y, torch.int64),
             kx=_tensor(keep[0]),
             ky=_tensor(keep[1], torch.int64),
         )
-        weight = len(forget_x) + len(retained_x)
+        weight = weights.weight
         with torch.no_grad():
             forget_logits = self._logits(incoming, batch.fx)
             held_logits = self._logits(incoming, batch.hx)
@@ -275,7 +290,7 @@ class ForsakenEngine:
             # Already indistinguishable from unseen data: nothing to upload, nothing to learn.
             zero = np.zeros(sum(p.numel() for p in incoming.values()), dtype=np.float32)
             return ForgetStep(zero, 0, True, metrics, 0)
-        start = self._start(global_vector, weight, total_weight, batch)
+        start = self._start(global_vector, weights, batch)
         params = incoming if start is None else params_of(self.spec, start)
         teacher = {"incoming": incoming, "start": params}.get(cfg.drift_teacher, incoming)
         if cfg.drift_teacher == "original" and self.anchor is not None:
@@ -297,7 +312,7 @@ class ForsakenEngine:
             rate_after = self._member_rate(
                 after_logits, batch.fy, self._logits(moved, batch.hx), batch.hy
             )
-        scale = update_scale(weight, total_weight, cfg.expected_clients)
+        scale = weights.scale
         delta = torch.cat([(moved[n] - p).reshape(-1) for n, p in incoming.items()])
         update = (delta.numpy() * scale).astype(np.float32)
         metrics |= {
@@ -314,7 +329,7 @@ class ForsakenEngine:
         return ForgetStep(update, weight, done, metrics, evals)
 
     def _start(
-        self, global_vector: np.ndarray, weight: int, total_weight: int | None, batch: _Round
+        self, global_vector: np.ndarray, weights: RoundWeights, batch: _Round
     ) -> np.ndarray | None:
         """Where G starts from: in the first round, the global model minus a share of this
         client's own contribution to it (its recorded Σ w_t Δ_t over the round total W, see
@@ -323,8 +338,7 @@ class ForsakenEngine:
         self.reversed = 0.0
         if self.rounds_done != 1 or self.contribution is None or not cfg.reversal:
             return None
-        total = total_weight if total_weight is not None else weight * cfg.expected_clients
-        share = self.contribution / total
+        share = self.contribution / weights.total
         if share.shape != np.shape(global_vector):
             raise InvalidPayload(
                 f"the contribution record has {share.size} entries, "
@@ -528,17 +542,11 @@ class FinetuneEngine:
     def step(
         self,
         global_vector: np.ndarray,
-        forget_x: np.ndarray,
-        forget_y: np.ndarray,
-        held_out_x: np.ndarray,
-        held_out_y: np.ndarray,
-        retained_x: np.ndarray,
-        retained_y: np.ndarray,
+        data: ForgetData,
         round_number: int,
-        total_weight: int | None = None,
+        weights: RoundWeights,
     ) -> ForgetStep:
-        del forget_x, forget_y, held_out_x, held_out_y, retained_x, retained_y
-        del round_number, total_weight
+        del data, round_number, weights
         zero = np.zeros(np.shape(global_vector), dtype=np.float32)
         return ForgetStep(zero, 0, True, {}, 0)
 

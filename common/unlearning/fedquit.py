@@ -22,7 +22,7 @@ from forsaken.common.models import build_model
 from forsaken.common.tensors import flatten
 from forsaken.common.training import load_vector
 from forsaken.common.types import ModelSpec
-from forsaken.common.unlearning.engine import ForgetStep, update_scale
+from forsaken.common.unlearning.engine import ForgetData, ForgetStep, RoundWeights
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +31,6 @@ class FedQuitConfig:
     momentum: float = 0.9
     epochs: int = 2
     batch_size: int = 32
-    expected_clients: int = 5
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -60,21 +59,15 @@ class FedQuitEngine:
     def step(
         self,
         global_vector: np.ndarray,
-        forget_x: np.ndarray,
-        forget_y: np.ndarray,
-        held_out_x: np.ndarray,
-        held_out_y: np.ndarray,
-        retained_x: np.ndarray,
-        retained_y: np.ndarray,
+        data: ForgetData,
         round_number: int,
-        total_weight: int | None = None,
+        weights: RoundWeights,
     ) -> ForgetStep:
-        del held_out_x, held_out_y, retained_y
         cfg = self.config
         start = np.asarray(global_vector, dtype=np.float32)
         load_vector(self.model, start)
-        xs = torch.tensor(np.asarray(forget_x, dtype=np.float32))
-        ys = torch.tensor(np.asarray(forget_y, dtype=np.int64))
+        xs = torch.tensor(np.asarray(data.forget_x, dtype=np.float32))
+        ys = torch.tensor(np.asarray(data.forget_y, dtype=np.int64))
         self.model.eval()
         with torch.no_grad():
             teacher = virtual_teacher(self.model(xs), ys)  # fixed: from the global model
@@ -95,8 +88,7 @@ class FedQuitEngine:
                 optimizer.step()
                 evals += len(batch)
                 last = float(loss.detach())
-        weight = len(forget_x) + len(retained_x)
-        scale = update_scale(weight, total_weight, cfg.expected_clients)
+        weight, scale = weights.weight, weights.scale
         update = ((flatten(self.model.state_dict()) - start) * scale).astype(np.float32)
         return ForgetStep(update, weight, True, {"last_batch_kl": last, "scale": scale}, evals)
 

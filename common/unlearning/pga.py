@@ -29,7 +29,7 @@ from forsaken.common.structure import parameter_entries
 from forsaken.common.tensors import flatten
 from forsaken.common.training import load_vector
 from forsaken.common.types import ModelSpec
-from forsaken.common.unlearning.engine import ForgetStep, update_scale
+from forsaken.common.unlearning.engine import ForgetData, ForgetStep, RoundWeights
 
 _RANDOM_MODELS = 5  # fresh inits whose mean distance sets the radius
 
@@ -45,7 +45,6 @@ class PGAConfig:
     radius_fraction: float = 1 / 3  # of the mean distance from w_ref to random models
     loss_ceiling: float | None = None  # stop once a batch's loss exceeds this; None: ln(C),
     # the loss of a uniform guess, i.e. "the forget set now fits no better than chance"
-    expected_clients: int = 5
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -110,17 +109,11 @@ class PGAEngine:
     def step(
         self,
         global_vector: np.ndarray,
-        forget_x: np.ndarray,
-        forget_y: np.ndarray,
-        held_out_x: np.ndarray,
-        held_out_y: np.ndarray,
-        retained_x: np.ndarray,
-        retained_y: np.ndarray,
+        data: ForgetData,
         round_number: int,
-        total_weight: int | None = None,
+        weights: RoundWeights,
     ) -> ForgetStep:
         """Ascend the forget-set loss inside the ball; upload the scaled move. Done at once."""
-        del held_out_x, held_out_y
         cfg = self.config
         start = np.asarray(global_vector, dtype=np.float32)
         reference = self.reference(start)
@@ -128,8 +121,8 @@ class PGAEngine:
         center = torch.from_numpy(reference[self._params])
         load_vector(self.model, start)
         params = list(self.model.parameters())
-        xs = torch.tensor(np.asarray(forget_x, dtype=np.float32))
-        ys = torch.tensor(np.asarray(forget_y, dtype=np.int64))
+        xs = torch.tensor(np.asarray(data.forget_x, dtype=np.float32))
+        ys = torch.tensor(np.asarray(data.forget_y, dtype=np.int64))
         rng = torch.Generator().manual_seed(cfg.seed * 7919 + round_number)
         optimizer = torch.optim.SGD(params, lr=cfg.learning_rate, momentum=cfg.momentum)
         evals, last_loss, stopped = 0, 0.0, False
@@ -153,8 +146,7 @@ class PGAEngine:
                     break
             if stopped:
                 break
-        weight = len(forget_x) + len(retained_x)
-        scale = update_scale(weight, total_weight, cfg.expected_clients)
+        weight, scale = weights.weight, weights.scale
         moved = flatten(self.model.state_dict()) - start
         update = (moved * scale).astype(np.float32)
         metrics = {

@@ -227,7 +227,7 @@ def federation(cfg: ProtocolConfig, seed: int) -> InProcessFederation:
 def forsaken_unlearn(
     cfg: ProtocolConfig, fed: InProcessFederation, start: np.ndarray
 ) -> Unlearning:
-    fcfg = replace(cfg.forsaken, seed=fed.bed.seed, expected_clients=cfg.clients)
+    fcfg = replace(cfg.forsaken, seed=fed.bed.seed)
     engine = ForsakenEngine(fed.spec, fcfg, contribution=fed.forgetter_contribution)
     return fed.unlearn(start, cfg.rounds + 1, engine, fcfg.max_rounds, cfg.recovery_rounds)
 
@@ -249,15 +249,13 @@ def baseline_unlearn(
         share = len(bed.forget_y) / fed.total_weight
         pga = PGAEngine(
             fed.spec,
-            replace(cfg.pga, seed=seed, expected_clients=cfg.clients),
+            replace(cfg.pga, seed=seed),
             last_update=fed.last_forgetter_update,
             last_weight_share=share,
         )
         return fed.unlearn(start, first, pga, 1, cfg.pga_recovery_rounds)
     if name == "fedquit":
-        engine = FedQuitEngine(
-            fed.spec, replace(cfg.fedquit, seed=seed, expected_clients=cfg.clients)
-        )
+        engine = FedQuitEngine(fed.spec, replace(cfg.fedquit, seed=seed))
         return fed.unlearn(start, first, engine, 1, cfg.fedquit_recovery_rounds)
     raise ValueError(f"unknown baseline {name!r}; expected one of {BASELINES}")
 

@@ -23,7 +23,7 @@ from forsaken.common.tensors import flatten
 from forsaken.common.testbeds import TestBed
 from forsaken.common.training import TrainConfig, load_vector, train_local
 from forsaken.common.types import ModelSpec
-from forsaken.common.unlearning.engine import ForgetEngine
+from forsaken.common.unlearning.engine import ForgetData, ForgetEngine, RoundWeights
 
 
 @dataclass
@@ -116,17 +116,17 @@ class InProcessFederation:
         info, done = None, True
         if engine is not None:
             started = time.perf_counter()
-            step = engine.step(
-                vec,
-                bed.forget_x,
-                bed.forget_y,
-                bed.forgetter.x_held_out,
-                bed.forgetter.y_held_out,
-                bed.retained_x,
-                bed.retained_y,
-                r,
-                total_weight=self.total_weight,
+            data = ForgetData(
+                forget_x=bed.forget_x,
+                forget_y=bed.forget_y,
+                retained_x=bed.retained_x,
+                retained_y=bed.retained_y,
+                held_out_x=bed.forgetter.x_held_out,
+                held_out_y=bed.forgetter.y_held_out,
             )
+            # As the server announces it: the forgetter keeps the weight it trained with.
+            weight = len(bed.forget_y) + len(bed.retained_y)
+            step = engine.step(vec, data, r, RoundWeights(weight, self.total_weight))
             cost.seconds += time.perf_counter() - started
             cost.evals += step.gradient_evaluations
             cost.forgetter += step.gradient_evaluations
