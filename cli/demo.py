@@ -19,7 +19,6 @@ import argparse
 import json
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -343,7 +342,7 @@ def _compare(
         scorer.anchor(r_vec, vectors["O"])
         vectors = {**vectors, "R": r_vec}
         matched = True
-    models = {name: asdict(scorer.score(vec)) for name, vec in vectors.items()}
+    models = {name: scorer.score(vec) for name, vec in vectors.items()}
     return models, note, scorer if matched else None
 
 
@@ -354,7 +353,8 @@ def _curves(fed: Federation, run: ForgetRun, scorer: Scorer) -> dict[int, dict[s
     from forsaken.common.errors import ForsakenError
     from forsaken.common.training import load_vector
 
-    forget, test = scorer.forget, scorer.ds
+    bed = scorer.fed.bed
+    model = scorer.fed.model
     out: dict[int, dict[str, float]] = {}
     for r in run.rounds:
         if r["round"] <= 0:
@@ -363,14 +363,15 @@ def _curves(fed: Federation, run: ForgetRun, scorer: Scorer) -> dict[int, dict[s
             vector = fed.model(r["model_sha256"])
         except (ForsakenError, OSError, KeyError):
             continue
-        load_vector(scorer.model, vector)
-        trig = M.model_outputs(scorer.model, scorer.trig_x)
-        members = M.per_sample_losses(M.model_outputs(scorer.model, forget.x_train), forget.y_train)
-        others = M.per_sample_losses(M.model_outputs(scorer.model, test.x_test), test.y_test)
-        out[int(r["round"])] = {
-            "asr": M.attack_success_rate(trig, scorer.cfg.target),
-            "mia_auc": M.mia_auc(members, others),
-        }
+        load_vector(model, vector)
+        members = M.per_sample_losses(M.model_outputs(model, bed.forget_x), bed.forget_y)
+        test = bed.dataset
+        others = M.per_sample_losses(M.model_outputs(model, test.x_test), test.y_test)
+        point = {"mia_auc": M.mia_auc(members, others)}
+        if bed.trigger is not None:
+            trig = M.model_outputs(model, bed.trigger.x)
+            point["asr"] = M.attack_success_rate(trig, bed.trigger.target)
+        out[int(r["round"])] = point
     return out
 
 

@@ -50,12 +50,22 @@ def _population(evidence: Mapping[str, object]) -> str:
     shown = " and ".join(f"{name} AUC {auc:.3f}" for name, auc in parts)
     if resolution is None:
         return f"Membership attacks against unseen data: {shown}."
-    separated = [name for name, auc in parts if abs(auc - 0.5) > resolution]
-    if separated:
+    above = [name for name, auc in parts if auc - 0.5 > resolution]
+    below = [name for name, auc in parts if 0.5 - auc > resolution]
+    if above:
         return (
-            f"Membership attacks still tell the forgotten samples from unseen ones ({shown}, "
-            f"beyond chance by more than the resolution {resolution:.3f}): either some of the "
-            "data's influence remains or the data differs from the node's held-out slice."
+            f"Membership attacks still tell the forgotten samples from unseen ones ({shown}; "
+            f"the {' and '.join(above)} attack above 0.5 by more than the resolution "
+            f"{resolution:.3f}: they look like members): either some of the data's influence "
+            "remains or the data differs from the node's held-out slice."
+        )
+    if below:
+        return (
+            f"The forgotten samples look less like members than unseen data does ({shown}; "
+            f"the {' and '.join(below)} attack below 0.5 by more than the resolution "
+            f"{resolution:.3f}): the model now treats them unlike data it never saw, which an "
+            "attacker can notice too, unless the data differs from the node's held-out slice "
+            "(relabelled samples score below 0.5 even on a retrained model)."
         )
     return (
         f"Loss and confidence attacks cannot tell the forgotten samples from unseen ones "

@@ -67,3 +67,10 @@ def test_missing_or_odd_evidence_does_not_break_the_verdict() -> None:
     assert "No membership attack was measured" in verdict(BASE | {"evidence": {}})
     assert "No membership attack" in verdict({"evidence": {"mia_auc": "x"}})
     assert "No membership attack" in verdict({"evidence": {"mia_auc": float("nan")}})
+
+
+def test_looking_less_like_a_member_than_unseen_data_is_said_as_such() -> None:
+    receipt = BASE | {"evidence": {"mia_auc": 0.42, "conf_auc": 0.49, "auc_resolution": 0.04}}
+    text = verdict(receipt)
+    assert "look less like members than unseen data does" in text
+    assert "loss attack below 0.5" in text and "still tell" not in text

@@ -178,3 +178,16 @@ def test_every_forget_method_completes_on_a_users_task(fresh: Path) -> None:
         assert accuracy >= 0.9, status["rounds"][-3:]
     finally:
         c.stop()
+
+
+def test_the_default_demo_forgets_the_backdoor_and_reports_every_round(tmp_path: Path) -> None:
+    """`make demo`'s job, shortened: the built-in test bed, R retrained in process, the curves
+    of ASR and membership per round, and the receipt's verdict."""
+    report = demo(tmp_path, ["--clients", "3", "--rounds", "6"], timeout_s=480)
+    check_report(report, margin=0.3)
+    forget = report["forget"]
+    assert set(forget["models"]) == {"O", "U", "R"}
+    assert forget["models"]["O"]["asr"] > forget["models"]["U"]["asr"]
+    assert "Node " in forget["verdict"] and "cannot show" in forget["verdict"]
+    assert all(r["mia_auc"] is not None for r in report["rounds"] if r["round"] <= 6)
+    assert any(r["phase"] == "unlearning" for r in report["rounds"])

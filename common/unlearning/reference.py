@@ -299,7 +299,13 @@ def references(
         fed.forgetter_contribution = stored["forgetter_contribution"]
         shadows = None
         if cfg.shadows:
-            shadows = train_shadows(fed, cfg.rounds, cfg.shadows, vectors=stored["shadows"])
+            shadows = train_shadows(
+                fed,
+                cfg.rounds,
+                cfg.shadows,
+                vectors=stored["shadows"],
+                contributions=stored.get("shadow_contributions"),
+            )
         return fed, vectors, shadows, costs
     say("training O")
     o_vec = fed.train_rounds(cfg.rounds)
@@ -333,7 +339,10 @@ def references(
         shadows = train_shadows(fed, cfg.rounds, cfg.shadows)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        extra = {"shadows": shadows.vectors} if shadows is not None else {}
+        extra = {}
+        if shadows is not None:
+            assert shadows.contributions is not None
+            extra = {"shadows": shadows.vectors, "shadow_contributions": shadows.contributions}
         assert fed.last_forgetter_update is not None
         assert fed.forgetter_contribution is not None
         np.savez(
@@ -422,6 +431,8 @@ def ulira_scores(
         ),
         "ulira_unlearned_models": float(per_in),
         "ulira_never_models": float(len(b)),
+        # 1: each shadow's node unlearned with its own contribution record, as real nodes do.
+        "ulira_with_records": float(shadows.contributions is not None),
     }
 
 

@@ -58,6 +58,10 @@ class ShadowSet:
     seeds: tuple[int, ...]
     vectors: np.ndarray  # (K, P) float32: the shadow models after T rounds
     stats: np.ndarray  # (K, N) φ of each shadow on each candidate
+    # (K, P) float64: each shadow's forgetting client's record of its own contribution (as a
+    # node keeps it), for unlearning the shadows as the real node unlearns; None when the
+    # shadows came from a cache written before it was kept.
+    contributions: np.ndarray | None = None
 
     def calibration(self) -> LiraCalibration:
         return LiraCalibration.fit(self.stats, self.is_in)
@@ -113,24 +117,30 @@ def train_shadows(
     shadows: int,
     on_shadow: Callable[[int], None] | None = None,
     vectors: np.ndarray | None = None,
+    contributions: np.ndarray | None = None,
 ) -> ShadowSet:
-    """K shadow federations of `fed` (or, with `vectors`, re-score already trained ones)."""
+    """K shadow federations of `fed` (or, with `vectors` and `contributions`, re-score
+    already trained ones)."""
     bed = fed.bed
     candidates = Candidates.of(bed)
     is_in = deal(candidates, shadows, bed.seed)
     seeds = tuple(shadow_seed(bed.seed, k) for k in range(shadows))
-    out = []
+    out, records = [], []
     for k in range(shadows):
         if vectors is None:
             shadow = fed.with_bed(shadow_bed(bed, candidates, is_in[k], seeds[k]))
             out.append(shadow.train_rounds(rounds))
+            assert shadow.forgetter_contribution is not None
+            records.append(shadow.forgetter_contribution)
         else:
             out.append(vectors[k])
         if on_shadow is not None:
             on_shadow(k)
     vecs = np.stack(out).astype(np.float32)
     stats = np.stack([statistics(fed, v, candidates) for v in vecs])
-    return ShadowSet(candidates, is_in, seeds, vecs, stats)
+    if vectors is None:
+        contributions = np.stack(records)
+    return ShadowSet(candidates, is_in, seeds, vecs, stats, contributions)
 
 
 def unlearned_shadows(
@@ -145,5 +155,9 @@ def unlearned_shadows(
         shadow = fed.with_bed(
             shadow_bed(bed, shadows.candidates, shadows.is_in[k], shadows.seeds[k])
         )
+        if shadows.contributions is not None:
+            # The shadow's node holds its record, as the real one does, so a method that
+            # reverses it can.
+            shadow.forgetter_contribution = shadows.contributions[k]
         stats.append(statistics(fed, unlearn(shadow, shadows.vectors[k]), shadows.candidates))
     return np.stack(stats)
