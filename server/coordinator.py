@@ -387,7 +387,7 @@ class Coordinator:
                 rnd.secure = SecureRound(
                     selected=selected,
                     vector_len=sum(t.numel for t in self.tensors) + 1,
-                    declared_samples=rnd.weights,
+                    weights=rnd.weights,
                     node_keys=self.registry.keys(),
                     settings=self.secure,
                     context=f"forsaken/round/{number}/{rnd.attempt}/{self.model.sha256}".encode(),

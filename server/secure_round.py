@@ -118,7 +118,7 @@ class SecureRound:
         *,
         selected: tuple[str, ...],
         vector_len: int,
-        declared_samples: dict[str, int],
+        weights: dict[str, int],
         node_keys: dict[str, bytes],
         settings: SecureSettings,
         context: bytes,
@@ -131,7 +131,7 @@ class SecureRound:
         params = round_parameters(len(selected), settings)
         self.config = SecAggConfig(params, vector_len, settings.active, context)
         # Inputs are weight * delta / weight_scale, so each stays within the clip range.
-        self.weights = {n: max(0, int(declared_samples.get(n, 1))) for n in selected}
+        self.weights = {n: max(0, int(weights.get(n, 1))) for n in selected}
         self.weight_scale = float(max(1, sum(self.weights.values())))
         keys: tuple[bytes, ...] = ()
         if settings.active:
