@@ -71,6 +71,8 @@ from forsaken.server.secure_round import SecureRound, SecureSettings
 
 log = logging.getLogger(__name__)
 
+MAX_VERIFY_MODELS = 16  # models a verification may still be measured on
+
 
 class Coordinator:
     """Runs FedAvg rounds over whatever nodes poll it. Not thread-safe: callers serialise."""
@@ -112,6 +114,9 @@ class Coordinator:
         self._attempt = 0
         self._last_abort = ""
         self._missed: frozenset[str] = frozenset()  # unanswered in this round's attempts
+        # forget id -> the models sent to its node to verify on (newest last; memory only: after
+        # a restart the node is simply sent the current model again)
+        self._verify_models: dict[str, list[str]] = {}
         # (node, request id) of what the last finished round accepted, so a late retry of it
         # is told "duplicate" rather than that the round has closed.
         self._answered_last: frozenset[tuple[str, str]] = frozenset()
@@ -163,6 +168,11 @@ class Coordinator:
             rec = self.forgets.verify_for(node_id)
             if rec is None:
                 return None
+            # Remembered so that evidence measured on this model still counts after later
+            # rounds move on: a node verifying a large model can take longer than a round.
+            issued = self._verify_models.setdefault(rec.forget_id, [])
+            if self.model.sha256 not in issued:
+                issued[:] = [*issued[-(MAX_VERIFY_MODELS - 1) :], self.model.sha256]
             return VerifyTask(rec.forget_id, self.model.sha256, self.model.completed)
         head = (rnd.task_id(node_id), rnd.number, rnd.base_sha, self.train)
         weights = {"weight": rnd.weights[node_id], "total_weight": sum(rnd.weights.values())}
@@ -219,11 +229,16 @@ class Coordinator:
         now_ms: int,
     ) -> ForgetRecord:
         self.registry.seen(caller, None, now_ms)
-        if kind == "evidence" and model_sha256 != self.model.sha256:
-            raise StaleRequest("evidence must be measured on the current global model")
-        return self.forgets.on_report(
-            caller, forget_id, kind, metrics, reason, model_sha256, now_ms
-        )
+        sent = self._verify_models.get(forget_id, ())
+        if kind == "evidence" and model_sha256 != self.model.sha256 and model_sha256 not in sent:
+            raise StaleRequest(
+                "evidence must be measured on the current global model or on one this server "
+                "sent for this request's verification"
+            )
+        rec = self.forgets.on_report(caller, forget_id, kind, metrics, reason, model_sha256, now_ms)
+        if rec.state.terminal:
+            self._verify_models.pop(forget_id, None)
+        return rec
 
     # ---- what a node sends ---------------------------------------------------------------
 

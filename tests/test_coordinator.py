@@ -301,3 +301,38 @@ def test_not_replaces_the_model_with_its_negated_first_layers() -> None:
     assert rec is not None
     sha = json.loads(rec.progress_json)["rollback_model"]
     assert from_bytes(store.get(sha), SPECS).tolist() == (-before).tolist()
+
+
+def _one_round(coord: Coordinator, now: int, rid: str) -> None:
+    """Start a round, have every selected node upload ones, close it."""
+    (started,) = [e for e in coord.tick(now) if isinstance(e, RoundStarted)]
+    for node in started.selected:
+        sub = submission(coord, node, np.ones(D, np.float32), 10, rid=f"{rid}.{node}")
+        coord.submit(node, sub, now + 1)
+    coord.tick(now + 2)
+
+
+def test_evidence_on_a_model_sent_for_verification_counts_after_rounds_move_on() -> None:
+    """A node verifying a large model can take longer than a round: its evidence is measured
+    on the model it was sent, which the receipt then names; a model never sent is refused."""
+    from forsaken.common.errors import StaleRequest
+    from forsaken.common.round_tasks import VerifyTask
+
+    coord = make(RoundPolicy(rounds=20, min_clients=2, min_completed=2, round_timeout_s=10))
+    joined(coord, "a", "b", "c")
+    _one_round(coord, 10, "t")
+    rec, _ = coord.forget_request("a", "a", "req", (), "finetune", 20)
+    now = 30
+    while coord.forgets.verify_for("a") is None:
+        _one_round(coord, now, f"r{now}")
+        now += 10
+    task = coord.poll("a", 0, now)
+    assert isinstance(task, VerifyTask)
+    sent = task.model_sha256
+    _one_round(coord, now + 5, "later")
+    assert coord.model.sha256 != sent
+    evidence = {"mia_auc": 0.5, "forget_acc": 0.9, "held_out_acc": 0.9}
+    with pytest.raises(StaleRequest, match="one this server sent"):
+        coord.forget_report("a", rec.forget_id, "evidence", evidence, "", "ee" * 32, now + 20)
+    done = coord.forget_report("a", rec.forget_id, "evidence", evidence, "", sent, now + 21)
+    assert done.state.terminal and json.loads(done.receipt_json)["model_sha256_after"] == sent
