@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-torch-$(TORCH_VARIANT)
 PROTO_DIR := protos/forsaken/v1
 PROTOS := $(wildcard $(PROTO_DIR)/*.proto)
 
-.PHONY: venv proto proto-check lint test test-fast test-deploy demo bench docs clean
+.PHONY: venv proto proto-check lint typecheck test test-fast test-deploy demo bench docs clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,17 @@ proto-check: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# mypy cannot follow pyproject's package-dir (the `forsaken` package is cli/, its subpackages
+# the top-level folders), so it checks a tree of symlinks laid out as the installed package;
+# its configuration is [tool.mypy] in pyproject.toml.
+TYPECHECK_TREE := build/typecheck
+typecheck: $(STAMP)
+	rm -rf $(TYPECHECK_TREE) && mkdir -p $(TYPECHECK_TREE)/forsaken
+	ln -s $(foreach f,$(wildcard cli/*.py) cli/compare common server client,$(CURDIR)/$(f)) \
+		$(TYPECHECK_TREE)/forsaken/
+	ln -s $(CURDIR)/$(PROTO_DIR) $(TYPECHECK_TREE)/forsaken/v1
+	$(BIN)/mypy
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra
@@ -62,7 +73,7 @@ bench: $(STAMP)
 	$(BIN)/forsaken bench secagg --json
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache
 
 # forsaken against Flower in its deployment mode, on this machine: writes bench-results.json
 # and docs/benchmarks.md. Flower gets its own virtualenv because its protobuf pin (< 7)
