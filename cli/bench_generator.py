@@ -105,23 +105,24 @@ def bench_generator(reference: str, data_dir: str, steps: int, repeats: int) -> 
     engine = ForsakenEngine(loaded.spec, config)
     gen = config.generator
     params = dict(engine.model.named_parameters())
-    tensors = []
+    tensors: list[dict[str, object]] = []
+    dense_total = 0
     for name in engine.generator.names:
         shape = tuple(params[name].shape)
-        kind, weights = head_parameters(shape, gen)
+        kind, head_weights = head_parameters(shape, gen)
         dense = (gen.hidden + 1) * params[name].numel()
+        dense_total += dense
         tensors.append(
             {
                 "tensor": name,
                 "shape": list(shape),
                 "head": kind,
-                "head_weights": weights,
+                "head_weights": head_weights,
                 "dense_head_weights": dense,
             }
         )
     model_params = sum(p.numel() for p in params.values())
     gen_params = sum(p.numel() for p in engine.generator.parameters())
-    dense_total = sum(t["dense_head_weights"] for t in tensors)
     vector = flatten(loaded.build_model(SEED).state_dict())
     n = len(x) // 2
     # One unlearning round: the oracle's forward passes plus `steps` generator steps.

@@ -323,12 +323,14 @@ class ClientDaemon:
         self.stop_event.wait(1.0)
         return True
 
-    def _update_forget(self, request_id: str, **changes: str) -> None:
-        if changes.get("state") in TERMINAL_STATES:
+    def _update_forget(self, request_id: str, *, state: str, forget_id: str | None = None) -> None:
+        if state in TERMINAL_STATES:
             self._forget_ended_at = time.monotonic()
         with self._lock:
             forgets = tuple(
-                replace(f, **changes) if f.request_id == request_id else f
+                replace(f, state=state, forget_id=f.forget_id if forget_id is None else forget_id)
+                if f.request_id == request_id
+                else f
                 for f in self.state.forgets
             )
             self.state = replace(self.state, forgets=forgets)

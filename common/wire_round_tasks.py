@@ -77,8 +77,8 @@ def task_from_proto(msg: fleet_pb2.Task) -> AnyTask:
         forget = ForgetOrder(f.forget_id, f.method, tuple(f.sample_ids))
     sha, settings = msg.model_sha256.hex(), wire.train_settings_from_proto(msg.train)
     head = (msg.task_id, msg.round, sha, settings, msg.deadline_unix_ms, msg.seed)
-    weights = {"weight": int(msg.weight), "total_weight": int(msg.total_weight)}
+    weight, total = int(msg.weight), int(msg.total_weight)
     if msg.kind == fleet_pb2.TASK_KIND_SECAGG:
         message = wire_secagg.server_message_from_proto(msg.secagg)
-        return SecAggTask(*head, message, forget=forget, **weights)
-    return TrainTask(*head, forget=forget, **weights)
+        return SecAggTask(*head, message, forget=forget, weight=weight, total_weight=total)
+    return TrainTask(*head, forget=forget, weight=weight, total_weight=total)

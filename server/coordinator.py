@@ -175,17 +175,32 @@ class Coordinator:
                 issued[:] = [*issued[-(MAX_VERIFY_MODELS - 1) :], self.model.sha256]
             return VerifyTask(rec.forget_id, self.model.sha256, self.model.completed)
         head = (rnd.task_id(node_id), rnd.number, rnd.base_sha, self.train)
-        weights = {"weight": rnd.weights[node_id], "total_weight": sum(rnd.weights.values())}
+        weight, total = rnd.weights[node_id], sum(rnd.weights.values())
         forget = self.forgets.instruction_for(node_id)
         if rnd.secure is None:
-            return TrainTask(*head, rnd.deadline_ms, self.policy.seed, forget=forget, **weights)
+            return TrainTask(
+                *head,
+                rnd.deadline_ms,
+                self.policy.seed,
+                forget=forget,
+                weight=weight,
+                total_weight=total,
+            )
         message = rnd.secure.message_for(node_id)
         if message is None:
             return None
         if not isinstance(message, SetupInfo):
             forget = None  # the order rides with the round's first stage only
         deadline = rnd.secure.stage_deadline_ms
-        return SecAggTask(*head, deadline, self.policy.seed, message, forget=forget, **weights)
+        return SecAggTask(
+            *head,
+            deadline,
+            self.policy.seed,
+            message,
+            forget=forget,
+            weight=weight,
+            total_weight=total,
+        )
 
     # ---- forget requests that need more than the forget lifecycle ------------------------
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType, TracebackType
-from typing import NoReturn, Self, TypedDict, TypeVar, Unpack
+from typing import NoReturn, Self, TypedDict, TypeVar, Unpack, overload
 
 from forsaken.common.errors import DuplicateRequest, InvalidPayload, UnknownEntity, WrongStage
 from forsaken.server.checkpoints import check_address
@@ -80,8 +80,8 @@ class FrozenDict(dict[str, float]):
     def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
         raise TypeError("record fields are read-only")
 
-    __setitem__ = __delitem__ = __ior__ = _read_only  # type: ignore[assignment]
-    clear = pop = popitem = setdefault = update = _read_only  # type: ignore[assignment]
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
 
     def __reduce__(self) -> tuple[type[FrozenDict], tuple[dict[str, float]]]:
         # The default reduction refills the dict item by item, which _read_only refuses.
@@ -103,6 +103,10 @@ def _enum(kind: type[_E], value: str, what: str) -> _E:
         raise InvalidPayload(f"unknown {what} {value!r}") from None
 
 
+@overload
+def _finite(value: float, what: str) -> float: ...
+@overload
+def _finite(value: float | None, what: str) -> float | None: ...
 def _finite(value: float | None, what: str) -> float | None:
     # SQLite stores NaN as NULL; refusing non-finite values keeps both ledgers identical.
     if value is None:
@@ -262,7 +266,14 @@ def advance_forget(
         )
     if target != cur.state and target not in FORGET_TRANSITIONS[cur.state]:
         raise IllegalTransition(f"forget {cur.forget_id}: {cur.state} -> {target} is not allowed")
-    return replace(cur, **{**changes, "state": target}, updated_ms=now_ms)
+    return replace(
+        cur,
+        state=target,
+        reason=changes.get("reason", cur.reason),
+        receipt_json=changes.get("receipt_json", cur.receipt_json),
+        progress_json=changes.get("progress_json", cur.progress_json),
+        updated_ms=now_ms,
+    )
 
 
 def check_new_forget(rec: ForgetRecord, *, client_known: bool, id_taken: bool) -> None:

@@ -136,13 +136,13 @@ class InProcessFederation:
                 cost.uploads += 1
             else:
                 engine = None  # it sat the round out: for the others a recovery round
-        for i, data in enumerate(bed.clients):
+        for i, client in enumerate(bed.clients):
             if i == f and not before_forget:
                 if info is not None or len(bed.retained_y) == 0:
                     continue
                 x, y = bed.retained_x, bed.retained_y
             else:
-                x, y = data.x_train, data.y_train
+                x, y = client.x_train, client.y_train
             load_vector(self.model, vec)
             started = time.perf_counter()
             res = train_local(self.model, x, y, self.train, client_round_seed(bed.seed, i, r))
