@@ -43,6 +43,9 @@ from forsaken.evaluation_run import (
 )
 from forsaken.evaluation_scoring import Scorer
 
+# Each model's (O, U, R) scores by evaluation.json's names; None where a probe does not apply.
+ModelScores = dict[str, dict[str, float | None]]
+
 COLUMNS = """\
 What the tables and the plot show (the protocol behind them: docs/evaluation.md):
 
@@ -271,7 +274,7 @@ class _Subject:
 
     def compare(
         self, vectors: dict[str, np.ndarray], args: argparse.Namespace, console: Console
-    ) -> tuple[dict[str, dict[str, float]], str, Any]:
+    ) -> tuple[ModelScores, str, Any]:
         """The models' scores, a note, and the scorer of per-round curves (built-in data only)."""
         if self.task is None:
             return _compare(vectors, args, console)
@@ -283,7 +286,7 @@ def _task_models(
     validation: Dataset | None,
     vectors: dict[str, np.ndarray],
     args: argparse.Namespace,
-) -> tuple[dict[str, dict[str, float]], str]:
+) -> tuple[ModelScores, str]:
     """O and U of a task: validation accuracy, and how client 0's forgotten data (all of its
     training samples) compares with the validation set under a loss-threshold attack."""
     from forsaken.common import metrics as M
@@ -296,11 +299,11 @@ def _task_models(
         args.scheme,
         args.alpha,
         args.seed,
-        task.spec and (Path(args.data_dir) if args.data_dir else None),
+        Path(args.data_dir) if args.data_dir else None,
     )
     _, own, _ = for_client(task.task, request, held_out_fraction=0.1)
     model = task.build_model(args.seed)
-    models = {}
+    models: ModelScores = {}
     for name, vec in vectors.items():
         load_vector(model, vec)
         forget = M.per_sample_losses(M.model_outputs(model, own.x_train), own.y_train)
@@ -315,7 +318,7 @@ def _task_models(
 
 def _compare(
     vectors: dict[str, np.ndarray], args: argparse.Namespace, console: Console
-) -> tuple[dict[str, dict[str, float]], str, Scorer | None]:
+) -> tuple[ModelScores, str, Scorer | None]:
     """O, U and (where the in-process runner can reproduce this federation's data) R; the
     scorer too when its probes are this federation's (client 0's data, the model)."""
     from forsaken.common.training import TrainConfig
@@ -389,7 +392,7 @@ def _phase(round_: int, run: ForgetRun) -> str:
 
 def _report(
     run: ForgetRun,
-    models: dict[str, dict[str, float]],
+    models: ModelScores,
     note: str,
     curves: dict[int, dict[str, float]],
     args: argparse.Namespace,
@@ -457,7 +460,10 @@ def _plot(report: dict[str, Any], path: Path) -> None:
             ax.axvspan(min(xs) - 0.5, max(xs) + 0.5, color=color, alpha=0.12, label=label)
     ax.axvline(forget["requested_after_round"] + 0.5, color="red", linestyle="--", label="ForgetMe")
     ax.axvline(forget["unlearned_round"], color="green", linestyle=":", label="U (receipt)")
-    lines = (("test_acc", "test accuracy", "#2ca02c"), ("asr", "backdoor ASR", "#d62728"))
+    lines: tuple[tuple[str, str, str], ...] = (
+        ("test_acc", "test accuracy", "#2ca02c"),
+        ("asr", "backdoor ASR", "#d62728"),
+    )
     lines += (("mia_auc", "MIA AUC (client 0 vs test)", "#9467bd"),)
     retrained = forget["models"].get("R")
     for key, label, color in lines:

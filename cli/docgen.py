@@ -6,6 +6,7 @@ when they are stale, so the documented flags are always the real ones.
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from pathlib import Path
@@ -38,8 +39,12 @@ def render(readme: str) -> str:
         pattern = re.compile(rf"(<!-- {name}:begin -->).*?(<!-- {name}:end -->)", flags=re.DOTALL)
         if not pattern.search(readme):
             raise SystemExit(f"README has no <!-- {name}:begin/end --> markers")
-        readme = pattern.sub(lambda m, b=body: f"{m.group(1)}\n{b}\n{m.group(2)}", readme)
+        readme = pattern.sub(functools.partial(_between_markers, body), readme)
     return readme
+
+
+def _between_markers(body: str, markers: re.Match[str]) -> str:
+    return f"{markers.group(1)}\n{body}\n{markers.group(2)}"
 
 
 def main() -> int:

@@ -66,11 +66,12 @@ def summarize_models(results: Sequence[SeedResult]) -> dict[str, dict[str, float
         row: dict[str, float | None] = {}
         for metric in METRICS:
             values = [res.scores[key][metric] for res in results]
-            if any(v is None for v in values):
+            measured = [v for v in values if v is not None]
+            if len(measured) < len(values):
                 row[metric] = row[f"{metric}_std"] = None
             else:
-                row[metric] = float(np.mean(values))  # type: ignore[arg-type]
-                row[f"{metric}_std"] = float(np.std(values))  # type: ignore[arg-type]
+                row[metric] = float(np.mean(measured))
+                row[f"{metric}_std"] = float(np.std(measured))
         out[key] = row
     return out
 
@@ -100,7 +101,7 @@ def bars(
     summary: dict[str, dict[str, tuple[float, float] | None]] = {}
     for key, row in models.items():
         summary[REFERENCE_NAMES[key]] = {
-            FIELD_OF[metric]: (None if row[metric] is None else (float(row[metric]), 0.0))
+            FIELD_OF[metric]: (None if (value := row[metric]) is None else (float(value), 0.0))
             for metric in METRICS
         }
     summary["U"]["grad_evals_unlearning"] = (cost["unlearned"]["client_grad_evals"], 0.0)

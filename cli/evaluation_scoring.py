@@ -135,8 +135,9 @@ def unlearning_cost(run: ForgetRun, local_epochs: int, num_params: int) -> Unlea
     for r in range(run.forget_round + 1, run.unlearned_round + 1):
         rec = run.by_round(r)
         step = steps.get(r)
-        stepped = step is not None and int(step["num_samples"]) > 0
-        others = int(rec["total_samples"]) - (int(step["num_samples"]) if stepped else 0)
+        uploaded = int(step["num_samples"]) if step is not None else 0
+        stepped = uploaded > 0
+        others = int(rec["total_samples"]) - uploaded
         strict += others * local_epochs
         if not stepped:  # a recovery round, or one in which the forgetter uploaded nothing
             counted += others * local_epochs

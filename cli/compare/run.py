@@ -518,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.render_only is not None:
-        doc = json.loads(args.render_only.read_text())
+        doc: dict[str, Any] = json.loads(args.render_only.read_text())
         problems = validate(doc)
         if problems:
             print("\n".join(problems), file=sys.stderr)
@@ -558,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         # The header describes the first sitting; later ones are in the notes.
         started = previous.get("started", started)
         host = previous.get("host", host)
-    doc: dict[str, Any] = {
+    doc = {
         "flower_version": flower_version(args.venv),
         "started": started,
         "mode": plan.mode,
