@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,8 @@ def peer_common_name(context: grpc.ServicerContext) -> str | None:
     gRPC only fills ``x509_common_name`` after the handshake verified the chain, so a value
     here was signed by the server's CA.
     """
-    values = context.auth_context().get("x509_common_name") or []
+    # A list of bytes per key, whatever the stubs say (they type each value as bytes).
+    values: Sequence[object] = context.auth_context().get("x509_common_name") or []
     if not values:
         return None
     value = values[0]

@@ -288,12 +288,25 @@ class ServerConfig:
 
 
 class ModelProvider(Protocol):
-    """What the server needs to know about the model: its shape, a start, and a judge."""
+    """What the server needs to know about the model: its shape, a start, and a judge.
 
-    model_spec: ModelSpec
-    tensors: tuple[TensorSpec, ...]  # the wire layout
-    structure: tuple[TensorSpec, ...]  # real dtypes, checked at Join; empty: no check
-    can_evaluate: bool
+    Read-only (properties), so that computed attributes satisfy it as well as plain ones."""
+
+    @property
+    def model_spec(self) -> ModelSpec: ...
+
+    @property
+    def tensors(self) -> tuple[TensorSpec, ...]:
+        """The wire layout."""
+        ...
+
+    @property
+    def structure(self) -> tuple[TensorSpec, ...]:
+        """Real dtypes, checked at Join; empty: no check."""
+        ...
+
+    @property
+    def can_evaluate(self) -> bool: ...
 
     def initial_vector(self) -> np.ndarray: ...
 

@@ -46,7 +46,7 @@ from forsaken.server import retention, update_checks
 from forsaken.server.checkpoints import CheckpointStore
 from forsaken.server.forgetting import ForgetManager, ForgetPolicy
 from forsaken.server.global_model import GlobalModel, lineage_accuracies
-from forsaken.server.ledger import ForgetRecord, ForgetState, Ledger
+from forsaken.server.ledger import ForgetRecord, ForgetState, Ledger, RoundStatus
 from forsaken.server.model_guard import GuardSettings, RegressionGuard
 from forsaken.server.policy import RoundPolicy
 from forsaken.server.registry import ClientRegistry
@@ -492,7 +492,7 @@ class Coordinator:
         record = round_record(
             rnd,
             now_ms,
-            status="completed",
+            status=RoundStatus.COMPLETED,
             participants=participants,
             model_sha256=sha,
             total_samples=total,
@@ -529,7 +529,11 @@ class Coordinator:
         self, rnd: OpenRound, now_ms: int, reason: str, cause: AbortCause = AbortCause.SHORTFALL
     ) -> RoundAborted:
         record = round_record(
-            rnd, now_ms, status="aborted", participants=tuple(sorted(rnd.accepted)), reason=reason
+            rnd,
+            now_ms,
+            status=RoundStatus.ABORTED,
+            participants=tuple(sorted(rnd.accepted)),
+            reason=reason,
         )
         self.ledger.record_round(record)
         unanswered = frozenset(rnd.selected) - frozenset(rnd.accepted)

@@ -17,7 +17,7 @@ from forsaken.common.errors import InvalidPayload
 from forsaken.common.tensors import TensorSpec, from_bytes, to_bytes
 from forsaken.common.types import ModelSpec
 from forsaken.server.checkpoints import CheckpointStore
-from forsaken.server.ledger import Ledger, RoundRecord
+from forsaken.server.ledger import Ledger, RoundRecord, RoundStatus
 from forsaken.server.rounds import EvalResult, Evaluator, spec_fingerprint
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class GlobalModel:
         return RoundRecord(
             round=0,
             attempt=0,
-            status="completed",
+            status=RoundStatus.COMPLETED,
             model_sha256=self.sha256,
             test_acc=evaluation.accuracy if evaluation else None,
             test_loss=evaluation.loss if evaluation else None,

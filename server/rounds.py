@@ -5,7 +5,7 @@ Plain data shared by the coordinator and the RPC edge; no I/O and no transport t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -13,7 +13,7 @@ import numpy as np
 
 from forsaken.common.tensors import TensorSpec
 from forsaken.common.types import ModelSpec
-from forsaken.server.ledger import RoundRecord
+from forsaken.server.ledger import RoundRecord, RoundStatus
 from forsaken.server.secure_round import SecureRound
 
 
@@ -129,10 +129,10 @@ def spec_fingerprint(spec: ModelSpec, tensors: tuple[TensorSpec, ...]) -> str:
     return f"{spec.architecture}/{shape}/{spec.num_classes}/{sum(t.numel for t in tensors)}"
 
 
-def mean_metrics(accepted: object) -> dict[str, float]:
+def mean_metrics(accepted: Iterable[Accepted]) -> dict[str, float]:
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
-    for a in accepted:  # type: ignore[attr-defined]
+    for a in accepted:
         for k, v in a.metrics.items():
             sums[k] = sums.get(k, 0.0) + v
             counts[k] = counts.get(k, 0) + 1
@@ -143,7 +143,7 @@ def round_record(
     rnd: OpenRound,
     now_ms: int,
     *,
-    status: str,
+    status: RoundStatus,
     participants: tuple[str, ...],
     model_sha256: str | None = None,
     total_samples: int = 0,

@@ -378,7 +378,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 )
             return "loopback"
         peer = tls.peer_common_name(context)
-        if role_of(peer) is not Role.OPERATOR:
+        if peer is None or role_of(peer) is not Role.OPERATOR:
             raise PermissionDenied(f"the Admin API needs an operator certificate, not {peer!r}")
         return peer
 

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 class Cancellable(Protocol):
-    def cancel(self) -> None: ...
+    def cancel(self) -> object: ...  # gRPC's returns a bool, which the watchdog ignores
 
 
 @dataclass
