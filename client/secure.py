@@ -10,18 +10,18 @@ import logging
 import secrets
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from forsaken.client.transport import FleetConnection
 from forsaken.common import errors, failpoints
 from forsaken.common.round_tasks import SecAggTask
-from forsaken.common.secagg.client_states import ClientIdentity, start_client
+from forsaken.common.secagg.client_states import ClientIdentity, ClientState, start_client
 from forsaken.common.secagg.messages import MaskedInput
 from forsaken.common.secagg.quantize import quantize
 from forsaken.common.secagg.setup import SetupInfo
 from forsaken.common.tensors import TensorSpec, to_bytes
+from forsaken.common.wire_secagg import ClientStage
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Session:
     task_id: str
-    state: Any  # one of the client states; each has handle(msg) -> (state, outbound)
+    state: ClientState  # each has handle(msg) -> (state, outbound)
 
 
 def weighted_input(update: np.ndarray, weight: int, setup: SetupInfo) -> np.ndarray:
@@ -111,7 +111,7 @@ class SecureSessions:
     def current_state(self) -> object:
         return None if self._session is None else self._session.state
 
-    def _send(self, task: SecAggTask, message: object) -> None:
+    def _send(self, task: SecAggTask, message: ClientStage) -> None:
         self.conn.send_secagg(message, request_id=uuid.uuid4().hex, task=task)
         failpoints.hit(f"secagg-after-{type(message).__name__}")
 

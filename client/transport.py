@@ -164,13 +164,15 @@ class FleetConnection:
             raise errors.InvalidPayload("downloaded model does not have the digest the task named")
         return specs, payload
 
-    def send_secagg(self, message: object, *, request_id: str, task: SecAggTask) -> bool:
+    def send_secagg(
+        self, message: wire_secagg.ClientStage, *, request_id: str, task: SecAggTask
+    ) -> bool:
         """Send one stage message; returns True if the server had it already (a retry)."""
         request = wire_secagg.client_message_to_proto(
             message,
             request_id=request_id,
             task_id=task.task_id,
-            round_=task.round,  # type: ignore[arg-type]
+            round_=task.round,
         )
         ack = self._call(
             lambda: self.stub.SendSecAgg(request, metadata=self._metadata(), timeout=60)

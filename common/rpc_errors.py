@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
@@ -33,13 +33,15 @@ STATUS_FOR: dict[type[errors.ForsakenError], grpc.StatusCode] = {
 
 def status_for(exc: errors.ForsakenError) -> grpc.StatusCode:
     for cls in type(exc).__mro__:
-        code = STATUS_FOR.get(cls)  # type: ignore[arg-type]
+        code = STATUS_FOR.get(cls)
         if code is not None:
             return code
     return grpc.StatusCode.INTERNAL
 
 
-F = TypeVar("F", bound=Callable[..., Any])
+S = TypeVar("S")  # the servicer
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
 
 
 def _aborted_already(context: grpc.ServicerContext) -> bool:
@@ -48,7 +50,7 @@ def _aborted_already(context: grpc.ServicerContext) -> bool:
     return callable(code) and code() not in (None, grpc.StatusCode.OK)
 
 
-def _abort_for(exc: BaseException, name: str, context: grpc.ServicerContext) -> None:
+def _abort_for(exc: BaseException, name: str, context: grpc.ServicerContext) -> NoReturn:
     if isinstance(exc, errors.ForsakenError):
         code = status_for(exc)
         log.info("%s -> %s: %s", name, code.name, exc)
@@ -59,30 +61,34 @@ def _abort_for(exc: BaseException, name: str, context: grpc.ServicerContext) -> 
     context.abort(grpc.StatusCode.INTERNAL, f"internal error in {name}; see server log")
 
 
-def rpc_method(fn: F) -> F:
+def rpc_method(
+    fn: Callable[[S, Req, grpc.ServicerContext], Resp],
+) -> Callable[[S, Req, grpc.ServicerContext], Resp]:
     """Turn domain errors into a gRPC status with the error's message; log anything else."""
 
     @functools.wraps(fn)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+    def wrapper(self: S, request: Req, context: grpc.ServicerContext) -> Resp:
         try:
             return fn(self, request, context)
         except Exception as exc:
             _abort_for(exc, fn.__name__, context)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
-def stream_method(fn: F) -> F:
+def stream_method(
+    fn: Callable[[S, Req, grpc.ServicerContext], Iterator[Resp]],
+) -> Callable[[S, Req, grpc.ServicerContext], Iterator[Resp]]:
     """Like `rpc_method`, for server-streaming methods (generators)."""
 
     @functools.wraps(fn)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+    def wrapper(self: S, request: Req, context: grpc.ServicerContext) -> Iterator[Resp]:
         try:
             yield from fn(self, request, context)
         except Exception as exc:
             _abort_for(exc, fn.__name__, context)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 class _Undecodable:
