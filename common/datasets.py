@@ -156,7 +156,7 @@ def _build_split(
     y = np.concatenate([y_train, y_test]).astype(np.int64)
     n = len(y_train)
     ids = np.arange(len(y), dtype=np.int64)
-    arrays = [x[:n], y[:n], ids[:n], x[n:], y[n:], ids[n:]]
+    arrays = (x[:n], y[:n], ids[:n], x[n:], y[n:], ids[n:])
     for array in arrays:
         array.setflags(write=False)
     c, h, w = x.shape[1:]
@@ -273,7 +273,7 @@ def _build(name: str, x: np.ndarray, y: np.ndarray) -> Dataset:
     x = _normalize(x)
     y = np.asarray(y, dtype=np.int64)
     train_idx, test_idx = stratified_split(y)
-    arrays = [x[train_idx], y[train_idx], train_idx, x[test_idx], y[test_idx], test_idx]
+    arrays = (x[train_idx], y[train_idx], train_idx, x[test_idx], y[test_idx], test_idx)
     for array in arrays:
         array.setflags(write=False)
     c, h, w = x.shape[1:]

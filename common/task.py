@@ -144,7 +144,7 @@ def split(
     x, y = _checked(x, y, f"dataset {name!r}")
     if x_test is None or y_test is None:
         train_idx, test_idx = stratified_split(y)
-        arrays = [x[train_idx], y[train_idx], train_idx, x[test_idx], y[test_idx], test_idx]
+        arrays = (x[train_idx], y[train_idx], train_idx, x[test_idx], y[test_idx], test_idx)
     else:
         xt, yt = _checked(x_test, y_test, f"dataset {name!r} (test split)")
         if xt.shape[1:] != x.shape[1:]:
@@ -153,7 +153,7 @@ def split(
             )
         n = len(y)
         ids = np.arange(n + len(yt), dtype=np.int64)
-        arrays = [x, y, ids[:n], xt, yt, ids[n:]]
+        arrays = (x, y, ids[:n], xt, yt, ids[n:])
     for array in arrays:
         array.setflags(write=False)
     classes = int(max(arrays[1].max(initial=0), arrays[4].max(initial=0))) + 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -67,10 +68,17 @@ def validate_specs(specs: Sequence[TensorSpec], max_bytes: int | None = None) ->
     return total
 
 
-def specs_of(state: Mapping[str, object]) -> tuple[TensorSpec, ...]:
+class Shaped(Protocol):
+    """A torch tensor or a numpy array, as far as `specs_of` needs one."""
+
+    @property
+    def shape(self) -> Sequence[int]: ...
+
+
+def specs_of(state: Mapping[str, Shaped]) -> tuple[TensorSpec, ...]:
     """Specs (as float32) of a torch state_dict or a mapping of numpy arrays, in order."""
     return tuple(
-        TensorSpec(name, tuple(int(d) for d in np.shape(value)), "float32")
+        TensorSpec(name, tuple(int(d) for d in value.shape), "float32")
         for name, value in state.items()
     )
 

@@ -212,7 +212,8 @@ def health_check(
         channel = secure_channel(target, credentials, server_name=server_name)
     with channel:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
+            # The stubs leave out the methods HealthStub sets in __init__.
+            reply = health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[attr-defined]
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
             )
         except grpc.RpcError:

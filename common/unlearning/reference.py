@@ -16,6 +16,7 @@ every model; with `ulira` the shadows are also unlearned by Forsaken for U-LiRA.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import time
@@ -345,8 +346,11 @@ def references(
             extra = {"shadows": shadows.vectors, "shadow_contributions": shadows.contributions}
         assert fed.last_forgetter_update is not None
         assert fed.forgetter_contribution is not None
+        # allow_pickle=False as the cache is read; it also tells mypy that none of the
+        # unpacked arrays is that flag.
         np.savez(
             path,
+            allow_pickle=False,
             **vectors,
             last_forgetter_update=fed.last_forgetter_update,
             forgetter_contribution=fed.forgetter_contribution,
@@ -357,7 +361,14 @@ def references(
 
 
 def _cache_key(cfg: ProtocolConfig, seed: int) -> str:
-    parts = (cfg.dataset, cfg.test_bed, cfg.arch, cfg.rounds, cfg.clients, cfg.local_epochs)
+    parts: tuple[str | int, ...] = (
+        cfg.dataset,
+        cfg.test_bed,
+        cfg.arch,
+        cfg.rounds,
+        cfg.clients,
+        cfg.local_epochs,
+    )
     parts += (cfg.forget_client, cfg.shadows, seed, 2)  # 2: the cache layout's version
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
@@ -601,6 +612,10 @@ def format_table(summary: dict[str, dict[str, tuple[float, float] | None]]) -> s
     return "\n".join(lines)
 
 
+def _say_for_seed(seed: int, text: str) -> None:
+    print(f"seed {seed}: {text}", flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     from forsaken.common.testbeds import TEST_BEDS
 
@@ -636,7 +651,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.perf_counter()
     runs = []
     for s in cfg.seeds:
-        runs.append(run_seed(cfg, s, a.cache, lambda t, s=s: print(f"seed {s}: {t}", flush=True)))
+        runs.append(run_seed(cfg, s, a.cache, functools.partial(_say_for_seed, s)))
     summary = summarize([r.reports for r in runs])
     verdicts = bars(summary, cfg.dataset)
     print(format_table(summary))
