@@ -324,7 +324,7 @@ async def _aio_client(address: str, params: int, seed: int, stop_at: float) -> d
     stats = {"rounds": 0, "refused": 0, "retries": 0, "neighbors": 0}
     identity = NodeIdentity.generate()
     outbox = _Outbox()
-    sessions = SecureSessions(outbox, identity.signing_seed)  # type: ignore[arg-type]
+    sessions = SecureSessions(outbox, identity.signing_seed)
     rng = np.random.default_rng(seed)
     loop = asyncio.get_running_loop()
     limit = 64 << 20

@@ -10,10 +10,10 @@ import logging
 import secrets
 import uuid
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from forsaken.client.transport import FleetConnection
 from forsaken.common import errors, failpoints
 from forsaken.common.round_tasks import SecAggTask
 from forsaken.common.secagg.client_states import ClientIdentity, ClientState, start_client
@@ -24,6 +24,24 @@ from forsaken.common.tensors import TensorSpec, to_bytes
 from forsaken.common.wire_secagg import ClientStage
 
 log = logging.getLogger(__name__)
+
+
+class SecAggSender(Protocol):
+    """What a secure session needs of its connection: FleetConnection, or the load bench's
+    outbox, which sends the same messages over asyncio."""
+
+    def send_secagg(self, message: ClientStage, *, request_id: str, task: SecAggTask) -> object: ...
+
+    def push(
+        self,
+        *,
+        request_id: str,
+        task: SecAggTask,
+        num_samples: int,
+        metrics: dict[str, float],
+        tensors: tuple[TensorSpec, ...],
+        payload: bytes,
+    ) -> object: ...
 
 
 @dataclass
@@ -47,7 +65,7 @@ def input_weight(num_samples: int, setup: SetupInfo) -> int:
 class SecureSessions:
     """At most one live secure round per node; a new round replaces an old one."""
 
-    def __init__(self, conn: FleetConnection, signing_key: bytes) -> None:
+    def __init__(self, conn: SecAggSender, signing_key: bytes) -> None:
         self.conn = conn
         self.signing_key = signing_key
         self._session: _Session | None = None

@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -119,9 +120,9 @@ def _import_error(reference: str, exc: BaseException) -> ForsakenError:
     )
 
 
-def _call_factory(factory: object, reference: str) -> object:
+def _call_factory(factory: Callable[[], object], reference: str) -> object:
     try:
-        return factory()  # type: ignore[operator]
+        return factory()
     except ForsakenError as exc:
         raise ConfigError(f"--task {reference!r}: {exc}") from exc
     except Exception as exc:

@@ -145,6 +145,7 @@ def load_vector(model: nn.Module, vector: np.ndarray) -> None:
     state = OrderedDict((name, torch.tensor(a)) for name, a in arrays.items())
     # The modules' version metadata: without it BatchNorm takes the dict for a pre-1.0 one and
     # adds back the batch counter that a task's model keeps out of its exchanged state.
+    # torch sets this attribute on its state dicts, which OrderedDict does not declare.
     state._metadata = getattr(current, "_metadata", None)  # type: ignore[attr-defined]
     model.load_state_dict(state)
 

@@ -67,7 +67,7 @@ from forsaken.server.rounds import (
     mean_metrics,
     round_record,
 )
-from forsaken.server.secure_round import SecureRound, SecureSettings
+from forsaken.server.secure_round import ClientStageMessage, SecureRound, SecureSettings
 
 log = logging.getLogger(__name__)
 
@@ -318,7 +318,13 @@ class Coordinator:
         return SubmitOutcome(accepted=True, duplicate=False)
 
     def secagg_message(
-        self, node_id: str, round_: int, task_id: str, request_id: str, message: object, now_ms: int
+        self,
+        node_id: str,
+        round_: int,
+        task_id: str,
+        request_id: str,
+        message: ClientStageMessage,
+        now_ms: int,
     ) -> SubmitOutcome:
         """A secure-aggregation stage message (keys, shares, signatures, unmask shares)."""
         self.registry.seen(node_id, None, now_ms)
@@ -328,7 +334,7 @@ class Coordinator:
         if rnd.secure is None:
             raise WrongStage("this round uses plaintext aggregation")
         try:
-            duplicate = rnd.secure.receive(node_id, request_id, message)  # type: ignore[arg-type]
+            duplicate = rnd.secure.receive(node_id, request_id, message)
         except MemberFault as fault:
             self.registry.fault(fault, rnd.number, now_ms)
             raise

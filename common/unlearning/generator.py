@@ -116,6 +116,8 @@ class DummyGradientGenerator(nn.Module):
     themselves, whatever the layer.
     """
 
+    scales: Tensor  # a buffer (register_buffer); declared so that it reads as a Tensor
+
     def __init__(
         self,
         summary_dim: int,
@@ -147,7 +149,7 @@ class DummyGradientGenerator(nn.Module):
 
     def forward(self, summary: Tensor, noise: Tensor) -> dict[str, Tensor]:
         h = self.trunk(torch.cat([summary, noise]))  # (hidden,)
-        scales: Tensor = self.scales  # type: ignore[assignment]
+        scales = self.scales
         return {
             name: head(h) * scales[i]
             for i, (name, head) in enumerate(zip(self.names, self.heads, strict=True))
