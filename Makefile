@@ -30,7 +30,7 @@ proto: $(STAMP)
 proto-check: $(STAMP)
 	$(BIN)/python -m pytest -q tests/test_proto_fresh.py
 
-lint: $(STAMP)
+lint: $(STAMP) typecheck
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
@@ -40,12 +40,13 @@ lint: $(STAMP)
 TYPECHECK_TREE := build/typecheck
 typecheck: $(STAMP)
 	rm -rf $(TYPECHECK_TREE) && mkdir -p $(TYPECHECK_TREE)/forsaken
-	ln -s $(foreach f,$(wildcard cli/*.py) cli/compare common server client,$(CURDIR)/$(f)) \
-		$(TYPECHECK_TREE)/forsaken/
+	ln -s $(foreach f,$(filter-out %/__pycache__,$(wildcard cli/*)) common server client,\
+		$(CURDIR)/$(f)) $(TYPECHECK_TREE)/forsaken/
 	ln -s $(CURDIR)/$(PROTO_DIR) $(TYPECHECK_TREE)/forsaken/v1
 	$(BIN)/mypy
 
-test: $(STAMP)
+# The linters take seconds, so every test run starts with them.
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -ra
 
 test-fast: $(STAMP)
