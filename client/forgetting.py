@@ -107,9 +107,9 @@ class ContributionRecord:
 
     def _write(self, total: np.ndarray | None, last_round: int) -> None:
         buffer = io.BytesIO()
-        arrays = {"last_round": np.array(last_round, dtype=np.int64)}
+        arrays: dict[str, np.ndarray] = {"last_round": np.array(last_round, dtype=np.int64)}
         arrays["sum"] = np.zeros(0) if total is None else total
-        np.savez(buffer, **arrays)
+        np.savez(buffer, allow_pickle=False, **arrays)
         atomic_write(self.path, buffer.getvalue(), mode=0o600)
 
 
@@ -223,7 +223,9 @@ class ForgetExecutor:
         # The engine's state and the step it produced in one atomic file, so a restart finds
         # both or neither.
         buffer = io.BytesIO()
-        np.savez(buffer, **engine.state_dict(), **_step_to_state(round_number, step))
+        np.savez(
+            buffer, allow_pickle=False, **engine.state_dict(), **_step_to_state(round_number, step)
+        )
         atomic_write(self._state_path(forget_id), buffer.getvalue(), mode=0o600)
         self._steps[forget_id] = (round_number, step)
         return step

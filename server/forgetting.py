@@ -25,11 +25,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from forsaken.common import failpoints
-from forsaken.common.errors import InvalidPayload, PermissionDenied, StaleRequest
+from forsaken.common.errors import CorruptState, InvalidPayload, PermissionDenied, StaleRequest
 from forsaken.common.forget_methods import CLIENT_METHODS, METHOD_NAMES, SERVER_METHODS
 from forsaken.common.receipts import verdict
 from forsaken.common.round_tasks import ForgetOrder
-from forsaken.server.ledger import ForgetRecord, ForgetState, Ledger
+from forsaken.server.ledger import ForgetChanges, ForgetRecord, ForgetState, Ledger
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,14 @@ class ForgetPolicy:
 
 def _progress(rec: ForgetRecord) -> dict[str, object]:
     return json.loads(rec.progress_json or "{}")
+
+
+def _count(progress: Mapping[str, object], key: str, default: int | None = None) -> int:
+    """An integer the server itself wrote into a request's progress."""
+    value = progress.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CorruptState(f"forget progress field {key!r} is {value!r}, not a number")
+    return int(value)
 
 
 class ForgetManager:
@@ -283,7 +291,7 @@ class ForgetManager:
         if rec.state is ForgetState.UNLEARNING and needs_node and rec.node_id not in participants:
             # Rounds go on without a node that stopped taking part; after as many rounds as
             # unlearning may take at most, its request fails and the next one can start.
-            missed = int(progress.get("rounds_missed", 0)) + 1
+            missed = _count(progress, "rounds_missed", 0) + 1
             progress["rounds_missed"] = missed
             if missed >= self.policy.max_unlearning_rounds:
                 reason = f"node {rec.node_id} took no part in {missed} unlearning rounds"
@@ -291,9 +299,9 @@ class ForgetManager:
                 return
         if rec.state is ForgetState.UNLEARNING:
             if rec.method == "retrain":
-                left = int(progress.get("retrain_rounds_left", 0)) - 1
+                left = _count(progress, "retrain_rounds_left", 0) - 1
                 progress["retrain_rounds_left"] = max(0, left)
-                progress["unlearning_rounds"] = int(progress["unlearning_rounds"]) + 1
+                progress["unlearning_rounds"] = _count(progress, "unlearning_rounds") + 1
                 if left > 0:
                     self._set(rec, rec.state, progress, now_ms)
                     return
@@ -304,8 +312,8 @@ class ForgetManager:
                 )
                 return
             if rec.node_id in participants:
-                progress["unlearning_rounds"] = int(progress["unlearning_rounds"]) + 1
-            capped = int(progress["unlearning_rounds"]) >= self.policy.max_unlearning_rounds
+                progress["unlearning_rounds"] = _count(progress, "unlearning_rounds") + 1
+            capped = _count(progress, "unlearning_rounds") >= self.policy.max_unlearning_rounds
             if not (progress.get("client_done") or capped):
                 self._set(rec, rec.state, progress, now_ms)
                 return
@@ -317,8 +325,8 @@ class ForgetManager:
                 )
             return
         if rec.state is ForgetState.RECOVERING:
-            progress["recovery_rounds"] = int(progress["recovery_rounds"]) + 1
-            done = int(progress["recovery_rounds"]) >= self.policy.recovery_rounds
+            progress["recovery_rounds"] = _count(progress, "recovery_rounds") + 1
+            done = _count(progress, "recovery_rounds") >= self.policy.recovery_rounds
             self._set(rec, ForgetState.VERIFYING if done else rec.state, progress, now_ms)
 
     def on_report(
@@ -344,8 +352,8 @@ class ForgetManager:
                 raise StaleRequest(f"forget {forget_id} is {rec.state}, not unlearning")
             progress["client"] = dict(metrics)
             # Each report covers one step; the receipt's cost is the sum over all of them.
-            progress["client_gradient_evaluations"] = int(
-                progress.get("client_gradient_evaluations", 0)
+            progress["client_gradient_evaluations"] = _count(
+                progress, "client_gradient_evaluations", 0
             ) + int(metrics.get("gradient_evaluations", 0))
             progress["client_done"] = progress.get("client_done") or kind == "done"
             self._set(rec, rec.state, progress, now_ms)
@@ -390,7 +398,7 @@ class ForgetManager:
         if silent_s > limit:
             reason = f"node {rec.node_id} silent for {silent_s:.0f}s during {rec.state}"
         elif rec.state is ForgetState.VERIFYING:
-            since = int(_progress(rec).get("verifying_since_ms", now_ms))
+            since = _count(_progress(rec), "verifying_since_ms", now_ms)
             waited_s = (now_ms - max(since, self._started_ms)) / 1000
             if waited_s > limit:
                 reason = f"node {rec.node_id} reported no evidence in {waited_s:.0f}s"
@@ -409,10 +417,10 @@ class ForgetManager:
     ) -> None:
         if state is ForgetState.VERIFYING and rec.state is not ForgetState.VERIFYING:
             progress = {**progress, "verifying_since_ms": now_ms}
-        changes: dict[str, object] = {"state": state, "progress_json": json.dumps(progress)}
+        changes: ForgetChanges = {"state": state, "progress_json": json.dumps(progress)}
         if reason:
             changes["reason"] = reason
-        self.ledger.update_forget(rec.forget_id, now_ms=now_ms, **changes)  # type: ignore[arg-type]
+        self.ledger.update_forget(rec.forget_id, now_ms=now_ms, **changes)
         self._refresh()
         if state != rec.state:
             log.info("forget %s: %s -> %s", rec.forget_id, rec.state, state)

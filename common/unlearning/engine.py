@@ -428,8 +428,8 @@ class ForsakenEngine:
         self.generator.eval()
         with torch.no_grad():
             g = self.generator(summary, noise)
-        terms = {k: float(v.detach()) for k, v in last.items()}
-        return g, evals, terms | {"atypical_positions": float(atypical)}
+        measured = {k: float(v.detach()) for k, v in last.items()}
+        return g, evals, measured | {"atypical_positions": float(atypical)}
 
     def _logits(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
         # In chunks: a whole forget set through a task's CNN at once is gigabytes of
