@@ -332,9 +332,10 @@ def test_stalled_streams_and_long_polls_from_one_node_block_nobody(busy_cluster:
     # before a byte was buffered, and long-polls ended as long-polls do.
     assert upload_codes["RESOURCE_EXHAUSTED"] >= 190, upload_codes
     assert set(upload_codes) <= {"RESOURCE_EXHAUSTED", "CANCELLED", "FAILED_PRECONDITION"}
-    # How many polls reach the server at once depends on the load (HTTP/2 admits 100 streams
-    # per connection); beyond the quota of four, they are refused.
-    assert poll_codes["RESOURCE_EXHAUSTED"] >= 1, poll_codes
+    # How many polls are held at once depends on the load and on whether the server has a task
+    # for the node at once (HTTP/2 admits 100 streams per connection); beyond the quota of four
+    # held ones they are refused (the quota itself: tests/test_limits.py). Either way, no poll
+    # fails otherwise and, above, nobody else waited.
     assert set(poll_codes) <= {"RESOURCE_EXHAUSTED", "OK"}, poll_codes
     # And the server still serves honest rounds afterwards.
     c.wait_for(lambda s: s["completed_rounds"] >= during + 1, 60, "a round after the attack")
