@@ -18,7 +18,7 @@ from forsaken.client.state import DataSelection, StateFile
 from forsaken.client.transport import FleetConnection
 from forsaken.common import ports, tls
 from forsaken.common.backdoor import dataset_trigger, poison_client
-from forsaken.common.config import option
+from forsaken.common.config import log_format_option, log_level_option, option
 from forsaken.common.datasets import Dataset
 from forsaken.common.diagnosis import Diagnosis, check_own_certificate, diagnose
 from forsaken.common.errors import CertificateError, ConfigError
@@ -107,17 +107,8 @@ class ClientConfig:
         "--scenario` builds it: backdoor, backdoor-patch, backdoor-blend or label-flip.",
         choices=("none", *PLANTINGS),
     )
-    log_level: str = option(
-        "info",
-        "Least severe messages logged (to stderr); certificate and connection problems are "
-        "warnings.",
-        choices=("debug", "info", "warning", "error"),
-    )
-    log_format: str = option(
-        "text",
-        "text: one human-readable line per message; json: one JSON object per line.",
-        choices=("text", "json"),
-    )
+    log_level: str = log_level_option()
+    log_format: str = log_format_option()
 
     def validate(self) -> None:
         parse_client_spec(self.partition)

@@ -171,3 +171,22 @@ def _convert(cls: type, name: str, raw: Any, source: str) -> Any:
     except ValueError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     return raw
+
+
+def log_level_option() -> Any:
+    """`--log-level`, the same for every daemon."""
+    return option(
+        "info",
+        "Least severe messages logged (to stderr); certificate and connection problems are "
+        "warnings.",
+        choices=("debug", "info", "warning", "error"),
+    )
+
+
+def log_format_option() -> Any:
+    """`--log-format`, the same for every daemon."""
+    return option(
+        "text",
+        "text: one human-readable line per message; json: one JSON object per line.",
+        choices=("text", "json"),
+    )

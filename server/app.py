@@ -17,7 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from forsaken.common import ports, tls
-from forsaken.common.config import option
+from forsaken.common.config import log_format_option, log_level_option, option
 from forsaken.common.diagnosis import check_own_certificate
 from forsaken.common.errors import ConfigError
 from forsaken.common.exitcodes import ExitCode
@@ -189,17 +189,8 @@ class ServerConfig:
         30.0, "An upload or download stream that moves no data for this long is cut off."
     )
     exit_when_done: bool = option(False, "Exit once the target number of rounds has completed.")
-    log_level: str = option(
-        "info",
-        "Least severe messages logged (to stderr); certificate and connection problems are "
-        "warnings.",
-        choices=("debug", "info", "warning", "error"),
-    )
-    log_format: str = option(
-        "text",
-        "text: one human-readable line per message; json: one JSON object per line.",
-        choices=("text", "json"),
-    )
+    log_level: str = log_level_option()
+    log_format: str = log_format_option()
 
     def validate(self) -> None:
         self.policy().validate()
