@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from forsaken.common import failpoints
 from forsaken.common.errors import InvalidPayload, PermissionDenied, StaleRequest
-from forsaken.common.forget_methods import CLIENT_METHODS, METHOD_NAMES, SERVER_METHODS
+from forsaken.common.forget_methods import METHOD_NAMES, SERVER_METHODS, ForgetMethod
 from forsaken.common.receipts import verdict
 from forsaken.common.round_tasks import ForgetOrder
 from forsaken.server.ledger import ForgetRecord, ForgetState, Ledger
@@ -97,9 +97,7 @@ class ForgetManager:
             raise PermissionDenied(f"node {caller} may not ask to forget node {owner}'s data")
         if not request_id:
             raise InvalidPayload("request_id is required")
-        method = method or self.policy.default_method
-        if method not in METHODS:
-            raise InvalidPayload(f"unknown method {method!r}; expected one of {list(METHODS)}")
+        method = ForgetMethod.parse(method or self.policy.default_method)
         ids = tuple(sorted(set(sample_ids)))
         if max_samples is not None and len(ids) > max_samples:
             raise InvalidPayload(
@@ -127,8 +125,8 @@ class ForgetManager:
         """
         if not request_id:
             raise InvalidPayload("request_id is required")
-        method = method or "retrain"
-        if method not in SERVER_METHODS:
+        method = ForgetMethod.parse(method or ForgetMethod.RETRAIN)
+        if not method.server_side:
             raise InvalidPayload(
                 f"an operator's forget can use {list(SERVER_METHODS)}, not {method!r}: the "
                 "other methods need the node itself to compute its unlearning steps"
@@ -186,7 +184,7 @@ class ForgetManager:
         if rec is None or rec.sample_ids:
             return frozenset()
         if rec.state in (ForgetState.RECOVERING, ForgetState.VERIFYING) or (
-            rec.method in SERVER_METHODS
+            ForgetMethod(rec.method).server_side
         ):
             return frozenset({rec.node_id})
         return frozenset()
@@ -195,7 +193,7 @@ class ForgetManager:
         rec = self.active()
         if rec is None or rec.node_id != node_id or rec.state is not ForgetState.UNLEARNING:
             return None
-        if rec.method not in CLIENT_METHODS:
+        if not ForgetMethod(rec.method).computed_by_node:
             return None
         return ForgetOrder(rec.forget_id, rec.method, rec.sample_ids)
 
@@ -381,7 +379,7 @@ class ForgetManager:
             return  # an operator's request needs nothing from the node
         if rec.state not in (ForgetState.UNLEARNING, ForgetState.VERIFYING):
             return
-        if rec.method in SERVER_METHODS and rec.state is ForgetState.UNLEARNING:
+        if ForgetMethod(rec.method).server_side and rec.state is ForgetState.UNLEARNING:
             return  # the node is not needed until verification
         limit = self.policy.node_timeout_s
         contact = max(last_contact_ms.get(rec.node_id, self._started_ms), self._started_ms)
