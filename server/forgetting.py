@@ -179,7 +179,7 @@ class ForgetManager:
         rec = self.active()
         if rec is None or rec.sample_ids:
             return frozenset()
-        if rec.state in (ForgetState.RECOVERING, ForgetState.VERIFYING) or (rec.method.server_side):
+        if rec.state in (ForgetState.RECOVERING, ForgetState.VERIFYING) or rec.method.server_side:
             return frozenset({rec.node_id})
         return frozenset()
 
