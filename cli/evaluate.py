@@ -81,7 +81,6 @@ The bars are two-sided where a model can miss by looking less like a member than
 """
 
 DETAIL_FILE = "evaluation_detail.json"
-METHODS = METHOD_NAMES
 
 
 # ---- one seed ------------------------------------------------------------------------------
@@ -249,7 +248,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--method",
         default="forsaken",
-        choices=METHODS,
+        choices=METHOD_NAMES,
         help="the method the daemons unlearn with; U and its cost come from it "
         "(default: %(default)s)",
     )

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from forsaken.common.errors import CorruptState
+from forsaken.common.forget_methods import ForgetMethod
 from forsaken.common.fsutil import atomic_write
 from forsaken.common.lira import logit_confidence
 from forsaken.common.metrics import (
@@ -170,7 +171,7 @@ class ForgetExecutor:
         # The node's seed drives the generator's init, batches and noise, as in the reference
         # runner, so the same seeds give the same unlearning.
         options: dict[str, object] = {}
-        if method == "forsaken":
+        if method == ForgetMethod.FORSAKEN:
             recorded, _ = self.contributions.load()
             options = {"config": ForsakenConfig(seed=self.seed), "contribution": recorded}
         engine = make_engine(method, spec, **options)

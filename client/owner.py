@@ -7,7 +7,7 @@ import grpc
 from forsaken.client.daemon import ClientDaemon
 from forsaken.client.state import LocalForget
 from forsaken.common.errors import ForsakenError, InvalidPayload
-from forsaken.common.forget_methods import METHOD_NAMES as METHODS
+from forsaken.common.forget_methods import ForgetMethod
 from forsaken.common.rpc_errors import rpc_method
 from forsaken.v1 import fleet_pb2, owner_pb2, owner_pb2_grpc
 
@@ -56,8 +56,8 @@ class OwnerServicer(owner_pb2_grpc.OwnerServicer):
     ) -> owner_pb2.OwnerForgetReply:
         if not request.request_id:
             raise InvalidPayload("request_id is required")
-        if request.method and request.method not in METHODS:
-            raise InvalidPayload(f"unknown method {request.method!r}; expected one of {METHODS}")
+        if request.method:
+            ForgetMethod.parse(request.method)  # refused here, before anything is stored
         record = self.daemon.request_forget(
             request.request_id, tuple(request.sample_ids), request.method
         )

@@ -23,6 +23,7 @@ from types import MappingProxyType, TracebackType
 from typing import NoReturn, Self, TypedDict, TypeVar, Unpack, overload
 
 from forsaken.common.errors import DuplicateRequest, InvalidPayload, UnknownEntity, WrongStage
+from forsaken.common.forget_methods import ForgetMethod
 from forsaken.server.checkpoints import check_address
 
 
@@ -196,12 +197,15 @@ class ClientRecord:
 
 @dataclass(frozen=True, slots=True)
 class ForgetRecord:
-    """A forget request. Empty `sample_ids` means all of the client's data."""
+    """A forget request. Empty `sample_ids` means all of the client's data.
+
+    `method` and `state` are enums whose values are the strings the ledger stores.
+    """
 
     forget_id: str
     node_id: str
     request_id: str
-    method: str
+    method: ForgetMethod
     sample_ids: tuple[int, ...] = ()
     state: ForgetState = ForgetState.REQUESTED
     reason: str = ""
@@ -215,6 +219,7 @@ class ForgetRecord:
 
     def __post_init__(self) -> None:
         _set(self, "state", _enum(ForgetState, self.state, "forget state"))
+        _set(self, "method", _enum(ForgetMethod, self.method, "forget method"))
         try:
             ids = tuple(operator.index(i) for i in self.sample_ids)
         except TypeError:
