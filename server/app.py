@@ -21,6 +21,7 @@ from forsaken.common.config import log_format_option, log_level_option, option
 from forsaken.common.diagnosis import check_own_certificate
 from forsaken.common.errors import ConfigError
 from forsaken.common.exitcodes import ExitCode
+from forsaken.common.forget_methods import METHOD_NAMES
 from forsaken.common.rpc_errors import DecodeGuard
 from forsaken.common.statelock import StateLock
 from forsaken.common.tensors import TensorSpec
@@ -162,7 +163,7 @@ class ServerConfig:
     forget_method: str = option(
         "forsaken",
         "Unlearning method when a ForgetMe request names none.",
-        choices=("forsaken", "pga", "retrain", "finetune"),
+        choices=METHOD_NAMES,
     )
     recovery_rounds: int = option(
         2, "Normal rounds among the remaining clients after unlearning, before verifying."

@@ -87,12 +87,9 @@ class NodeUnlearning(ForgetStrategy):
     """forsaken, pga, fedquit: the node uploads unlearning steps until its membership oracle
     says the data looks unseen, or the round cap is reached.
 
-    `needs_presence`: rounds without the node count against it, so a node that stopped
-    taking part cannot block the queue; its request fails after as many rounds as unlearning
-    may take at most.
+    Rounds without the node count against it, so a node that stopped taking part cannot
+    block the queue: its request fails after as many rounds as unlearning may take at most.
     """
-
-    needs_presence: bool = True
 
     def start(self, progress: ForgetProgress, facts: StartFacts) -> Start:
         return Start(progress, (_S.UNLEARNING,))
@@ -100,7 +97,7 @@ class NodeUnlearning(ForgetStrategy):
     def unlearning_round(
         self, progress: ForgetProgress, took_part: bool, policy: ForgetPolicy
     ) -> RoundOutcome:
-        if self.needs_presence and not took_part:
+        if not took_part:
             progress = replace(progress, rounds_missed=progress.rounds_missed + 1)
             if progress.rounds_missed >= policy.max_unlearning_rounds:
                 reason = f"took no part in {progress.rounds_missed} unlearning rounds"
@@ -183,12 +180,11 @@ class Finetune(_StraightToRecovery):
         return Start(progress, (_S.UNLEARNING, _S.RECOVERING))
 
 
-# FedQUIT's node is not yet held to taking part (as before the strategies existed).
 STRATEGIES: Mapping[ForgetMethod, ForgetStrategy] = MappingProxyType(
     {
         ForgetMethod.FORSAKEN: NodeUnlearning(),
         ForgetMethod.PGA: NodeUnlearning(),
-        ForgetMethod.FEDQUIT: NodeUnlearning(needs_presence=False),
+        ForgetMethod.FEDQUIT: NodeUnlearning(),
         ForgetMethod.FINETUNE: Finetune(),
         ForgetMethod.NEGATION: Negation(),
         ForgetMethod.RETRAIN: Retrain(),

@@ -9,6 +9,7 @@ import pytest
 
 from forsaken.common.config import add_arguments, resolve
 from forsaken.common.errors import ConfigError
+from forsaken.common.forget_methods import ForgetMethod
 from forsaken.server.app import ENV_PREFIX, ServerConfig
 
 
@@ -90,3 +91,17 @@ def test_non_loopback_listen_needs_tls_or_explicit_insecure() -> None:
 def test_half_configured_tls_is_an_error() -> None:
     with pytest.raises(ConfigError, match="missing tls_key, tls_ca"):
         resolve(ServerConfig, parse(["--tls-cert", "c.pem"]), env={}, env_prefix=ENV_PREFIX)
+
+
+@pytest.mark.parametrize("method", [m.value for m in ForgetMethod])
+def test_every_forget_method_is_a_server_default_choice(method: str) -> None:
+    cfg = resolve(ServerConfig, parse(["--forget-method", method]), env={}, env_prefix=ENV_PREFIX)
+    assert cfg.forget_method == method
+
+
+def test_an_unknown_forget_method_is_refused_by_the_parser(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        parse(["--forget-method", "bogus"])
+    assert "invalid choice: 'bogus'" in capsys.readouterr().err

@@ -231,10 +231,14 @@ def test_a_node_that_takes_no_part_fails_after_the_round_cap(method: ForgetMetho
     assert actions == [Fail("node a took no part in 3 unlearning rounds", failed.progress)]
 
 
-def test_fedquit_is_not_yet_held_to_taking_part() -> None:
+def test_fedquit_is_held_to_taking_part_like_the_other_node_methods() -> None:
+    # It used to stay unlearning for ever and block the queue behind it.
     case, _ = feed(new_case(M.FEDQUIT), begin_event(M.FEDQUIT))
-    case, _ = feed(case, *(rnd("b") for _ in range(5)))
-    assert case.stage is S.UNLEARNING and case.progress.unlearning_rounds == 0
+    case, _ = feed(case, rnd("b"), rnd("b"))
+    assert case.stage is S.UNLEARNING and case.progress.rounds_missed == 2
+    failed, actions = feed(case, rnd("b"))
+    assert failed.stage is S.FAILED
+    assert actions == [Fail("node a took no part in 3 unlearning rounds", failed.progress)]
 
 
 def test_a_node_can_fail_its_own_request() -> None:
