@@ -11,11 +11,13 @@ from collections.abc import Callable
 
 import grpc
 
+from forsaken.common import wire_forget
 from forsaken.common.exitcodes import ExitCode
+from forsaken.common.forget_methods import SERVER_METHODS, ForgetMethod
+from forsaken.common.forget_states import ForgetState
+from forsaken.common.forget_status import ForgetStatus
 from forsaken.status import add_operator_arguments, admin_channel, explain_rpc_error
-from forsaken.v1 import admin_pb2, admin_pb2_grpc, fleet_pb2
-
-TERMINAL = ("completed", "failed")
+from forsaken.v1 import admin_pb2, admin_pb2_grpc
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -65,8 +67,8 @@ def add_admin_arguments(p: argparse.ArgumentParser) -> None:
     f.add_argument("node_id", help="the revoked node to forget (see `forsaken status`)")
     f.add_argument(
         "--method",
-        choices=("retrain", "finetune"),
-        default="retrain",
+        choices=tuple(m.value for m in SERVER_METHODS),
+        default=ForgetMethod.RETRAIN.value,
         help="how to forget it (default: %(default)s)",
     )
     f.add_argument("--reason", default="", help="why, recorded with the request")
@@ -126,39 +128,29 @@ def _forget(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -> int:
     request = admin_pb2.ForgetClientRequest(
         node_id=args.node_id,
         request_id=args.request_id or uuid.uuid4().hex,
-        method=args.method,
+        forget_method=wire_forget.method_to_proto(ForgetMethod(args.method)),
         reason=args.reason,
     )
-    info = stub.ForgetClient(request, timeout=args.timeout)
+    info = wire_forget.status_from_proto(stub.ForgetClient(request, timeout=args.timeout))
     deadline = time.monotonic() + args.wait_timeout
-    while args.wait and info.state not in TERMINAL and time.monotonic() < deadline:
+    while args.wait and not info.state.terminal and time.monotonic() < deadline:
         time.sleep(1.0)
         info = _find(stub, info.forget_id, args.timeout) or info
-    out = {
-        "forget_id": info.forget_id,
-        "node_id": info.node_id,
-        "method": info.method,
-        "state": info.state,
-        "reason": info.reason,
-        "initiated_by": info.initiated_by,
-        "receipt": json.loads(info.receipt_json or "{}"),
-    }
     if args.json:
-        print(json.dumps(out, indent=2, sort_keys=True))
+        print(json.dumps(info.as_dict(), indent=2, sort_keys=True))
     else:
         print(f"forget {info.forget_id} of node {info.node_id} ({info.method}): {info.state}")
         if info.reason:
             print(f"  reason: {info.reason}")
-        if out["receipt"]:
-            print(f"  receipt: {out['receipt'].get('reference', '')}")
-    if args.wait and info.state not in TERMINAL:
+        if info.receipt is not None:
+            print(f"  receipt: {info.receipt.reference}")
+    if args.wait and not info.state.terminal:
         print(f"forsaken admin forget: still {info.state} after {args.wait_timeout:g}s")
         return 1
-    return 0 if info.state != "failed" else 1
+    return 0 if info.state is not ForgetState.FAILED else 1
 
 
-def _find(
-    stub: admin_pb2_grpc.AdminStub, forget_id: str, timeout: float
-) -> fleet_pb2.ForgetRequestInfo | None:
+def _find(stub: admin_pb2_grpc.AdminStub, forget_id: str, timeout: float) -> ForgetStatus | None:
     listed = stub.ListForgetRequests(admin_pb2.ListForgetRequestsRequest(), timeout=timeout)
-    return next((f for f in listed.requests if f.forget_id == forget_id), None)
+    found = (f for f in listed.requests if f.forget_id == forget_id)
+    return next((wire_forget.status_from_proto(f) for f in found), None)

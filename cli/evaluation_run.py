@@ -24,6 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from forsaken.common.forget_methods import ForgetMethod
+from forsaken.common.forget_states import ForgetState
+
 if TYPE_CHECKING:
     from forsaken.common.certs import Layout
 
@@ -247,6 +250,7 @@ class Federation:
         data when none are configured) through the Owner API."""
         import grpc
 
+        from forsaken.common import wire_forget
         from forsaken.forget import owner_address
         from forsaken.v1 import owner_pb2, owner_pb2_grpc
 
@@ -262,7 +266,9 @@ class Federation:
                         stub.Forget(
                             owner_pb2.OwnerForgetRequest(
                                 request_id=request_id,
-                                method=method,
+                                forget_method=wire_forget.method_to_proto(
+                                    ForgetMethod(method) if method else None
+                                ),
                                 sample_ids=list(self.config.sample_ids),
                             ),
                             timeout=30,
@@ -306,6 +312,12 @@ def completed_rounds(status: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 RoundCallback = Callable[[dict[str, Any]], None]
+
+
+def _ended(state: str) -> bool:
+    return ForgetState(state).terminal
+
+
 EventCallback = Callable[[str], None]
 
 
@@ -374,13 +386,13 @@ def train_then_forget(
         if i != FORGETTER:
             fed.start_client(i)
     status = follow(
-        lambda s: any(f["state"] in ("completed", "failed") for f in s["forget_requests"]),
+        lambda s: any(_ended(f["state"]) for f in s["forget_requests"]),
         "the forget request to complete",
     )
     (record,) = status["forget_requests"]
-    if record["state"] != "completed":
+    if record["state"] != ForgetState.COMPLETED:
         raise FederationError(f"forget request failed: {record['reason']}")
-    receipt = json.loads(record["receipt_json"])
+    receipt = record["receipt"]
     on_event(
         f"forget completed: {receipt['unlearning_rounds']} unlearning + "
         f"{receipt['recovery_rounds']} recovery rounds"

@@ -6,23 +6,26 @@ import argparse
 import json
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 from rich.console import Console
 from rich.table import Table
 
+from forsaken.common import wire_forget
 from forsaken.common.diagnosis import Flags, Problem, diagnose
+from forsaken.common.errors import InvalidPayload
 from forsaken.common.exitcodes import ExitCode
-from forsaken.common.forget_methods import METHOD_NAMES
-from forsaken.common.receipts import verdict
+from forsaken.common.forget_methods import METHOD_NAMES, ForgetMethod
+from forsaken.common.forget_states import REQUEST_STATES, ForgetState
+from forsaken.common.forget_status import ForgetStatus
 from forsaken.v1 import owner_pb2, owner_pb2_grpc
 
 # The Owner API is plaintext on loopback; the advice names --client, not TLS flags.
 _OWNER_FLAGS = Flags(target="--client")
-
-TERMINAL = ("completed", "failed")
-STATES = ("submitting", "requested", "unlearning", "recovering", "verifying", "completed")
+T = TypeVar("T")
 
 
 def add_forget_arguments(p: argparse.ArgumentParser) -> None:
@@ -108,6 +111,7 @@ def read_sample_ids(path: Path) -> tuple[int, ...]:
 def run_forget(args: argparse.Namespace) -> int:
     console = Console()
     ids = read_sample_ids(args.samples) if args.samples else ()
+    method = ForgetMethod(args.method) if args.method else None
     request_id = args.request_id or uuid.uuid4().hex
     address = owner_address(args.client)
     with grpc.insecure_channel(address) as channel:
@@ -115,7 +119,9 @@ def run_forget(args: argparse.Namespace) -> int:
         try:
             reply = stub.Forget(
                 owner_pb2.OwnerForgetRequest(
-                    request_id=request_id, sample_ids=list(ids), method=args.method or ""
+                    request_id=request_id,
+                    sample_ids=list(ids),
+                    forget_method=wire_forget.method_to_proto(method),
                 ),
                 timeout=60,
             )
@@ -127,7 +133,8 @@ def run_forget(args: argparse.Namespace) -> int:
             return ExitCode.FAILED
         console.print(
             f"request {request_id}: {len(ids) or 'all'} samples excluded from training now; "
-            f"server id {reply.forget_id or '(pending)'}, state {reply.state}"
+            f"server id {reply.forget_id or '(pending)'}, "
+            f"state {_decoded(lambda: wire_forget.state_from_proto(reply.forget_state))}"
         )
         if not args.wait:
             return 0
@@ -149,15 +156,25 @@ def run_forget(args: argparse.Namespace) -> int:
         console.print("[red]timed out waiting for the request[/red]")
         return 1
     _show(info, console, args.json)
-    return 0 if info["state"] == "completed" else 1
+    return 0 if info.state is ForgetState.COMPLETED else 1
 
 
-def _find(stub: owner_pb2_grpc.OwnerStub, forget_id: str) -> dict | None:
+def _decoded(fn: Callable[[], T]) -> T:
+    """What the daemon answered, or a clear exit when it sent what this version cannot read."""
+    try:
+        return fn()
+    except InvalidPayload as exc:
+        problem = f"the client daemon's answer is unreadable: {exc}"
+        raise SystemExit(f"forsaken forget: {problem}") from None
+
+
+def _requests(stub: owner_pb2_grpc.OwnerStub) -> list[ForgetStatus]:
     status = stub.Status(owner_pb2.OwnerStatusRequest(), timeout=30)
-    for f in status.forget_requests:
-        if forget_id and f.forget_id == forget_id:
-            return {field.name: getattr(f, field.name) for field in f.DESCRIPTOR.fields}
-    return None
+    return _decoded(lambda: [wire_forget.status_from_proto(f) for f in status.forget_requests])
+
+
+def _find(stub: owner_pb2_grpc.OwnerStub, forget_id: str) -> ForgetStatus | None:
+    return next((f for f in _requests(stub) if forget_id and f.forget_id == forget_id), None)
 
 
 def _wait(
@@ -166,42 +183,39 @@ def _wait(
     forget_id: str,
     timeout: float,
     console: Console,
-) -> dict | None:
+) -> ForgetStatus | None:
     deadline = time.monotonic() + timeout
     shown = ""
     with console.status("waiting for the federation to forget") as spinner:
         while time.monotonic() < deadline:
             if not forget_id:
-                status = stub.Status(owner_pb2.OwnerStatusRequest(), timeout=30)
-                forget_id = next(
-                    (f.forget_id for f in status.forget_requests if f.forget_id and f.state), ""
-                )
+                forget_id = next((f.forget_id for f in _requests(stub) if f.forget_id), "")
             info = _find(stub, forget_id) if forget_id else None
             if info is not None:
-                state = info["state"]
+                state = info.state
                 if state != shown:
-                    step = STATES.index(state) + 1 if state in STATES else 0
+                    step = REQUEST_STATES.index(state) + 1 if state in REQUEST_STATES else 0
                     console.print(
-                        f"  [{step}/{len(STATES)}] {state}"
-                        + (f": {info['reason']}" if info.get("reason") else "")
+                        f"  [{step}/{len(REQUEST_STATES)}] {state}"
+                        + (f": {info.reason}" if info.reason else "")
                     )
                     shown = state
                     spinner.update(f"{state}…")
-                if state in TERMINAL:
+                if state.terminal:
                     return info
             time.sleep(1.0)
     return None
 
 
-def _show(info: dict, console: Console, as_json: bool) -> None:
-    receipt = json.loads(info.get("receipt_json") or "{}")
+def _show(info: ForgetStatus, console: Console, as_json: bool) -> None:
     if as_json:
-        print(json.dumps({**info, "receipt": receipt}, indent=2, default=str))
+        print(json.dumps(info.as_dict(), indent=2))
         return
-    if info["state"] != "completed":
-        console.print(f"[red]request {info['forget_id']} failed: {info['reason']}[/red]")
+    if info.state is not ForgetState.COMPLETED or info.receipt is None:
+        console.print(f"[red]request {info.forget_id} failed: {info.reason}[/red]")
         return
-    table = Table(title=f"receipt {info['forget_id']}")
+    receipt = info.receipt.as_dict()
+    table = Table(title=f"receipt {info.forget_id}")
     table.add_column("field")
     table.add_column("value")
     for key in (
@@ -214,8 +228,7 @@ def _show(info: dict, console: Console, as_json: bool) -> None:
         "model_sha256_after",
     ):
         table.add_row(key, str(receipt.get(key)))
-    for key, value in sorted(receipt.get("evidence", {}).items()):
+    for key, value in sorted(info.receipt.evidence.as_dict().items()):
         table.add_row(f"evidence.{key}", f"{value:.4f}")
     console.print(table)
-    # Receipts written before the verdict existed get one computed from their own numbers.
-    console.print(f"[bold]verdict[/bold]: {receipt.get('verdict') or verdict(receipt)}")
+    console.print(f"[bold]verdict[/bold]: {info.receipt.verdict}")

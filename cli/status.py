@@ -14,7 +14,7 @@ import grpc
 from rich.console import Console
 from rich.table import Table
 
-from forsaken.common import tls
+from forsaken.common import tls, wire_forget
 from forsaken.common.diagnosis import OPERATOR_FLAGS, diagnose
 from forsaken.common.exitcodes import ExitCode
 from forsaken.v1 import admin_pb2, admin_pb2_grpc
@@ -89,7 +89,7 @@ def fetch_status(
         **_status_dict(status),
         "rounds": [_round_dict(r) for r in listed.rounds],
         "clients": [_fields(c) for c in clients.clients],
-        "forget_requests": [_fields(f) for f in forgets.requests],
+        "forget_requests": [wire_forget.status_from_proto(f).as_dict() for f in forgets.requests],
     }
 
 

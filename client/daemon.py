@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import random
 import threading
 import time
@@ -22,6 +23,10 @@ from forsaken.client.transport import FleetConnection
 from forsaken.common import errors, failpoints
 from forsaken.common.diagnosis import Diagnosis, Problem
 from forsaken.common.exitcodes import ExitCode
+from forsaken.common.forget_methods import ForgetMethod
+from forsaken.common.forget_receipt import Evidence
+from forsaken.common.forget_reports import EvidenceReport, FailureReport, StepReport
+from forsaken.common.forget_states import ForgetState, PendingState, RequestState
 from forsaken.common.partition import ClientData
 from forsaken.common.round_tasks import SecAggTask, StopTask, TrainTask, VerifyTask, WaitTask
 from forsaken.common.secagg.client_states import ClientDone
@@ -34,8 +39,10 @@ from forsaken.common.unlearning.engine import RoundWeights
 
 log = logging.getLogger(__name__)
 
-UNLEARNING_STATES = ("submitting", "requested", "unlearning")
-TERMINAL_STATES = ("completed", "failed")
+# States in which the node follows its request's progress with the server.
+FOLLOWED_STATES: frozenset[RequestState] = frozenset(
+    {PendingState.SUBMITTING, ForgetState.REQUESTED, ForgetState.UNLEARNING}
+)
 # After the federation finishes, keep the Owner API up this long past the end of a forget
 # request, so an owner waiting on it (`forsaken forget --wait`) sees how it ended.
 OWNER_LINGER_S = 10.0
@@ -265,7 +272,7 @@ class ClientDaemon:
     # ---- forgetting ---------------------------------------------------------------------
 
     def request_forget(
-        self, request_id: str, sample_ids: tuple[int, ...], method: str
+        self, request_id: str, sample_ids: tuple[int, ...], method: ForgetMethod | None
     ) -> LocalForget:
         """Owner API: stop using the data now (durably), then ask the server to unlearn it."""
         ids = tuple(sorted(set(sample_ids)))
@@ -312,9 +319,7 @@ class ClientDaemon:
         """At the federation's end: learn how open forget requests ended, and stay a little
         while after one ended so its owner can read the outcome. True: do not exit yet."""
         with self._lock:
-            stale = [
-                f for f in self.state.forgets if f.forget_id and f.state not in TERMINAL_STATES
-            ]
+            stale = [f for f in self.state.forgets if f.forget_id and not f.state.terminal]
         for f in stale:
             self._update_forget(f.request_id, state=self.conn.forget_status(f.forget_id).state)
         ended = self._forget_ended_at
@@ -323,8 +328,10 @@ class ClientDaemon:
         self.stop_event.wait(1.0)
         return True
 
-    def _update_forget(self, request_id: str, *, state: str, forget_id: str | None = None) -> None:
-        if state in TERMINAL_STATES:
+    def _update_forget(
+        self, request_id: str, *, state: RequestState, forget_id: str | None = None
+    ) -> None:
+        if state.terminal:
             self._forget_ended_at = time.monotonic()
         with self._lock:
             forgets = tuple(
@@ -336,7 +343,7 @@ class ClientDaemon:
             self.state = replace(self.state, forgets=forgets)
             self.state_file.save(self.state)
 
-    def _update_forget_by_id(self, forget_id: str, state: str) -> None:
+    def _update_forget_by_id(self, forget_id: str, state: RequestState) -> None:
         with self._lock:
             request_ids = [f.request_id for f in self.state.forgets if f.forget_id == forget_id]
         for request_id in request_ids:
@@ -347,7 +354,7 @@ class ClientDaemon:
         follow the state of those still open."""
         with self._lock:
             unsent = [f for f in self.state.forgets if not f.forget_id]
-            open_ = [f for f in self.state.forgets if f.forget_id and f.state in UNLEARNING_STATES]
+            open_ = [f for f in self.state.forgets if f.forget_id and f.state in FOLLOWED_STATES]
         for f in unsent:
             forget_id, state = self.conn.forget_me(f.request_id, f.sample_ids, f.method)
             self._update_forget(f.request_id, forget_id=forget_id, state=state)
@@ -375,9 +382,12 @@ class ClientDaemon:
         )
         metrics = {**step.metrics, "gradient_evaluations": float(step.gradient_evaluations)}
         # Report before uploading, so the server knows the verdict when this round closes.
-        info = self.conn.report_forget(
-            order.forget_id, "done" if step.done else "progress", metrics
-        )
+        # The wire carries finite numbers only: a metric that diverged is logged, not sent.
+        finite = {k: v for k, v in step.metrics.items() if math.isfinite(v)}
+        if len(finite) < len(step.metrics):
+            log.warning("forget step metrics not finite, not reported: %s", step.metrics)
+        report = StepReport(step.done, int(step.gradient_evaluations), finite)
+        info = self.conn.report_forget(order.forget_id, report)
         self._update_forget_by_id(order.forget_id, info.state)
         failpoints.hit("client-after-forget-step")
         log.info(
@@ -394,19 +404,19 @@ class ClientDaemon:
         with self._lock:
             mine = [f for f in self.state.forgets if f.forget_id == task.forget_id]
         if not mine:
-            self.conn.report_forget(
-                task.forget_id, "failed", {}, reason="this node has no record of the request"
-            )
+            failure = FailureReport("this node has no record of the request")
+            self.conn.report_forget(task.forget_id, failure)
             return
         evidence = self.forgetter.evidence(model, mine[0].sample_ids, task.forget_id)
-        info = self.conn.report_forget(
-            task.forget_id, "evidence", evidence, model_sha256=task.model_sha256
-        )
+        # What could not be measured (a NaN) is left out; the server says if it was required.
+        measured = {k: v for k, v in evidence.items() if math.isfinite(v)}
+        report = EvidenceReport(Evidence.of(measured), task.model_sha256)
+        info = self.conn.report_forget(task.forget_id, report)
         self._update_forget(mine[0].request_id, state=info.state)
-        if info.state == "completed":
-            self.forgetter.discard(
-                task.forget_id, reversed_contribution=mine[0].method == "forsaken"
-            )
+        if info.state is ForgetState.COMPLETED:
+            # The server's record says which method ran (the owner may have left it to it).
+            reversed_ = info.method is ForgetMethod.FORSAKEN
+            self.forgetter.discard(task.forget_id, reversed_contribution=reversed_)
         log.info(
             "forget %s verified on model %s: %s",
             task.forget_id,

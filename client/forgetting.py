@@ -283,14 +283,10 @@ class ForgetExecutor:
                 load_vector(model, now)
                 drop_f = phi_f0 - logit_confidence(forget_logits, parts.forget_y)
                 drop_h = phi_h0 - logit_confidence(held_logits, self.data.y_held_out)
-                half = (
-                    1.96
-                    * float(np.sqrt(drop_f.var(ddof=1) / n_f + drop_h.var(ddof=1) / max(n_h, 2)))
-                    if n_f > 1 and n_h > 1
-                    else float("nan")
-                )
                 out["excess_confidence_drop"] = float(drop_f.mean() - drop_h.mean())
-                out["excess_confidence_drop_ci95"] = half
+                if n_f > 1 and n_h > 1:  # a spread needs two samples on each side
+                    var = drop_f.var(ddof=1) / n_f + drop_h.var(ddof=1) / n_h
+                    out["excess_confidence_drop_ci95"] = 1.96 * float(np.sqrt(var))
         return out
 
     def discard(self, forget_id: str, reversed_contribution: bool = False) -> None:

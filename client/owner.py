@@ -6,8 +6,9 @@ import grpc
 
 from forsaken.client.daemon import ClientDaemon
 from forsaken.client.state import LocalForget
+from forsaken.common import wire_forget
 from forsaken.common.errors import ForsakenError, InvalidPayload
-from forsaken.common.forget_methods import ForgetMethod
+from forsaken.common.forget_status import ForgetStatus
 from forsaken.common.rpc_errors import rpc_method
 from forsaken.v1 import fleet_pb2, owner_pb2, owner_pb2_grpc
 
@@ -37,12 +38,15 @@ class OwnerServicer(owner_pb2_grpc.OwnerServicer):
 
     def _forget_info(self, f: LocalForget) -> fleet_pb2.ForgetRequestInfo:
         """The server's view of a request when reachable, else what this node knows."""
+        return wire_forget.status_to_proto(self._forget_status(f))
+
+    def _forget_status(self, f: LocalForget) -> ForgetStatus:
         if f.forget_id and self.daemon.conn.token is not None:
             try:
                 return self.daemon.conn.forget_status(f.forget_id)
             except ForsakenError:
                 pass
-        return fleet_pb2.ForgetRequestInfo(
+        return ForgetStatus(
             forget_id=f.forget_id,
             node_id=self.daemon.conn.identity.node_id,
             method=f.method,
@@ -56,9 +60,9 @@ class OwnerServicer(owner_pb2_grpc.OwnerServicer):
     ) -> owner_pb2.OwnerForgetReply:
         if not request.request_id:
             raise InvalidPayload("request_id is required")
-        if request.method:
-            ForgetMethod.parse(request.method)  # refused here, before anything is stored
-        record = self.daemon.request_forget(
-            request.request_id, tuple(request.sample_ids), request.method
+        # Refused here, before anything is stored.
+        method = wire_forget.optional_method_from_proto(request.forget_method)
+        record = self.daemon.request_forget(request.request_id, tuple(request.sample_ids), method)
+        return owner_pb2.OwnerForgetReply(
+            forget_id=record.forget_id, forget_state=wire_forget.state_to_proto(record.state)
         )
-        return owner_pb2.OwnerForgetReply(forget_id=record.forget_id, state=record.state)

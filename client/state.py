@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from forsaken.common.errors import ConfigError, CorruptState
+from forsaken.common.errors import ConfigError, CorruptState, InvalidPayload
+from forsaken.common.forget_methods import ForgetMethod
+from forsaken.common.forget_states import PendingState, RequestState, parse_request_state
 from forsaken.common.fsutil import atomic_write_json, read_json
 
 STATE_FILE = "client_state.json"
@@ -34,9 +36,9 @@ class LocalForget:
 
     request_id: str
     sample_ids: tuple[int, ...]
-    method: str
+    method: ForgetMethod | None  # None: the server's default
     forget_id: str = ""
-    state: str = "submitting"
+    state: RequestState = PendingState.SUBMITTING
 
 
 @dataclass(frozen=True)
@@ -75,15 +77,15 @@ class StateFile:
                     LocalForget(
                         f["request_id"],
                         tuple(int(i) for i in f["sample_ids"]),
-                        f["method"],
+                        ForgetMethod.parse(f["method"]) if f["method"] else None,
                         f.get("forget_id", ""),
-                        f.get("state", "submitting"),
+                        parse_request_state(f.get("state", PendingState.SUBMITTING)),
                     )
                     for f in raw.get("forgets", [])
                 ),
                 forgot_all=bool(raw.get("forgot_all", False)),
             )
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, InvalidPayload) as exc:
             raise CorruptState(f"{self.path} is not a valid client state file: {exc}") from None
         if stored != selection:
             raise ConfigError(
@@ -96,6 +98,8 @@ class StateFile:
         doc = asdict(state)
         doc["version"] = VERSION
         doc["excluded_ids"] = list(state.excluded_ids)
+        for f in doc["forgets"]:
+            f["method"] = f["method"] or ""  # the server's default, as the file has always said
         atomic_write_json(self.path, doc)
 
 

@@ -13,8 +13,12 @@ from typing import Any, TypeVar
 
 import grpc
 
-from forsaken.common import errors, tls, wire, wire_secagg
+from forsaken.common import errors, tls, wire, wire_forget, wire_secagg
 from forsaken.common.chunking import PayloadAssembler, PayloadHeader, header_for
+from forsaken.common.forget_methods import ForgetMethod
+from forsaken.common.forget_reports import ForgetReport, ReportBody
+from forsaken.common.forget_states import RequestState
+from forsaken.common.forget_status import ForgetStatus
 from forsaken.common.identity import NodeIdentity
 from forsaken.common.round_tasks import AnyTask, SecAggTask, TrainTask
 from forsaken.common.tensors import TensorSpec
@@ -205,43 +209,50 @@ class FleetConnection:
         )
 
     def forget_me(
-        self, request_id: str, sample_ids: tuple[int, ...], method: str, node_id: str = ""
-    ) -> tuple[str, str]:
-        """Ask the server to unlearn; (forget_id, state). Idempotent by request_id."""
+        self,
+        request_id: str,
+        sample_ids: tuple[int, ...],
+        method: ForgetMethod | None,
+        node_id: str = "",
+    ) -> tuple[str, RequestState]:
+        """Ask the server to unlearn (None: by its default method); (forget_id, state).
+        Idempotent by request_id."""
         request = fleet_pb2.ForgetRequest(
-            request_id=request_id, sample_ids=list(sample_ids), method=method, node_id=node_id
+            request_id=request_id,
+            sample_ids=list(sample_ids),
+            forget_method=wire_forget.method_to_proto(method),
+            node_id=node_id,
         )
         reply = self._call(
             lambda: self.stub.ForgetMe(request, metadata=self._metadata(), timeout=30)
         )
-        return reply.forget_id, reply.state
+        return reply.forget_id, self._decode(
+            lambda: wire_forget.state_from_proto(reply.forget_state)
+        )
 
-    def forget_status(self, forget_id: str) -> fleet_pb2.ForgetRequestInfo:
+    def forget_status(self, forget_id: str) -> ForgetStatus:
         request = fleet_pb2.ForgetStatusRequest(forget_id=forget_id)
-        return self._call(
+        info = self._call(
             lambda: self.stub.GetForgetStatus(request, metadata=self._metadata(), timeout=30)
         )
+        return self._decode(lambda: wire_forget.status_from_proto(info))
 
-    def report_forget(
-        self,
-        forget_id: str,
-        kind: str,
-        metrics: dict[str, float],
-        *,
-        reason: str = "",
-        model_sha256: str = "",
-    ) -> fleet_pb2.ForgetRequestInfo:
-        request = fleet_pb2.ForgetReport(
-            request_id=uuid.uuid4().hex,
-            forget_id=forget_id,
-            kind=kind,
-            metrics=wire.metrics_to_proto(metrics),
-            reason=reason,
-            model_sha256=bytes.fromhex(model_sha256) if model_sha256 else b"",
-        )
-        return self._call(
+    def report_forget(self, forget_id: str, body: ReportBody) -> ForgetStatus:
+        """Report on this node's request; the server's view of it after."""
+        report = ForgetReport(uuid.uuid4().hex, forget_id, body)
+        request = wire_forget.report_to_proto(report)
+        info = self._call(
             lambda: self.stub.ReportForget(request, metadata=self._metadata(), timeout=30)
         )
+        return self._decode(lambda: wire_forget.status_from_proto(info))
+
+    @staticmethod
+    def _decode(fn: Callable[[], T]) -> T:
+        """A server's answer this client cannot read is the server's fault, said as such."""
+        try:
+            return fn()
+        except errors.InvalidPayload as exc:
+            raise RemoteError(f"the server's answer is unreadable: {exc}") from None
 
     def leave(self) -> None:
         self._call(

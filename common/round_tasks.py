@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from forsaken.common.forget_methods import ForgetMethod
 from forsaken.common.secagg.messages import ServerMessage
 from forsaken.common.secagg.setup import SetupInfo
 from forsaken.common.types import TrainSettings
@@ -18,7 +19,7 @@ class ForgetOrder:
     """The node is to run its forget engine instead of training this round."""
 
     forget_id: str
-    method: str
+    method: ForgetMethod
     sample_ids: tuple[int, ...]
 
 

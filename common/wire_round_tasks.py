@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from forsaken.common import wire, wire_secagg
+from forsaken.common import wire, wire_forget, wire_secagg
 from forsaken.common.errors import InvalidPayload
 from forsaken.common.round_tasks import (
     AnyTask,
@@ -54,7 +54,7 @@ def task_to_proto(task: AnyTask | None, model_spec: ModelSpec) -> fleet_pb2.Task
         out.forget.CopyFrom(
             fleet_pb2.ForgetInstruction(
                 forget_id=task.forget.forget_id,
-                method=task.forget.method,
+                forget_method=wire_forget.method_to_proto(task.forget.method),
                 sample_ids=list(task.forget.sample_ids),
             )
         )
@@ -74,7 +74,8 @@ def task_from_proto(msg: fleet_pb2.Task) -> AnyTask:
     forget = None
     if msg.HasField("forget"):
         f = msg.forget
-        forget = ForgetOrder(f.forget_id, f.method, tuple(f.sample_ids))
+        method = wire_forget.method_from_proto(f.forget_method)
+        forget = ForgetOrder(f.forget_id, method, tuple(f.sample_ids))
     sha, settings = msg.model_sha256.hex(), wire.train_settings_from_proto(msg.train)
     head = (msg.task_id, msg.round, sha, settings, msg.deadline_unix_ms, msg.seed)
     weight, total = int(msg.weight), int(msg.total_weight)

@@ -34,6 +34,7 @@ from forsaken.common.errors import (
     WrongStage,
 )
 from forsaken.common.fedavg import weighted_average
+from forsaken.common.forget_reports import EvidenceReport, ForgetReport
 from forsaken.common.round_tasks import AnyTask, SecAggTask, StopTask, TrainTask, VerifyTask
 from forsaken.common.secagg.messages import MaskedInput
 from forsaken.common.secagg.messages import Stage as SecAggStage
@@ -233,24 +234,16 @@ class Coordinator:
             )
         return self.forgets.operator_request(operator, node_id, request_id, method, reason, now_ms)
 
-    def forget_report(
-        self,
-        caller: str,
-        forget_id: str,
-        kind: str,
-        metrics: Mapping[str, float],
-        reason: str,
-        model_sha256: str,
-        now_ms: int,
-    ) -> ForgetRecord:
+    def forget_report(self, caller: str, report: ForgetReport, now_ms: int) -> ForgetRecord:
         self.registry.seen(caller, None, now_ms)
+        forget_id, body = report.forget_id, report.body
         sent = self._verify_models.get(forget_id, ())
-        if kind == "evidence" and model_sha256 != self.model.sha256 and model_sha256 not in sent:
+        if isinstance(body, EvidenceReport) and body.model_sha256 not in (self.model.sha256, *sent):
             raise StaleRequest(
                 "evidence must be measured on the current global model or on one this server "
                 "sent for this request's verification"
             )
-        rec = self.forgets.on_report(caller, forget_id, kind, metrics, reason, model_sha256, now_ms)
+        rec = self.forgets.on_report(caller, report, now_ms)
         if rec.state.terminal:
             self._verify_models.pop(forget_id, None)
         return rec

@@ -15,14 +15,14 @@ the request is still queued, anything after it ended) give no actions.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import assert_never
 
 from forsaken.common.errors import InvalidPayload, StaleRequest
-from forsaken.common.forget_reports import ReportKind
-from forsaken.server.forget_receipts import REQUIRED_EVIDENCE, node_receipt, server_receipt
+from forsaken.common.forget_receipt import Receipt
+from forsaken.common.forget_reports import EvidenceReport, FailureReport, ReportBody, StepReport
+from forsaken.server.forget_receipts import node_receipt, server_receipt
 from forsaken.server.forget_state import ForgetCase, ForgetPolicy, ForgetProgress
 from forsaken.server.forget_strategies import STRATEGIES, StartFacts
 from forsaken.server.ledger import ForgetState
@@ -55,11 +55,8 @@ class RoundCompleted:
 class Report:
     """The forgetting node reports on its own request."""
 
-    kind: ReportKind
-    metrics: Mapping[str, float]
+    body: ReportBody
     now_ms: int
-    reason: str = ""  # with FAILED
-    model_sha256: str = ""  # with EVIDENCE: the model it was measured on
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +90,9 @@ class Fail:
 
 @dataclass(frozen=True, slots=True)
 class WriteReceipt:
-    """Complete the request with this receipt (JSON text, as the ledger stores it)."""
+    """Complete the request with this receipt."""
 
-    receipt_json: str
+    receipt: Receipt
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,27 +164,32 @@ def _round_completed(case: ForgetCase, ev: RoundCompleted, policy: ForgetPolicy)
 
 def _report(case: ForgetCase, ev: Report) -> Step:
     p = case.progress
-    if ev.kind is ReportKind.FAILED:
-        return _fail(case, ev.reason or "client failed", p)
-    if ev.kind is ReportKind.EVIDENCE:
-        if case.stage is not _S.VERIFYING:
-            raise StaleRequest(f"forget {case.forget_id} is {case.stage}, not verifying")
-        missing = [k for k in REQUIRED_EVIDENCE if k not in ev.metrics]
-        if missing:
-            raise InvalidPayload(f"evidence lacks {missing}")
-        receipt = node_receipt(case, ev.metrics, ev.model_sha256, ev.now_ms)
-        return replace(case, stage=_S.COMPLETED), (WriteReceipt(receipt),)
-    if case.stage is not _S.UNLEARNING:
-        raise StaleRequest(f"forget {case.forget_id} is {case.stage}, not unlearning")
-    # Each report covers one step; the receipt's cost is the sum over all of them.
-    progress = replace(
-        p,
-        client=MappingProxyType(dict(ev.metrics)),
-        client_gradient_evaluations=p.client_gradient_evaluations
-        + int(ev.metrics.get("gradient_evaluations", 0)),
-        client_done=p.client_done or ev.kind is ReportKind.DONE,
-    )
-    return replace(case, progress=progress), (SetStage(case.stage, progress),)
+    match ev.body:
+        case FailureReport(reason):
+            return _fail(case, reason or "client failed", p)
+        case EvidenceReport(evidence, model_sha256):
+            if case.stage is not _S.VERIFYING:
+                raise StaleRequest(f"forget {case.forget_id} is {case.stage}, not verifying")
+            missing = evidence.missing()
+            if missing:
+                raise InvalidPayload(f"evidence lacks {missing}")
+            receipt = node_receipt(case, evidence, model_sha256, ev.now_ms)
+            return replace(case, stage=_S.COMPLETED), (WriteReceipt(receipt),)
+        case StepReport(done, gradient_evaluations, metrics):
+            if case.stage is not _S.UNLEARNING:
+                raise StaleRequest(f"forget {case.forget_id} is {case.stage}, not unlearning")
+            # Each report covers one step; the receipt's cost is the sum over all of them. The
+            # stored last step keeps its cost beside its metrics, as it always has.
+            last = {**metrics, "gradient_evaluations": float(gradient_evaluations)}
+            progress = replace(
+                p,
+                client=MappingProxyType(last),
+                client_gradient_evaluations=p.client_gradient_evaluations + gradient_evaluations,
+                client_done=p.client_done or done,
+            )
+            return replace(case, progress=progress), (SetStage(case.stage, progress),)
+        case _:
+            assert_never(ev.body)
 
 
 def _check_liveness(case: ForgetCase, ev: LivenessCheck, policy: ForgetPolicy) -> Step:

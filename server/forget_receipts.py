@@ -3,14 +3,10 @@ cost, what the evidence shows and what it cannot, and a verdict computed from th
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
-
-from forsaken.common.receipts import verdict
+from forsaken.common.forget_receipt import REQUIRED_EVIDENCE, Evidence, Receipt, Verifier
 from forsaken.server.forget_state import ForgetCase
 
-# Quantities the node must report before a request may complete.
-REQUIRED_EVIDENCE = ("mia_auc", "forget_acc", "held_out_acc")
+__all__ = ["NODE_EVIDENCE_REFERENCE", "REQUIRED_EVIDENCE", "node_receipt", "server_receipt"]
 
 NODE_EVIDENCE_REFERENCE = (
     "What this evidence shows and what it cannot. mia_auc and conf_auc are "
@@ -31,49 +27,46 @@ NODE_EVIDENCE_REFERENCE = (
 )
 
 
-def node_receipt(
-    case: ForgetCase, evidence: Mapping[str, float], model_after: str, now_ms: int
-) -> str:
-    """The receipt of a request its node verified, as the ledger stores it."""
-    return _finish(_receipt(case, evidence, model_after, now_ms))
+def node_receipt(case: ForgetCase, evidence: Evidence, model_after: str, now_ms: int) -> Receipt:
+    """The receipt of a request its node verified."""
+    return _receipt(case, evidence, model_after, now_ms, NODE_EVIDENCE_REFERENCE)
 
 
 def server_receipt(
     case: ForgetCase, shows: str, test_acc: float | None, model_after: str, now_ms: int
-) -> str:
+) -> Receipt:
     """The receipt of an operator's request: the node cannot measure anything, so it states
     what the server did (`shows`) and the validation accuracy after."""
-    evidence = {} if test_acc is None else {"validation_acc": test_acc}
-    receipt = _receipt(case, evidence, model_after, now_ms)
-    receipt["verified_by"] = "server"
-    receipt["initiated_by"] = case.initiated_by
-    receipt["reference"] = shows
-    return _finish(receipt)
-
-
-def _finish(receipt: dict[str, object]) -> str:
-    receipt["verdict"] = verdict(receipt)
-    return json.dumps(receipt, sort_keys=True)
+    evidence = Evidence(validation_acc=test_acc)
+    return _receipt(case, evidence, model_after, now_ms, shows, Verifier.SERVER, case.initiated_by)
 
 
 def _receipt(
-    case: ForgetCase, evidence: Mapping[str, float], model_after: str, now_ms: int
-) -> dict[str, object]:
+    case: ForgetCase,
+    evidence: Evidence,
+    model_after: str,
+    now_ms: int,
+    reference: str,
+    verified_by: Verifier = Verifier.NODE,
+    initiated_by: str = "",
+) -> Receipt:
     p = case.progress
-    return {
-        "forget_id": case.forget_id,
-        "node_id": case.node_id,
-        "method": case.method.value,
-        "samples": case.samples or "all",
-        "requested_ms": case.created_ms,
-        "completed_ms": now_ms,
-        "model_sha256_before": p.model_before or None,
-        "model_sha256_after": model_after,
-        "unlearning_rounds": p.unlearning_rounds,
-        "recovery_rounds": p.recovery_rounds,
-        "stopped_by": p.stopped_by or case.method.value,
-        "client_progress": dict(p.client),
-        "client_gradient_evaluations": p.client_gradient_evaluations,
-        "evidence": dict(evidence),
-        "reference": NODE_EVIDENCE_REFERENCE,
-    }
+    return Receipt(
+        forget_id=case.forget_id,
+        node_id=case.node_id,
+        method=case.method,
+        samples=case.samples,
+        requested_ms=case.created_ms,
+        completed_ms=now_ms,
+        model_sha256_before=p.model_before,
+        model_sha256_after=model_after,
+        unlearning_rounds=p.unlearning_rounds,
+        recovery_rounds=p.recovery_rounds,
+        stopped_by=p.stopped_by or case.method.value,
+        client_gradient_evaluations=p.client_gradient_evaluations,
+        client_progress=p.client,
+        evidence=evidence,
+        reference=reference,
+        verified_by=verified_by,
+        initiated_by=initiated_by,
+    )

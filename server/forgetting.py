@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from forsaken.common import failpoints
 from forsaken.common.errors import InvalidPayload, PermissionDenied
 from forsaken.common.forget_methods import SERVER_METHODS, ForgetMethod
-from forsaken.common.forget_reports import ReportKind
+from forsaken.common.forget_reports import ForgetReport
 from forsaken.common.round_tasks import ForgetOrder
 from forsaken.server.forget_lifecycle import (
     Begin,
@@ -250,23 +250,13 @@ class ForgetManager:
             event = RoundCompleted(frozenset(participants), now_ms, model_sha256, test_acc)
             self._apply(rec, event)
 
-    def on_report(
-        self,
-        node_id: str,
-        forget_id: str,
-        kind: str,
-        metrics: Mapping[str, float],
-        reason: str,
-        model_sha256: str,
-        now_ms: int,
-    ) -> ForgetRecord:
-        """The forgetting node reports progress ("progress", "done"), evidence, or failure."""
-        rec = self.get(node_id, forget_id)
+    def on_report(self, node_id: str, report: ForgetReport, now_ms: int) -> ForgetRecord:
+        """The forgetting node reports a step, its evidence, or that it failed."""
+        rec = self.get(node_id, report.forget_id)
         if rec.state.terminal:
             return rec  # a retry of the report that ended it
-        event = Report(ReportKind.parse(kind), dict(metrics), now_ms, reason, model_sha256)
-        self._apply(rec, event)
-        return self.ledger.forget(forget_id)
+        self._apply(rec, Report(report.body, now_ms))
+        return self.ledger.forget(report.forget_id)
 
     def fail_stale(self, last_contact_ms: Mapping[str, int], now_ms: int) -> None:
         """Fail the active request if its node is needed but silent, or will not verify."""
@@ -308,12 +298,12 @@ class ForgetManager:
                     reason=reason,
                 )
                 log.info("forget %s: %s -> failed: %s", forget_id, before, reason)
-            case WriteReceipt(receipt_json):
+            case WriteReceipt(receipt):
                 self.ledger.update_forget(
                     forget_id,
                     now_ms=now_ms,
                     state=ForgetState.COMPLETED,
-                    receipt_json=receipt_json,
+                    receipt_json=receipt.to_json(),
                 )
                 who = "the server" if isinstance(event, RoundCompleted) else "its node"
                 log.info("forget %s completed, verified by %s", forget_id, who)

@@ -24,6 +24,9 @@ from typing import NoReturn, Self, TypedDict, TypeVar, Unpack, overload
 
 from forsaken.common.errors import DuplicateRequest, InvalidPayload, UnknownEntity, WrongStage
 from forsaken.common.forget_methods import ForgetMethod
+from forsaken.common.forget_states import (
+    ForgetState as ForgetState,  # re-exported: the ledger API names it
+)
 from forsaken.server.checkpoints import check_address
 
 
@@ -37,21 +40,6 @@ class IllegalTransition(WrongStage):
 class RoundStatus(StrEnum):
     COMPLETED = "completed"
     ABORTED = "aborted"
-
-
-class ForgetState(StrEnum):
-    """The lifecycle of a forget request (README, "Forgetting")."""
-
-    REQUESTED = "requested"
-    UNLEARNING = "unlearning"
-    RECOVERING = "recovering"
-    VERIFYING = "verifying"
-    COMPLETED = "completed"
-    FAILED = "failed"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (ForgetState.COMPLETED, ForgetState.FAILED)
 
 
 _F = ForgetState

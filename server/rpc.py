@@ -13,10 +13,12 @@ from contextlib import contextmanager, nullcontext
 
 import grpc
 
-from forsaken.common import tls, wire, wire_secagg
+from forsaken.common import tls, wire, wire_forget, wire_secagg
 from forsaken.common.certs import Role, role_of
 from forsaken.common.chunking import PayloadAssembler, PayloadHeader
 from forsaken.common.errors import InvalidPayload, NotAuthenticated, PermissionDenied
+from forsaken.common.forget_receipt import Receipt
+from forsaken.common.forget_status import ForgetStatus
 from forsaken.common.identity import verify_join
 from forsaken.common.rpc_errors import rpc_method, stream_method
 from forsaken.common.structure import check_agreement
@@ -264,12 +266,15 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         # A rate-limit token is spent only on a valid, new request: refusals and retries cost none.
         admit = None if limit is None else lambda: limit.check(node)
         ids = tuple(request.sample_ids)
+        method = wire_forget.optional_method_from_proto(request.forget_method) or ""
         record, _ = self.runtime.call(
             lambda c, now: c.forget_request(
-                node, request.node_id, request.request_id, ids, request.method, now, admit
+                node, request.node_id, request.request_id, ids, method, now, admit
             )
         )
-        return fleet_pb2.ForgetReply(forget_id=record.forget_id, state=str(record.state))
+        return fleet_pb2.ForgetReply(
+            forget_id=record.forget_id, forget_state=wire_forget.state_to_proto(record.state)
+        )
 
     @rpc_method
     def GetForgetStatus(
@@ -284,12 +289,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         self, request: fleet_pb2.ForgetReport, context: grpc.ServicerContext
     ) -> fleet_pb2.ForgetRequestInfo:
         node = self._node(context)
-        metrics, sha = wire.metrics_from_proto(request.metrics), request.model_sha256.hex()
-        record = self.runtime.call(
-            lambda c, now: c.forget_report(
-                node, request.forget_id, request.kind, metrics, request.reason, sha, now
-            )
-        )
+        report = wire_forget.report_from_proto(request)
+        record = self.runtime.call(lambda c, now: c.forget_report(node, report, now))
         return forget_to_proto(record)
 
     @rpc_method
@@ -338,18 +339,19 @@ def round_to_proto(r: RoundRecord) -> admin_pb2.RoundInfo:
 
 
 def forget_to_proto(f: ForgetRecord) -> fleet_pb2.ForgetRequestInfo:
-    return fleet_pb2.ForgetRequestInfo(
+    status = ForgetStatus(
         forget_id=f.forget_id,
         node_id=f.node_id,
         method=f.method,
         state=f.state,
         reason=f.reason,
-        created_unix_ms=f.created_ms,
-        updated_unix_ms=f.updated_ms,
-        receipt_json=f.receipt_json,
+        created_ms=f.created_ms,
+        updated_ms=f.updated_ms,
         num_samples=len(f.sample_ids),
         initiated_by=f.initiated_by,
+        receipt=Receipt.from_json(f.receipt_json),  # the ledger stores it as JSON
     )
+    return wire_forget.status_to_proto(status)
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
@@ -465,9 +467,10 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.ForgetClientRequest, context: grpc.ServicerContext
     ) -> fleet_pb2.ForgetRequestInfo:
         operator = self._operator(context)
+        method = wire_forget.optional_method_from_proto(request.forget_method) or ""
         record, _ = self.runtime.call(
             lambda c, now: c.operator_forget(
-                operator, request.node_id, request.request_id, request.method, request.reason, now
+                operator, request.node_id, request.request_id, method, request.reason, now
             )
         )
         return forget_to_proto(record)

@@ -30,6 +30,7 @@ from forsaken.server.rounds import (
     RoundStarted,
     Submission,
 )
+from tests.reports import report
 
 SPECS = (TensorSpec("w", (2, 3)), TensorSpec("b", (3,)))
 D = 9
@@ -333,6 +334,8 @@ def test_evidence_on_a_model_sent_for_verification_counts_after_rounds_move_on()
     assert coord.model.sha256 != sent
     evidence = {"mia_auc": 0.5, "forget_acc": 0.9, "held_out_acc": 0.9}
     with pytest.raises(StaleRequest, match="one this server sent"):
-        coord.forget_report("a", rec.forget_id, "evidence", evidence, "", "ee" * 32, now + 20)
-    done = coord.forget_report("a", rec.forget_id, "evidence", evidence, "", sent, now + 21)
+        coord.forget_report(
+            "a", report(rec.forget_id, "evidence", evidence, "", "ee" * 32), now + 20
+        )
+    done = coord.forget_report("a", report(rec.forget_id, "evidence", evidence, "", sent), now + 21)
     assert done.state.terminal and json.loads(done.receipt_json)["model_sha256_after"] == sent

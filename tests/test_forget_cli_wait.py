@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from forsaken.forget import run_forget
-from forsaken.v1 import owner_pb2, owner_pb2_grpc
+from forsaken.v1 import fleet_pb2, owner_pb2, owner_pb2_grpc
 
 
 class VanishingOwner(owner_pb2_grpc.OwnerServicer):
@@ -23,7 +23,8 @@ class VanishingOwner(owner_pb2_grpc.OwnerServicer):
         self.server: grpc.Server | None = None
 
     def Forget(self, request, context):  # type: ignore[no-untyped-def]
-        return owner_pb2.OwnerForgetReply(forget_id="f" * 32, state="requested")
+        state = fleet_pb2.FORGET_STATE_REQUESTED
+        return owner_pb2.OwnerForgetReply(forget_id="f" * 32, forget_state=state)
 
     def Status(self, request, context):  # type: ignore[no-untyped-def]
         assert self.server is not None

@@ -16,6 +16,7 @@ import pytest
 from forsaken.client.forgetting import CONTRIBUTION_FILE, ContributionRecord
 from forsaken.client.transport import FleetConnection
 from forsaken.common import errors
+from forsaken.common.forget_methods import ForgetMethod
 from forsaken.common.identity import NodeIdentity
 from forsaken.procs import forsaken_command
 from forsaken.v1 import owner_pb2, owner_pb2_grpc
@@ -122,7 +123,7 @@ def test_forgetting_someone_elses_data_is_denied(cluster: Cluster) -> None:
     conn = FleetConnection(cluster.address, NodeIdentity.generate())
     conn.join(10, "digits", (1, 8, 8), 10)
     with pytest.raises(errors.PermissionDenied, match="may not ask to forget"):
-        conn.forget_me("evil-1", (), "forsaken", node_id=victim)
+        conn.forget_me("evil-1", (), ForgetMethod.FORSAKEN, node_id=victim)
     assert cluster.status()["forget_requests"] == []
     conn.close()
 
@@ -196,7 +197,7 @@ def test_server_killed_during_unlearning_resumes(tmp_path: Path) -> None:
         assert owner.returncode == 0, out
         (request,) = c.status()["forget_requests"]
         assert request["state"] == "completed"
-        assert json.loads(request["receipt_json"])["evidence"]["mia_auc"] >= 0
+        assert request["receipt"]["evidence"]["mia_auc"] >= 0
     finally:
         c.stop()
 
@@ -218,7 +219,7 @@ def test_client_dropping_out_mid_unlearning_fails_with_a_reason(tmp_path: Path) 
         )
         request = status["forget_requests"][0]
         assert "silent" in request["reason"]
-        assert request["receipt_json"] == "{}"
+        assert request["receipt"] is None
     finally:
         c.stop()
 

@@ -9,6 +9,7 @@ import pytest
 from forsaken.common.errors import InvalidPayload, PermissionDenied, StaleRequest
 from forsaken.server.forgetting import ForgetManager, ForgetPolicy
 from forsaken.server.ledger import ClientRecord, ForgetState, MemoryLedger, RoundRecord
+from tests.reports import report
 
 SHA = "ab" * 32
 EVIDENCE = {"mia_auc": 0.5, "forget_acc": 0.9, "held_out_acc": 0.9}
@@ -53,10 +54,10 @@ def test_forsaken_lifecycle_to_a_receipt() -> None:
     order = fm.instruction_for("a")
     assert order is not None and order.method == "forsaken"
     assert fm.instruction_for("b") is None
-    fm.on_report("a", rec.forget_id, "progress", {"objective": 1.0}, "", "", 2)
+    fm.on_report("a", report(rec.forget_id, "progress", {"objective": 1.0}, "", ""), 2)
     fm.on_round_completed(("a", "b"), 3)
     assert ledger.forget(rec.forget_id).state is ForgetState.UNLEARNING
-    fm.on_report("a", rec.forget_id, "done", {"objective": 0.1}, "", "", 4)
+    fm.on_report("a", report(rec.forget_id, "done", {"objective": 0.1}, "", ""), 4)
     fm.on_round_completed(("a", "b"), 5)
     assert ledger.forget(rec.forget_id).state is ForgetState.RECOVERING
     assert fm.excluded_nodes() == {"a"}  # it forgot all its data: no more training
@@ -64,8 +65,8 @@ def test_forsaken_lifecycle_to_a_receipt() -> None:
     assert ledger.forget(rec.forget_id).state is ForgetState.VERIFYING
     assert fm.verify_for("a") is not None
     with pytest.raises(InvalidPayload, match="evidence lacks"):
-        fm.on_report("a", rec.forget_id, "evidence", {"mia_auc": 0.5}, "", "cd" * 32, 7)
-    done = fm.on_report("a", rec.forget_id, "evidence", EVIDENCE, "", "cd" * 32, 8)
+        fm.on_report("a", report(rec.forget_id, "evidence", {"mia_auc": 0.5}, "", "cd" * 32), 7)
+    done = fm.on_report("a", report(rec.forget_id, "evidence", EVIDENCE, "", "cd" * 32), 8)
     assert done.state is ForgetState.COMPLETED
     receipt = json.loads(done.receipt_json)
     assert receipt["model_sha256_before"] == SHA and receipt["model_sha256_after"] == "cd" * 32
@@ -80,7 +81,7 @@ def test_evidence_is_refused_before_verification() -> None:
     rec, _ = fm.request("a", "", "r", (), "forsaken", 0)
     fm.begin(SHA, 1, 1)
     with pytest.raises(StaleRequest, match="not verifying"):
-        fm.on_report("a", rec.forget_id, "evidence", EVIDENCE, "", SHA, 2)
+        fm.on_report("a", report(rec.forget_id, "evidence", EVIDENCE, "", SHA), 2)
 
 
 def test_round_cap_stops_unlearning_without_an_oracle_verdict() -> None:
@@ -133,7 +134,7 @@ def test_requests_are_served_one_at_a_time_oldest_first() -> None:
     assert ledger.forget(first.forget_id).state is ForgetState.RECOVERING
     assert ledger.forget(second.forget_id).state is ForgetState.REQUESTED
     fm.on_round_completed(("b",), 3)
-    fm.on_report("a", first.forget_id, "evidence", EVIDENCE, "", SHA, 4)
+    fm.on_report("a", report(first.forget_id, "evidence", EVIDENCE, "", SHA), 4)
     assert fm.active() is not None and fm.active().forget_id == second.forget_id
 
 

@@ -531,6 +531,36 @@ def secagg_messages() -> st.SearchStrategy[secagg_pb2.SecAggClientMessage]:
     )
 
 
+forget_methods = st.integers(-1, len(fleet_pb2.ForgetMethod.values()) + 1)
+
+
+def forget_reports(forget_ids: st.SearchStrategy[str]) -> st.SearchStrategy[Message]:
+    """Each body the oneof may hold, and none; metrics with NaNs, infinities and odd names."""
+    metrics = st.dictionaries(
+        st.one_of(st.sampled_from(["objective", "gradient_evaluations"]), small_text),
+        st.floats(),
+        max_size=3,
+    )
+    step = st.builds(fleet_pb2.ForgetStep, gradient_evaluations=ints64, metrics=metrics)
+    measured = st.one_of(st.none(), st.floats())
+    evidence = st.builds(
+        fleet_pb2.ForgetEvidence,
+        mia_auc=measured,
+        forget_acc=measured,
+        held_out_acc=measured,
+        extra=metrics,
+    )
+    head = {"request_id": ids, "forget_id": forget_ids}
+    cls = fleet_pb2.ForgetReport
+    return st.one_of(
+        st.builds(cls, **head),
+        st.builds(cls, **head, progress=step),
+        st.builds(cls, **head, done=step),
+        st.builds(cls, **head, evidence=evidence, evidence_model_sha256=sha_bytes),
+        st.builds(cls, **head, failed=st.builds(fleet_pb2.ForgetFailure, reason=small_text)),
+    )
+
+
 def builds(cls: type[Message], **fields: st.SearchStrategy[Any]) -> st.SearchStrategy[Message]:
     """st.builds over the fields the message type has: a crafted strategy naming a field that
     the proto no longer has degrades instead of breaking the run (the generic one covers)."""
@@ -550,30 +580,11 @@ def _crafted(method: str) -> st.SearchStrategy[Message] | None:
             fleet_pb2.ForgetRequest,
             request_id=ids,
             sample_ids=st.lists(st.one_of(st.integers(-2, 50), ints64), max_size=6),
-            method=st.one_of(
-                st.sampled_from(["", "forsaken", "pga", "retrain", "finetune"]), small_text
-            ),
+            forget_method=forget_methods,  # beyond the last: a value this server does not know
             node_id=own_ids,
         ),
         "GetForgetStatus": lambda: builds(fleet_pb2.ForgetStatusRequest, forget_id=forget_ids),
-        "ReportForget": lambda: builds(
-            METHODS["ReportForget"][1],
-            request_id=ids,
-            forget_id=forget_ids,
-            kind=st.one_of(st.sampled_from(["progress", "done", "evidence", "failed"]), ids),
-            metrics=st.lists(
-                st.builds(
-                    common_pb2.Metric,
-                    name=st.one_of(
-                        st.sampled_from(["mia_auc", "forget_acc", "held_out_acc"]), small_text
-                    ),
-                    value=st.floats(),
-                ),
-                max_size=4,
-            ),
-            reason=small_text,
-            model_sha256=sha_bytes,
-        ),
+        "ReportForget": lambda: forget_reports(forget_ids),
         "SendSecAgg": secagg_messages,
         "Leave": lambda: st.builds(fleet_pb2.LeaveRequest, request_id=ids),
         "ListRounds": lambda: st.builds(admin_pb2.ListRoundsRequest, limit=ints64),
@@ -592,7 +603,7 @@ def _crafted(method: str) -> st.SearchStrategy[Message] | None:
             admin_pb2.ForgetClientRequest,
             node_id=st.one_of(ids, st.just("")),
             request_id=ids,
-            method=st.one_of(st.sampled_from(["", "retrain", "finetune", "forsaken"]), small_text),
+            forget_method=forget_methods,
             reason=small_text,
         ),
     }

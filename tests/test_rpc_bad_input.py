@@ -7,6 +7,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import numpy as np
@@ -268,3 +269,63 @@ def test_fetch_unknown_model_is_not_found(cluster: Cluster, nodes: tuple[Node, N
         "",
         lambda: list(a.stub.FetchModel(short, metadata=a.md, timeout=10)),
     )
+
+
+def test_bad_forget_messages_are_refused_and_change_nothing(
+    cluster: Cluster, nodes: tuple[Node, Node]
+) -> None:
+    a, b = nodes
+
+    def forget(method: int) -> fleet_pb2.ForgetReply:
+        msg = fleet_pb2.ForgetRequest(request_id=uuid.uuid4().hex, forget_method=method)
+        return a.stub.ForgetMe(msg, metadata=a.md, timeout=10)
+
+    expect(grpc.StatusCode.INVALID_ARGUMENT, "unknown forget method 42", lambda: forget(42))
+    assert cluster.status()["forget_requests"] == []  # nothing recorded
+
+    def report(node: Node, **kw: Any) -> fleet_pb2.ForgetRequestInfo:
+        msg = fleet_pb2.ForgetReport(request_id=uuid.uuid4().hex, **kw)
+        return node.stub.ReportForget(msg, metadata=node.md, timeout=10)
+
+    expect(
+        grpc.StatusCode.NOT_FOUND,
+        "unknown forget request",
+        lambda: report(a, forget_id="0" * 32, failed=fleet_pb2.ForgetFailure(reason="x")),
+    )
+    # A request of a's, unlearning (no round is open, so it starts at once; none completes
+    # while nobody uploads): bad reports must leave it exactly as it is.
+    forget_id = forget(fleet_pb2.FORGET_METHOD_PGA).forget_id
+    status = cluster.wait_for(
+        lambda s: s["forget_requests"][0]["state"] == "unlearning", 30, "the forget to start"
+    )
+    before = status["forget_requests"]
+    step = fleet_pb2.ForgetStep(gradient_evaluations=1, metrics={"objective": float("nan")})
+    nan_evidence = fleet_pb2.ForgetEvidence(mia_auc=float("nan"), forget_acc=1, held_out_acc=1)
+    good_evidence = fleet_pb2.ForgetEvidence(mia_auc=0.5, forget_acc=1, held_out_acc=1)
+    sha = bytes.fromhex(cluster.status()["model_sha256"])
+    for code, match, kw in [
+        (grpc.StatusCode.INVALID_ARGUMENT, "must hold progress, done, evidence", {}),
+        (grpc.StatusCode.INVALID_ARGUMENT, "objective is nan", {"progress": step}),
+        (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "mia_auc is nan",
+            {"evidence": nan_evidence, "evidence_model_sha256": sha},
+        ),
+        (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "name the model it was measured on",
+            {"evidence": fleet_pb2.ForgetEvidence(mia_auc=0.5)},
+        ),
+        (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "is unlearning, not verifying",
+            {"evidence": good_evidence, "evidence_model_sha256": sha},
+        ),
+    ]:
+        expect(code, match, lambda kw=kw: report(a, forget_id=forget_id, **kw))
+    expect(
+        grpc.StatusCode.PERMISSION_DENIED,
+        "belongs to another node",
+        lambda: report(b, forget_id=forget_id, failed=fleet_pb2.ForgetFailure(reason="x")),
+    )
+    assert cluster.status()["forget_requests"] == before

@@ -25,6 +25,7 @@ import pytest
 from forsaken.client.transport import SESSION_KEY, FleetConnection
 from forsaken.common import errors, wire
 from forsaken.common.chunking import header_for
+from forsaken.common.forget_methods import ForgetMethod
 from forsaken.common.identity import NodeIdentity
 from forsaken.common.round_tasks import SecAggTask
 from forsaken.common.secagg.client_states import ClientDone
@@ -366,7 +367,7 @@ def test_a_silent_forgetting_node_fails_its_request_and_the_next_one_completes(
         c.wait_for(lambda s: s["completed_rounds"] >= 2, 90, "two rounds")
         silent = FleetConnection(c.address, NodeIdentity.generate())
         silent_id = silent.join(SAMPLES, *DIGITS)
-        silent_forget, _ = silent.forget_me("silent-1", (), "forsaken")
+        silent_forget, _ = silent.forget_me("silent-1", (), ForgetMethod.FORSAKEN)
         silent.channel.close()  # and never calls again
         started = c.status()["completed_rounds"]
         status = c.wait_for(

@@ -26,7 +26,7 @@ from forsaken.v1 import common_pb2 as forsaken_dot_v1_dot_common__pb2
 from forsaken.v1 import fleet_pb2 as forsaken_dot_v1_dot_fleet__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66orsaken/v1/admin.proto\x12\x0b\x66orsaken.v1\x1a\x18\x66orsaken/v1/common.proto\x1a\x17\x66orsaken/v1/fleet.proto\"\'\n\x14ReleaseClientRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"-\n\x12ReleaseClientReply\x12\x17\n\x0fwas_quarantined\x18\x01 \x01(\x08\"Z\n\x13\x46orgetClientRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"6\n\x13RevokeClientRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\",\n\x11RevokeClientReply\x12\x17\n\x0f\x61lready_revoked\x18\x01 \x01(\x08\"\x0f\n\rStatusRequest\"\xb3\x02\n\x0cServerStatus\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x15\n\rcurrent_round\x18\x02 \x01(\x03\x12\x18\n\x10\x63ompleted_rounds\x18\x03 \x01(\x03\x12\x15\n\rtarget_rounds\x18\x04 \x01(\x03\x12\x19\n\x11\x63onnected_clients\x18\x05 \x01(\x05\x12\x14\n\x0cmodel_sha256\x18\x06 \x01(\x0c\x12%\n\x05model\x18\x07 \x01(\x0b\x32\x16.forsaken.v1.ModelSpec\x12\x19\n\x11last_abort_reason\x18\x08 \x01(\t\x12\x15\n\rlast_test_acc\x18\t \x01(\x01\x12\x1a\n\x12secure_aggregation\x18\n \x01(\x08\x12\x10\n\x08uptime_s\x18\x0b \x01(\x03\x12\x14\n\x0csecagg_stage\x18\x0c \x01(\t\"\"\n\x11ListRoundsRequest\x12\r\n\x05limit\x18\x01 \x01(\x03\"\x99\x02\n\tRoundInfo\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x14\n\x0cparticipants\x18\x04 \x03(\t\x12\x10\n\x08selected\x18\x05 \x03(\t\x12\x10\n\x08test_acc\x18\x06 \x01(\x01\x12\x11\n\ttest_loss\x18\x07 \x01(\x01\x12\x12\n\nduration_s\x18\x08 \x01(\x01\x12\x14\n\x0cmodel_sha256\x18\t \x01(\x0c\x12\x0e\n\x06reason\x18\n \x01(\t\x12\x15\n\rtotal_samples\x18\x0b \x01(\x03\x12\x18\n\x10\x66inished_unix_ms\x18\x0c \x01(\x03\x12$\n\x07metrics\x18\r \x03(\x0b\x32\x13.forsaken.v1.Metric\"9\n\x0fListRoundsReply\x12&\n\x06rounds\x18\x01 \x03(\x0b\x32\x16.forsaken.v1.RoundInfo\"\x14\n\x12ListClientsRequest\"\xe1\x01\n\nClientInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x13\n\x0bnum_samples\x18\x03 \x01(\x03\x12\x1a\n\x12rounds_contributed\x18\x04 \x01(\x03\x12\x13\n\x0b\x66irst_round\x18\x05 \x01(\x03\x12\x19\n\x11last_seen_unix_ms\x18\x06 \x01(\x03\x12\x0f\n\x07revoked\x18\x07 \x01(\x08\x12\x12\n\nquarantine\x18\x08 \x01(\t\x12\x15\n\rrecent_faults\x18\t \x01(\x05\x12\x12\n\nlast_fault\x18\n \x01(\t\"<\n\x10ListClientsReply\x12(\n\x07\x63lients\x18\x01 \x03(\x0b\x32\x17.forsaken.v1.ClientInfo\"\x1b\n\x19ListForgetRequestsRequest\"K\n\x17ListForgetRequestsReply\x12\x30\n\x08requests\x18\x01 \x03(\x0b\x32\x1e.forsaken.v1.ForgetRequestInfo2\xc3\x04\n\x05\x41\x64min\x12\x42\n\tGetStatus\x12\x1a.forsaken.v1.StatusRequest\x1a\x19.forsaken.v1.ServerStatus\x12J\n\nListRounds\x12\x1e.forsaken.v1.ListRoundsRequest\x1a\x1c.forsaken.v1.ListRoundsReply\x12M\n\x0bListClients\x12\x1f.forsaken.v1.ListClientsRequest\x1a\x1d.forsaken.v1.ListClientsReply\x12\x62\n\x12ListForgetRequests\x12&.forsaken.v1.ListForgetRequestsRequest\x1a$.forsaken.v1.ListForgetRequestsReply\x12P\n\x0cRevokeClient\x12 .forsaken.v1.RevokeClientRequest\x1a\x1e.forsaken.v1.RevokeClientReply\x12S\n\rReleaseClient\x12!.forsaken.v1.ReleaseClientRequest\x1a\x1f.forsaken.v1.ReleaseClientReply\x12P\n\x0c\x46orgetClient\x12 .forsaken.v1.ForgetClientRequest\x1a\x1e.forsaken.v1.ForgetRequestInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66orsaken/v1/admin.proto\x12\x0b\x66orsaken.v1\x1a\x18\x66orsaken/v1/common.proto\x1a\x17\x66orsaken/v1/fleet.proto\"\'\n\x14ReleaseClientRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"-\n\x12ReleaseClientReply\x12\x17\n\x0fwas_quarantined\x18\x01 \x01(\x08\"\x8a\x01\n\x13\x46orgetClientRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x30\n\rforget_method\x18\x05 \x01(\x0e\x32\x19.forsaken.v1.ForgetMethodJ\x04\x08\x03\x10\x04R\x06method\"6\n\x13RevokeClientRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\",\n\x11RevokeClientReply\x12\x17\n\x0f\x61lready_revoked\x18\x01 \x01(\x08\"\x0f\n\rStatusRequest\"\xb3\x02\n\x0cServerStatus\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x15\n\rcurrent_round\x18\x02 \x01(\x03\x12\x18\n\x10\x63ompleted_rounds\x18\x03 \x01(\x03\x12\x15\n\rtarget_rounds\x18\x04 \x01(\x03\x12\x19\n\x11\x63onnected_clients\x18\x05 \x01(\x05\x12\x14\n\x0cmodel_sha256\x18\x06 \x01(\x0c\x12%\n\x05model\x18\x07 \x01(\x0b\x32\x16.forsaken.v1.ModelSpec\x12\x19\n\x11last_abort_reason\x18\x08 \x01(\t\x12\x15\n\rlast_test_acc\x18\t \x01(\x01\x12\x1a\n\x12secure_aggregation\x18\n \x01(\x08\x12\x10\n\x08uptime_s\x18\x0b \x01(\x03\x12\x14\n\x0csecagg_stage\x18\x0c \x01(\t\"\"\n\x11ListRoundsRequest\x12\r\n\x05limit\x18\x01 \x01(\x03\"\x99\x02\n\tRoundInfo\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x14\n\x0cparticipants\x18\x04 \x03(\t\x12\x10\n\x08selected\x18\x05 \x03(\t\x12\x10\n\x08test_acc\x18\x06 \x01(\x01\x12\x11\n\ttest_loss\x18\x07 \x01(\x01\x12\x12\n\nduration_s\x18\x08 \x01(\x01\x12\x14\n\x0cmodel_sha256\x18\t \x01(\x0c\x12\x0e\n\x06reason\x18\n \x01(\t\x12\x15\n\rtotal_samples\x18\x0b \x01(\x03\x12\x18\n\x10\x66inished_unix_ms\x18\x0c \x01(\x03\x12$\n\x07metrics\x18\r \x03(\x0b\x32\x13.forsaken.v1.Metric\"9\n\x0fListRoundsReply\x12&\n\x06rounds\x18\x01 \x03(\x0b\x32\x16.forsaken.v1.RoundInfo\"\x14\n\x12ListClientsRequest\"\xe1\x01\n\nClientInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x13\n\x0bnum_samples\x18\x03 \x01(\x03\x12\x1a\n\x12rounds_contributed\x18\x04 \x01(\x03\x12\x13\n\x0b\x66irst_round\x18\x05 \x01(\x03\x12\x19\n\x11last_seen_unix_ms\x18\x06 \x01(\x03\x12\x0f\n\x07revoked\x18\x07 \x01(\x08\x12\x12\n\nquarantine\x18\x08 \x01(\t\x12\x15\n\rrecent_faults\x18\t \x01(\x05\x12\x12\n\nlast_fault\x18\n \x01(\t\"<\n\x10ListClientsReply\x12(\n\x07\x63lients\x18\x01 \x03(\x0b\x32\x17.forsaken.v1.ClientInfo\"\x1b\n\x19ListForgetRequestsRequest\"K\n\x17ListForgetRequestsReply\x12\x30\n\x08requests\x18\x01 \x03(\x0b\x32\x1e.forsaken.v1.ForgetRequestInfo2\xc3\x04\n\x05\x41\x64min\x12\x42\n\tGetStatus\x12\x1a.forsaken.v1.StatusRequest\x1a\x19.forsaken.v1.ServerStatus\x12J\n\nListRounds\x12\x1e.forsaken.v1.ListRoundsRequest\x1a\x1c.forsaken.v1.ListRoundsReply\x12M\n\x0bListClients\x12\x1f.forsaken.v1.ListClientsRequest\x1a\x1d.forsaken.v1.ListClientsReply\x12\x62\n\x12ListForgetRequests\x12&.forsaken.v1.ListForgetRequestsRequest\x1a$.forsaken.v1.ListForgetRequestsReply\x12P\n\x0cRevokeClient\x12 .forsaken.v1.RevokeClientRequest\x1a\x1e.forsaken.v1.RevokeClientReply\x12S\n\rReleaseClient\x12!.forsaken.v1.ReleaseClientRequest\x1a\x1f.forsaken.v1.ReleaseClientReply\x12P\n\x0c\x46orgetClient\x12 .forsaken.v1.ForgetClientRequest\x1a\x1e.forsaken.v1.ForgetRequestInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,32 +37,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RELEASECLIENTREQUEST']._serialized_end=130
   _globals['_RELEASECLIENTREPLY']._serialized_start=132
   _globals['_RELEASECLIENTREPLY']._serialized_end=177
-  _globals['_FORGETCLIENTREQUEST']._serialized_start=179
-  _globals['_FORGETCLIENTREQUEST']._serialized_end=269
-  _globals['_REVOKECLIENTREQUEST']._serialized_start=271
-  _globals['_REVOKECLIENTREQUEST']._serialized_end=325
-  _globals['_REVOKECLIENTREPLY']._serialized_start=327
-  _globals['_REVOKECLIENTREPLY']._serialized_end=371
-  _globals['_STATUSREQUEST']._serialized_start=373
-  _globals['_STATUSREQUEST']._serialized_end=388
-  _globals['_SERVERSTATUS']._serialized_start=391
-  _globals['_SERVERSTATUS']._serialized_end=698
-  _globals['_LISTROUNDSREQUEST']._serialized_start=700
-  _globals['_LISTROUNDSREQUEST']._serialized_end=734
-  _globals['_ROUNDINFO']._serialized_start=737
-  _globals['_ROUNDINFO']._serialized_end=1018
-  _globals['_LISTROUNDSREPLY']._serialized_start=1020
-  _globals['_LISTROUNDSREPLY']._serialized_end=1077
-  _globals['_LISTCLIENTSREQUEST']._serialized_start=1079
-  _globals['_LISTCLIENTSREQUEST']._serialized_end=1099
-  _globals['_CLIENTINFO']._serialized_start=1102
-  _globals['_CLIENTINFO']._serialized_end=1327
-  _globals['_LISTCLIENTSREPLY']._serialized_start=1329
-  _globals['_LISTCLIENTSREPLY']._serialized_end=1389
-  _globals['_LISTFORGETREQUESTSREQUEST']._serialized_start=1391
-  _globals['_LISTFORGETREQUESTSREQUEST']._serialized_end=1418
-  _globals['_LISTFORGETREQUESTSREPLY']._serialized_start=1420
-  _globals['_LISTFORGETREQUESTSREPLY']._serialized_end=1495
-  _globals['_ADMIN']._serialized_start=1498
-  _globals['_ADMIN']._serialized_end=2077
+  _globals['_FORGETCLIENTREQUEST']._serialized_start=180
+  _globals['_FORGETCLIENTREQUEST']._serialized_end=318
+  _globals['_REVOKECLIENTREQUEST']._serialized_start=320
+  _globals['_REVOKECLIENTREQUEST']._serialized_end=374
+  _globals['_REVOKECLIENTREPLY']._serialized_start=376
+  _globals['_REVOKECLIENTREPLY']._serialized_end=420
+  _globals['_STATUSREQUEST']._serialized_start=422
+  _globals['_STATUSREQUEST']._serialized_end=437
+  _globals['_SERVERSTATUS']._serialized_start=440
+  _globals['_SERVERSTATUS']._serialized_end=747
+  _globals['_LISTROUNDSREQUEST']._serialized_start=749
+  _globals['_LISTROUNDSREQUEST']._serialized_end=783
+  _globals['_ROUNDINFO']._serialized_start=786
+  _globals['_ROUNDINFO']._serialized_end=1067
+  _globals['_LISTROUNDSREPLY']._serialized_start=1069
+  _globals['_LISTROUNDSREPLY']._serialized_end=1126
+  _globals['_LISTCLIENTSREQUEST']._serialized_start=1128
+  _globals['_LISTCLIENTSREQUEST']._serialized_end=1148
+  _globals['_CLIENTINFO']._serialized_start=1151
+  _globals['_CLIENTINFO']._serialized_end=1376
+  _globals['_LISTCLIENTSREPLY']._serialized_start=1378
+  _globals['_LISTCLIENTSREPLY']._serialized_end=1438
+  _globals['_LISTFORGETREQUESTSREQUEST']._serialized_start=1440
+  _globals['_LISTFORGETREQUESTSREQUEST']._serialized_end=1467
+  _globals['_LISTFORGETREQUESTSREPLY']._serialized_start=1469
+  _globals['_LISTFORGETREQUESTSREPLY']._serialized_end=1544
+  _globals['_ADMIN']._serialized_start=1547
+  _globals['_ADMIN']._serialized_end=2126
 # @@protoc_insertion_point(module_scope)

@@ -21,16 +21,16 @@ class ReleaseClientReply(_message.Message):
     def __init__(self, was_quarantined: _Optional[bool] = ...) -> None: ...
 
 class ForgetClientRequest(_message.Message):
-    __slots__ = ("node_id", "request_id", "method", "reason")
+    __slots__ = ("node_id", "request_id", "reason", "forget_method")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
-    METHOD_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    FORGET_METHOD_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     request_id: str
-    method: str
     reason: str
-    def __init__(self, node_id: _Optional[str] = ..., request_id: _Optional[str] = ..., method: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    forget_method: _fleet_pb2.ForgetMethod
+    def __init__(self, node_id: _Optional[str] = ..., request_id: _Optional[str] = ..., reason: _Optional[str] = ..., forget_method: _Optional[_Union[_fleet_pb2.ForgetMethod, str]] = ...) -> None: ...
 
 class RevokeClientRequest(_message.Message):
     __slots__ = ("node_id", "reason")

@@ -26,15 +26,27 @@ from forsaken.v1 import common_pb2 as forsaken_dot_v1_dot_common__pb2
 from forsaken.v1 import secagg_pb2 as forsaken_dot_v1_dot_secagg__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66orsaken/v1/fleet.proto\x12\x0b\x66orsaken.v1\x1a\x18\x66orsaken/v1/common.proto\x1a\x18\x66orsaken/v1/secagg.proto\"\x16\n\x14JoinChallengeRequest\"@\n\x12JoinChallengeReply\x12\x11\n\tchallenge\x18\x01 \x01(\x0c\x12\x17\n\x0f\x65xpires_unix_ms\x18\x02 \x01(\x03\"\x87\x02\n\x0bJoinRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\x13\n\x0bnum_samples\x18\x05 \x01(\x03\x12\x0f\n\x07\x64\x61taset\x18\x06 \x01(\t\x12\x13\n\x0binput_shape\x18\x07 \x03(\x03\x12\x13\n\x0bnum_classes\x18\x08 \x01(\x05\x12\x11\n\tchallenge\x18\t \x01(\x0c\x12.\n\rmodel_tensors\x18\n \x03(\x0b\x32\x17.forsaken.v1.TensorSpec\x12\x14\n\x0cmodel_digest\x18\x0b \x01(\x0c\"r\n\tJoinReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\x0c\x12%\n\x05model\x18\x03 \x01(\x0b\x32\x16.forsaken.v1.ModelSpec\x12\x16\n\x0epoll_timeout_s\x18\x04 \x01(\x05\"&\n\x0fPullTaskRequest\x12\x13\n\x0bnum_samples\x18\x01 \x01(\x03\"P\n\x11\x46orgetInstruction\x12\x11\n\tforget_id\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x12\n\nsample_ids\x18\x03 \x03(\x03J\x04\x08\x04\x10\x05\"\x8b\x03\n\x04Task\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.forsaken.v1.TaskKind\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x03\x12\x14\n\x0cmodel_sha256\x18\x04 \x01(\x0c\x12\'\n\x05train\x18\x05 \x01(\x0b\x32\x18.forsaken.v1.TrainConfig\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x06 \x01(\x03\x12\x0c\n\x04seed\x18\x07 \x01(\x03\x12\x15\n\rretry_after_s\x18\x08 \x01(\x01\x12%\n\x05model\x18\t \x01(\x0b\x32\x16.forsaken.v1.ModelSpec\x12\x30\n\x06secagg\x18\n \x01(\x0b\x32 .forsaken.v1.SecAggServerMessage\x12.\n\x06\x66orget\x18\x0b \x01(\x0b\x32\x1e.forsaken.v1.ForgetInstruction\x12\x11\n\tforget_id\x18\x0c \x01(\t\x12\x0e\n\x06weight\x18\r \x01(\x03\x12\x14\n\x0ctotal_weight\x18\x0e \x01(\x03\")\n\x11\x46\x65tchModelRequest\x12\x14\n\x0cmodel_sha256\x18\x01 \x01(\x0c\"\xc5\x01\n\x0cUploadHeader\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x03\x12\x19\n\x11\x62\x61se_model_sha256\x18\x04 \x01(\x0c\x12\x13\n\x0bnum_samples\x18\x05 \x01(\x03\x12$\n\x07metrics\x18\x06 \x03(\x0b\x32\x13.forsaken.v1.Metric\x12+\n\x07payload\x18\x07 \x01(\x0b\x32\x1a.forsaken.v1.PayloadHeader\"R\n\x0bUploadChunk\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.forsaken.v1.UploadHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"@\n\tPushReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"X\n\rForgetRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nsample_ids\x18\x02 \x03(\x03\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x0f\n\x07node_id\x18\x04 \x01(\t\"\x8f\x01\n\x0c\x46orgetReport\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tforget_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12$\n\x07metrics\x18\x04 \x03(\x0b\x32\x13.forsaken.v1.Metric\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x06 \x01(\x0c\"/\n\x0b\x46orgetReply\x12\x11\n\tforget_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\"(\n\x13\x46orgetStatusRequest\x12\x11\n\tforget_id\x18\x01 \x01(\t\"\xd9\x01\n\x11\x46orgetRequestInfo\x12\x11\n\tforget_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x17\n\x0f\x63reated_unix_ms\x18\x06 \x01(\x03\x12\x17\n\x0fupdated_unix_ms\x18\x07 \x01(\x03\x12\x14\n\x0creceipt_json\x18\x08 \x01(\t\x12\x13\n\x0bnum_samples\x18\t \x01(\x03\x12\x14\n\x0cinitiated_by\x18\n \x01(\t\"\"\n\x0cLeaveRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x0c\n\nLeaveReply*\x8e\x01\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eTASK_KIND_WAIT\x10\x01\x12\x13\n\x0fTASK_KIND_TRAIN\x10\x02\x12\x12\n\x0eTASK_KIND_STOP\x10\x03\x12\x14\n\x10TASK_KIND_SECAGG\x10\x04\x12\x14\n\x10TASK_KIND_VERIFY\x10\x05\x32\xc0\x05\n\x05\x46leet\x12S\n\rJoinChallenge\x12!.forsaken.v1.JoinChallengeRequest\x1a\x1f.forsaken.v1.JoinChallengeReply\x12\x38\n\x04Join\x12\x18.forsaken.v1.JoinRequest\x1a\x16.forsaken.v1.JoinReply\x12;\n\x08PullTask\x12\x1c.forsaken.v1.PullTaskRequest\x1a\x11.forsaken.v1.Task\x12\x42\n\nFetchModel\x12\x1e.forsaken.v1.FetchModelRequest\x1a\x12.forsaken.v1.Chunk0\x01\x12@\n\nPushUpdate\x12\x18.forsaken.v1.UploadChunk\x1a\x16.forsaken.v1.PushReply(\x01\x12@\n\x08\x46orgetMe\x12\x1a.forsaken.v1.ForgetRequest\x1a\x18.forsaken.v1.ForgetReply\x12S\n\x0fGetForgetStatus\x12 .forsaken.v1.ForgetStatusRequest\x1a\x1e.forsaken.v1.ForgetRequestInfo\x12I\n\x0cReportForget\x12\x19.forsaken.v1.ForgetReport\x1a\x1e.forsaken.v1.ForgetRequestInfo\x12\x46\n\nSendSecAgg\x12 .forsaken.v1.SecAggClientMessage\x1a\x16.forsaken.v1.SecAggAck\x12;\n\x05Leave\x12\x19.forsaken.v1.LeaveRequest\x1a\x17.forsaken.v1.LeaveReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66orsaken/v1/fleet.proto\x12\x0b\x66orsaken.v1\x1a\x18\x66orsaken/v1/common.proto\x1a\x18\x66orsaken/v1/secagg.proto\"\x16\n\x14JoinChallengeRequest\"@\n\x12JoinChallengeReply\x12\x11\n\tchallenge\x18\x01 \x01(\x0c\x12\x17\n\x0f\x65xpires_unix_ms\x18\x02 \x01(\x03\"\x87\x02\n\x0bJoinRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\x13\n\x0bnum_samples\x18\x05 \x01(\x03\x12\x0f\n\x07\x64\x61taset\x18\x06 \x01(\t\x12\x13\n\x0binput_shape\x18\x07 \x03(\x03\x12\x13\n\x0bnum_classes\x18\x08 \x01(\x05\x12\x11\n\tchallenge\x18\t \x01(\x0c\x12.\n\rmodel_tensors\x18\n \x03(\x0b\x32\x17.forsaken.v1.TensorSpec\x12\x14\n\x0cmodel_digest\x18\x0b \x01(\x0c\"r\n\tJoinReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\x0c\x12%\n\x05model\x18\x03 \x01(\x0b\x32\x16.forsaken.v1.ModelSpec\x12\x16\n\x0epoll_timeout_s\x18\x04 \x01(\x05\"&\n\x0fPullTaskRequest\x12\x13\n\x0bnum_samples\x18\x01 \x01(\x03\"\x80\x01\n\x11\x46orgetInstruction\x12\x11\n\tforget_id\x18\x01 \x01(\t\x12\x12\n\nsample_ids\x18\x03 \x03(\x03\x12\x30\n\rforget_method\x18\x05 \x01(\x0e\x32\x19.forsaken.v1.ForgetMethodJ\x04\x08\x04\x10\x05J\x04\x08\x02\x10\x03R\x06method\"\x8b\x03\n\x04Task\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.forsaken.v1.TaskKind\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x03\x12\x14\n\x0cmodel_sha256\x18\x04 \x01(\x0c\x12\'\n\x05train\x18\x05 \x01(\x0b\x32\x18.forsaken.v1.TrainConfig\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x06 \x01(\x03\x12\x0c\n\x04seed\x18\x07 \x01(\x03\x12\x15\n\rretry_after_s\x18\x08 \x01(\x01\x12%\n\x05model\x18\t \x01(\x0b\x32\x16.forsaken.v1.ModelSpec\x12\x30\n\x06secagg\x18\n \x01(\x0b\x32 .forsaken.v1.SecAggServerMessage\x12.\n\x06\x66orget\x18\x0b \x01(\x0b\x32\x1e.forsaken.v1.ForgetInstruction\x12\x11\n\tforget_id\x18\x0c \x01(\t\x12\x0e\n\x06weight\x18\r \x01(\x03\x12\x14\n\x0ctotal_weight\x18\x0e \x01(\x03\")\n\x11\x46\x65tchModelRequest\x12\x14\n\x0cmodel_sha256\x18\x01 \x01(\x0c\"\xc5\x01\n\x0cUploadHeader\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x03\x12\x19\n\x11\x62\x61se_model_sha256\x18\x04 \x01(\x0c\x12\x13\n\x0bnum_samples\x18\x05 \x01(\x03\x12$\n\x07metrics\x18\x06 \x03(\x0b\x32\x13.forsaken.v1.Metric\x12+\n\x07payload\x18\x07 \x01(\x0b\x32\x1a.forsaken.v1.PayloadHeader\"R\n\x0bUploadChunk\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.forsaken.v1.UploadHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"@\n\tPushReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\x88\x01\n\rForgetRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nsample_ids\x18\x02 \x03(\x03\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x30\n\rforget_method\x18\x05 \x01(\x0e\x32\x19.forsaken.v1.ForgetMethodJ\x04\x08\x03\x10\x04R\x06method\"\x91\x01\n\nForgetStep\x12\x1c\n\x14gradient_evaluations\x18\x01 \x01(\x03\x12\x35\n\x07metrics\x18\x02 \x03(\x0b\x32$.forsaken.v1.ForgetStep.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xf9\x03\n\x0e\x46orgetEvidence\x12\x14\n\x07mia_auc\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nforget_acc\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x0cheld_out_acc\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x15\n\x08\x63onf_auc\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x1b\n\x0e\x61uc_resolution\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12#\n\x16\x65xcess_confidence_drop\x18\x06 \x01(\x01H\x05\x88\x01\x01\x12(\n\x1b\x65xcess_confidence_drop_ci95\x18\x07 \x01(\x01H\x06\x88\x01\x01\x12\x1b\n\x0evalidation_acc\x18\x08 \x01(\x01H\x07\x88\x01\x01\x12\x35\n\x05\x65xtra\x18\t \x03(\x0b\x32&.forsaken.v1.ForgetEvidence.ExtraEntry\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\n\n\x08_mia_aucB\r\n\x0b_forget_accB\x0f\n\r_held_out_accB\x0b\n\t_conf_aucB\x11\n\x0f_auc_resolutionB\x19\n\x17_excess_confidence_dropB\x1e\n\x1c_excess_confidence_drop_ci95B\x11\n\x0f_validation_acc\"\x1f\n\rForgetFailure\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xce\x02\n\x0c\x46orgetReport\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tforget_id\x18\x02 \x01(\t\x12+\n\x08progress\x18\x07 \x01(\x0b\x32\x17.forsaken.v1.ForgetStepH\x00\x12\'\n\x04\x64one\x18\x08 \x01(\x0b\x32\x17.forsaken.v1.ForgetStepH\x00\x12/\n\x08\x65vidence\x18\t \x01(\x0b\x32\x1b.forsaken.v1.ForgetEvidenceH\x00\x12,\n\x06\x66\x61iled\x18\n \x01(\x0b\x32\x1a.forsaken.v1.ForgetFailureH\x00\x12\x1d\n\x15\x65vidence_model_sha256\x18\x0b \x01(\x0c\x42\x06\n\x04\x62odyJ\x04\x08\x03\x10\x04J\x04\x08\x04\x10\x05J\x04\x08\x05\x10\x06J\x04\x08\x06\x10\x07R\x04kindR\x07metricsR\x06reasonR\x0cmodel_sha256\"]\n\x0b\x46orgetReply\x12\x11\n\tforget_id\x18\x01 \x01(\t\x12.\n\x0c\x66orget_state\x18\x03 \x01(\x0e\x32\x18.forsaken.v1.ForgetStateJ\x04\x08\x02\x10\x03R\x05state\"\xe7\x04\n\rForgetReceipt\x12\x11\n\tforget_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12)\n\x06method\x18\x03 \x01(\x0e\x32\x19.forsaken.v1.ForgetMethod\x12\x0f\n\x07samples\x18\x04 \x01(\x03\x12\x19\n\x11requested_unix_ms\x18\x05 \x01(\x03\x12\x19\n\x11\x63ompleted_unix_ms\x18\x06 \x01(\x03\x12\x1b\n\x13model_sha256_before\x18\x07 \x01(\x0c\x12\x1a\n\x12model_sha256_after\x18\x08 \x01(\x0c\x12\x19\n\x11unlearning_rounds\x18\t \x01(\x03\x12\x17\n\x0frecovery_rounds\x18\n \x01(\x03\x12\x12\n\nstopped_by\x18\x0b \x01(\t\x12#\n\x1b\x63lient_gradient_evaluations\x18\x0c \x01(\x03\x12G\n\x0f\x63lient_progress\x18\r \x03(\x0b\x32..forsaken.v1.ForgetReceipt.ClientProgressEntry\x12-\n\x08\x65vidence\x18\x0e \x01(\x0b\x32\x1b.forsaken.v1.ForgetEvidence\x12\x31\n\x0bverified_by\x18\x0f \x01(\x0e\x32\x1c.forsaken.v1.ReceiptVerifier\x12\x14\n\x0cinitiated_by\x18\x10 \x01(\t\x12\x11\n\treference\x18\x11 \x01(\t\x12\x0f\n\x07verdict\x18\x12 \x01(\t\x1a\x35\n\x13\x43lientProgressEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"(\n\x13\x46orgetStatusRequest\x12\x11\n\tforget_id\x18\x01 \x01(\t\"\xe2\x02\n\x11\x46orgetRequestInfo\x12\x11\n\tforget_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x17\n\x0f\x63reated_unix_ms\x18\x06 \x01(\x03\x12\x17\n\x0fupdated_unix_ms\x18\x07 \x01(\x03\x12\x13\n\x0bnum_samples\x18\t \x01(\x03\x12\x14\n\x0cinitiated_by\x18\n \x01(\t\x12\x30\n\rforget_method\x18\x0b \x01(\x0e\x32\x19.forsaken.v1.ForgetMethod\x12.\n\x0c\x66orget_state\x18\x0c \x01(\x0e\x32\x18.forsaken.v1.ForgetState\x12+\n\x07receipt\x18\r \x01(\x0b\x32\x1a.forsaken.v1.ForgetReceiptJ\x04\x08\x03\x10\x04J\x04\x08\x04\x10\x05J\x04\x08\x08\x10\tR\x06methodR\x05stateR\x0creceipt_json\"\"\n\x0cLeaveRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x0c\n\nLeaveReply*\x8e\x01\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eTASK_KIND_WAIT\x10\x01\x12\x13\n\x0fTASK_KIND_TRAIN\x10\x02\x12\x12\n\x0eTASK_KIND_STOP\x10\x03\x12\x14\n\x10TASK_KIND_SECAGG\x10\x04\x12\x14\n\x10TASK_KIND_VERIFY\x10\x05*\xc9\x01\n\x0c\x46orgetMethod\x12\x1d\n\x19\x46ORGET_METHOD_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46ORGET_METHOD_FORSAKEN\x10\x01\x12\x15\n\x11\x46ORGET_METHOD_PGA\x10\x02\x12\x19\n\x15\x46ORGET_METHOD_FEDQUIT\x10\x03\x12\x1a\n\x16\x46ORGET_METHOD_FINETUNE\x10\x04\x12\x15\n\x11\x46ORGET_METHOD_NOT\x10\x05\x12\x19\n\x15\x46ORGET_METHOD_RETRAIN\x10\x06*\xef\x01\n\x0b\x46orgetState\x12\x1c\n\x18\x46ORGET_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x46ORGET_STATE_SUBMITTING\x10\x01\x12\x1a\n\x16\x46ORGET_STATE_REQUESTED\x10\x02\x12\x1b\n\x17\x46ORGET_STATE_UNLEARNING\x10\x03\x12\x1b\n\x17\x46ORGET_STATE_RECOVERING\x10\x04\x12\x1a\n\x16\x46ORGET_STATE_VERIFYING\x10\x05\x12\x1a\n\x16\x46ORGET_STATE_COMPLETED\x10\x06\x12\x17\n\x13\x46ORGET_STATE_FAILED\x10\x07*k\n\x0fReceiptVerifier\x12 \n\x1cRECEIPT_VERIFIER_UNSPECIFIED\x10\x00\x12\x19\n\x15RECEIPT_VERIFIER_NODE\x10\x01\x12\x1b\n\x17RECEIPT_VERIFIER_SERVER\x10\x02\x32\xc0\x05\n\x05\x46leet\x12S\n\rJoinChallenge\x12!.forsaken.v1.JoinChallengeRequest\x1a\x1f.forsaken.v1.JoinChallengeReply\x12\x38\n\x04Join\x12\x18.forsaken.v1.JoinRequest\x1a\x16.forsaken.v1.JoinReply\x12;\n\x08PullTask\x12\x1c.forsaken.v1.PullTaskRequest\x1a\x11.forsaken.v1.Task\x12\x42\n\nFetchModel\x12\x1e.forsaken.v1.FetchModelRequest\x1a\x12.forsaken.v1.Chunk0\x01\x12@\n\nPushUpdate\x12\x18.forsaken.v1.UploadChunk\x1a\x16.forsaken.v1.PushReply(\x01\x12@\n\x08\x46orgetMe\x12\x1a.forsaken.v1.ForgetRequest\x1a\x18.forsaken.v1.ForgetReply\x12S\n\x0fGetForgetStatus\x12 .forsaken.v1.ForgetStatusRequest\x1a\x1e.forsaken.v1.ForgetRequestInfo\x12I\n\x0cReportForget\x12\x19.forsaken.v1.ForgetReport\x1a\x1e.forsaken.v1.ForgetRequestInfo\x12\x46\n\nSendSecAgg\x12 .forsaken.v1.SecAggClientMessage\x1a\x16.forsaken.v1.SecAggAck\x12;\n\x05Leave\x12\x19.forsaken.v1.LeaveRequest\x1a\x17.forsaken.v1.LeaveReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'forsaken.v1.fleet_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASKKIND']._serialized_start=2075
-  _globals['_TASKKIND']._serialized_end=2217
+  _globals['_FORGETSTEP_METRICSENTRY']._loaded_options = None
+  _globals['_FORGETSTEP_METRICSENTRY']._serialized_options = b'8\001'
+  _globals['_FORGETEVIDENCE_EXTRAENTRY']._loaded_options = None
+  _globals['_FORGETEVIDENCE_EXTRAENTRY']._serialized_options = b'8\001'
+  _globals['_FORGETRECEIPT_CLIENTPROGRESSENTRY']._loaded_options = None
+  _globals['_FORGETRECEIPT_CLIENTPROGRESSENTRY']._serialized_options = b'8\001'
+  _globals['_TASKKIND']._serialized_start=3854
+  _globals['_TASKKIND']._serialized_end=3996
+  _globals['_FORGETMETHOD']._serialized_start=3999
+  _globals['_FORGETMETHOD']._serialized_end=4200
+  _globals['_FORGETSTATE']._serialized_start=4203
+  _globals['_FORGETSTATE']._serialized_end=4442
+  _globals['_RECEIPTVERIFIER']._serialized_start=4444
+  _globals['_RECEIPTVERIFIER']._serialized_end=4551
   _globals['_JOINCHALLENGEREQUEST']._serialized_start=92
   _globals['_JOINCHALLENGEREQUEST']._serialized_end=114
   _globals['_JOINCHALLENGEREPLY']._serialized_start=116
@@ -45,32 +57,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOINREPLY']._serialized_end=562
   _globals['_PULLTASKREQUEST']._serialized_start=564
   _globals['_PULLTASKREQUEST']._serialized_end=602
-  _globals['_FORGETINSTRUCTION']._serialized_start=604
-  _globals['_FORGETINSTRUCTION']._serialized_end=684
-  _globals['_TASK']._serialized_start=687
-  _globals['_TASK']._serialized_end=1082
-  _globals['_FETCHMODELREQUEST']._serialized_start=1084
-  _globals['_FETCHMODELREQUEST']._serialized_end=1125
-  _globals['_UPLOADHEADER']._serialized_start=1128
-  _globals['_UPLOADHEADER']._serialized_end=1325
-  _globals['_UPLOADCHUNK']._serialized_start=1327
-  _globals['_UPLOADCHUNK']._serialized_end=1409
-  _globals['_PUSHREPLY']._serialized_start=1411
-  _globals['_PUSHREPLY']._serialized_end=1475
-  _globals['_FORGETREQUEST']._serialized_start=1477
-  _globals['_FORGETREQUEST']._serialized_end=1565
-  _globals['_FORGETREPORT']._serialized_start=1568
-  _globals['_FORGETREPORT']._serialized_end=1711
-  _globals['_FORGETREPLY']._serialized_start=1713
-  _globals['_FORGETREPLY']._serialized_end=1760
-  _globals['_FORGETSTATUSREQUEST']._serialized_start=1762
-  _globals['_FORGETSTATUSREQUEST']._serialized_end=1802
-  _globals['_FORGETREQUESTINFO']._serialized_start=1805
-  _globals['_FORGETREQUESTINFO']._serialized_end=2022
-  _globals['_LEAVEREQUEST']._serialized_start=2024
-  _globals['_LEAVEREQUEST']._serialized_end=2058
-  _globals['_LEAVEREPLY']._serialized_start=2060
-  _globals['_LEAVEREPLY']._serialized_end=2072
-  _globals['_FLEET']._serialized_start=2220
-  _globals['_FLEET']._serialized_end=2924
+  _globals['_FORGETINSTRUCTION']._serialized_start=605
+  _globals['_FORGETINSTRUCTION']._serialized_end=733
+  _globals['_TASK']._serialized_start=736
+  _globals['_TASK']._serialized_end=1131
+  _globals['_FETCHMODELREQUEST']._serialized_start=1133
+  _globals['_FETCHMODELREQUEST']._serialized_end=1174
+  _globals['_UPLOADHEADER']._serialized_start=1177
+  _globals['_UPLOADHEADER']._serialized_end=1374
+  _globals['_UPLOADCHUNK']._serialized_start=1376
+  _globals['_UPLOADCHUNK']._serialized_end=1458
+  _globals['_PUSHREPLY']._serialized_start=1460
+  _globals['_PUSHREPLY']._serialized_end=1524
+  _globals['_FORGETREQUEST']._serialized_start=1527
+  _globals['_FORGETREQUEST']._serialized_end=1663
+  _globals['_FORGETSTEP']._serialized_start=1666
+  _globals['_FORGETSTEP']._serialized_end=1811
+  _globals['_FORGETSTEP_METRICSENTRY']._serialized_start=1765
+  _globals['_FORGETSTEP_METRICSENTRY']._serialized_end=1811
+  _globals['_FORGETEVIDENCE']._serialized_start=1814
+  _globals['_FORGETEVIDENCE']._serialized_end=2319
+  _globals['_FORGETEVIDENCE_EXTRAENTRY']._serialized_start=2121
+  _globals['_FORGETEVIDENCE_EXTRAENTRY']._serialized_end=2165
+  _globals['_FORGETFAILURE']._serialized_start=2321
+  _globals['_FORGETFAILURE']._serialized_end=2352
+  _globals['_FORGETREPORT']._serialized_start=2355
+  _globals['_FORGETREPORT']._serialized_end=2689
+  _globals['_FORGETREPLY']._serialized_start=2691
+  _globals['_FORGETREPLY']._serialized_end=2784
+  _globals['_FORGETRECEIPT']._serialized_start=2787
+  _globals['_FORGETRECEIPT']._serialized_end=3402
+  _globals['_FORGETRECEIPT_CLIENTPROGRESSENTRY']._serialized_start=3349
+  _globals['_FORGETRECEIPT_CLIENTPROGRESSENTRY']._serialized_end=3402
+  _globals['_FORGETSTATUSREQUEST']._serialized_start=3404
+  _globals['_FORGETSTATUSREQUEST']._serialized_end=3444
+  _globals['_FORGETREQUESTINFO']._serialized_start=3447
+  _globals['_FORGETREQUESTINFO']._serialized_end=3801
+  _globals['_LEAVEREQUEST']._serialized_start=3803
+  _globals['_LEAVEREQUEST']._serialized_end=3837
+  _globals['_LEAVEREPLY']._serialized_start=3839
+  _globals['_LEAVEREPLY']._serialized_end=3851
+  _globals['_FLEET']._serialized_start=4554
+  _globals['_FLEET']._serialized_end=5258
 # @@protoc_insertion_point(module_scope)

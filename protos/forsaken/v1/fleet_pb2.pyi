@@ -17,12 +17,57 @@ class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_KIND_STOP: _ClassVar[TaskKind]
     TASK_KIND_SECAGG: _ClassVar[TaskKind]
     TASK_KIND_VERIFY: _ClassVar[TaskKind]
+
+class ForgetMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FORGET_METHOD_UNSPECIFIED: _ClassVar[ForgetMethod]
+    FORGET_METHOD_FORSAKEN: _ClassVar[ForgetMethod]
+    FORGET_METHOD_PGA: _ClassVar[ForgetMethod]
+    FORGET_METHOD_FEDQUIT: _ClassVar[ForgetMethod]
+    FORGET_METHOD_FINETUNE: _ClassVar[ForgetMethod]
+    FORGET_METHOD_NOT: _ClassVar[ForgetMethod]
+    FORGET_METHOD_RETRAIN: _ClassVar[ForgetMethod]
+
+class ForgetState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FORGET_STATE_UNSPECIFIED: _ClassVar[ForgetState]
+    FORGET_STATE_SUBMITTING: _ClassVar[ForgetState]
+    FORGET_STATE_REQUESTED: _ClassVar[ForgetState]
+    FORGET_STATE_UNLEARNING: _ClassVar[ForgetState]
+    FORGET_STATE_RECOVERING: _ClassVar[ForgetState]
+    FORGET_STATE_VERIFYING: _ClassVar[ForgetState]
+    FORGET_STATE_COMPLETED: _ClassVar[ForgetState]
+    FORGET_STATE_FAILED: _ClassVar[ForgetState]
+
+class ReceiptVerifier(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RECEIPT_VERIFIER_UNSPECIFIED: _ClassVar[ReceiptVerifier]
+    RECEIPT_VERIFIER_NODE: _ClassVar[ReceiptVerifier]
+    RECEIPT_VERIFIER_SERVER: _ClassVar[ReceiptVerifier]
 TASK_KIND_UNSPECIFIED: TaskKind
 TASK_KIND_WAIT: TaskKind
 TASK_KIND_TRAIN: TaskKind
 TASK_KIND_STOP: TaskKind
 TASK_KIND_SECAGG: TaskKind
 TASK_KIND_VERIFY: TaskKind
+FORGET_METHOD_UNSPECIFIED: ForgetMethod
+FORGET_METHOD_FORSAKEN: ForgetMethod
+FORGET_METHOD_PGA: ForgetMethod
+FORGET_METHOD_FEDQUIT: ForgetMethod
+FORGET_METHOD_FINETUNE: ForgetMethod
+FORGET_METHOD_NOT: ForgetMethod
+FORGET_METHOD_RETRAIN: ForgetMethod
+FORGET_STATE_UNSPECIFIED: ForgetState
+FORGET_STATE_SUBMITTING: ForgetState
+FORGET_STATE_REQUESTED: ForgetState
+FORGET_STATE_UNLEARNING: ForgetState
+FORGET_STATE_RECOVERING: ForgetState
+FORGET_STATE_VERIFYING: ForgetState
+FORGET_STATE_COMPLETED: ForgetState
+FORGET_STATE_FAILED: ForgetState
+RECEIPT_VERIFIER_UNSPECIFIED: ReceiptVerifier
+RECEIPT_VERIFIER_NODE: ReceiptVerifier
+RECEIPT_VERIFIER_SERVER: ReceiptVerifier
 
 class JoinChallengeRequest(_message.Message):
     __slots__ = ()
@@ -81,14 +126,14 @@ class PullTaskRequest(_message.Message):
     def __init__(self, num_samples: _Optional[int] = ...) -> None: ...
 
 class ForgetInstruction(_message.Message):
-    __slots__ = ("forget_id", "method", "sample_ids")
+    __slots__ = ("forget_id", "sample_ids", "forget_method")
     FORGET_ID_FIELD_NUMBER: _ClassVar[int]
-    METHOD_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_IDS_FIELD_NUMBER: _ClassVar[int]
+    FORGET_METHOD_FIELD_NUMBER: _ClassVar[int]
     forget_id: str
-    method: str
     sample_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, forget_id: _Optional[str] = ..., method: _Optional[str] = ..., sample_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    forget_method: ForgetMethod
+    def __init__(self, forget_id: _Optional[str] = ..., sample_ids: _Optional[_Iterable[int]] = ..., forget_method: _Optional[_Union[ForgetMethod, str]] = ...) -> None: ...
 
 class Task(_message.Message):
     __slots__ = ("kind", "task_id", "round", "model_sha256", "train", "deadline_unix_ms", "seed", "retry_after_s", "model", "secagg", "forget", "forget_id", "weight", "total_weight")
@@ -165,40 +210,139 @@ class PushReply(_message.Message):
     def __init__(self, accepted: _Optional[bool] = ..., duplicate: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class ForgetRequest(_message.Message):
-    __slots__ = ("request_id", "sample_ids", "method", "node_id")
+    __slots__ = ("request_id", "sample_ids", "node_id", "forget_method")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_IDS_FIELD_NUMBER: _ClassVar[int]
-    METHOD_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    FORGET_METHOD_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     sample_ids: _containers.RepeatedScalarFieldContainer[int]
-    method: str
     node_id: str
-    def __init__(self, request_id: _Optional[str] = ..., sample_ids: _Optional[_Iterable[int]] = ..., method: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
+    forget_method: ForgetMethod
+    def __init__(self, request_id: _Optional[str] = ..., sample_ids: _Optional[_Iterable[int]] = ..., node_id: _Optional[str] = ..., forget_method: _Optional[_Union[ForgetMethod, str]] = ...) -> None: ...
+
+class ForgetStep(_message.Message):
+    __slots__ = ("gradient_evaluations", "metrics")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    GRADIENT_EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    gradient_evaluations: int
+    metrics: _containers.ScalarMap[str, float]
+    def __init__(self, gradient_evaluations: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class ForgetEvidence(_message.Message):
+    __slots__ = ("mia_auc", "forget_acc", "held_out_acc", "conf_auc", "auc_resolution", "excess_confidence_drop", "excess_confidence_drop_ci95", "validation_acc", "extra")
+    class ExtraEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    MIA_AUC_FIELD_NUMBER: _ClassVar[int]
+    FORGET_ACC_FIELD_NUMBER: _ClassVar[int]
+    HELD_OUT_ACC_FIELD_NUMBER: _ClassVar[int]
+    CONF_AUC_FIELD_NUMBER: _ClassVar[int]
+    AUC_RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    EXCESS_CONFIDENCE_DROP_FIELD_NUMBER: _ClassVar[int]
+    EXCESS_CONFIDENCE_DROP_CI95_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_ACC_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_FIELD_NUMBER: _ClassVar[int]
+    mia_auc: float
+    forget_acc: float
+    held_out_acc: float
+    conf_auc: float
+    auc_resolution: float
+    excess_confidence_drop: float
+    excess_confidence_drop_ci95: float
+    validation_acc: float
+    extra: _containers.ScalarMap[str, float]
+    def __init__(self, mia_auc: _Optional[float] = ..., forget_acc: _Optional[float] = ..., held_out_acc: _Optional[float] = ..., conf_auc: _Optional[float] = ..., auc_resolution: _Optional[float] = ..., excess_confidence_drop: _Optional[float] = ..., excess_confidence_drop_ci95: _Optional[float] = ..., validation_acc: _Optional[float] = ..., extra: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class ForgetFailure(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class ForgetReport(_message.Message):
-    __slots__ = ("request_id", "forget_id", "kind", "metrics", "reason", "model_sha256")
+    __slots__ = ("request_id", "forget_id", "progress", "done", "evidence", "failed", "evidence_model_sha256")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     FORGET_ID_FIELD_NUMBER: _ClassVar[int]
-    KIND_FIELD_NUMBER: _ClassVar[int]
-    METRICS_FIELD_NUMBER: _ClassVar[int]
-    REASON_FIELD_NUMBER: _ClassVar[int]
-    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     forget_id: str
-    kind: str
-    metrics: _containers.RepeatedCompositeFieldContainer[_common_pb2.Metric]
-    reason: str
-    model_sha256: bytes
-    def __init__(self, request_id: _Optional[str] = ..., forget_id: _Optional[str] = ..., kind: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[_common_pb2.Metric, _Mapping]]] = ..., reason: _Optional[str] = ..., model_sha256: _Optional[bytes] = ...) -> None: ...
+    progress: ForgetStep
+    done: ForgetStep
+    evidence: ForgetEvidence
+    failed: ForgetFailure
+    evidence_model_sha256: bytes
+    def __init__(self, request_id: _Optional[str] = ..., forget_id: _Optional[str] = ..., progress: _Optional[_Union[ForgetStep, _Mapping]] = ..., done: _Optional[_Union[ForgetStep, _Mapping]] = ..., evidence: _Optional[_Union[ForgetEvidence, _Mapping]] = ..., failed: _Optional[_Union[ForgetFailure, _Mapping]] = ..., evidence_model_sha256: _Optional[bytes] = ...) -> None: ...
 
 class ForgetReply(_message.Message):
-    __slots__ = ("forget_id", "state")
+    __slots__ = ("forget_id", "forget_state")
     FORGET_ID_FIELD_NUMBER: _ClassVar[int]
-    STATE_FIELD_NUMBER: _ClassVar[int]
+    FORGET_STATE_FIELD_NUMBER: _ClassVar[int]
     forget_id: str
-    state: str
-    def __init__(self, forget_id: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
+    forget_state: ForgetState
+    def __init__(self, forget_id: _Optional[str] = ..., forget_state: _Optional[_Union[ForgetState, str]] = ...) -> None: ...
+
+class ForgetReceipt(_message.Message):
+    __slots__ = ("forget_id", "node_id", "method", "samples", "requested_unix_ms", "completed_unix_ms", "model_sha256_before", "model_sha256_after", "unlearning_rounds", "recovery_rounds", "stopped_by", "client_gradient_evaluations", "client_progress", "evidence", "verified_by", "initiated_by", "reference", "verdict")
+    class ClientProgressEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    FORGET_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SHA256_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SHA256_AFTER_FIELD_NUMBER: _ClassVar[int]
+    UNLEARNING_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    RECOVERY_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    STOPPED_BY_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_GRADIENT_EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_BY_FIELD_NUMBER: _ClassVar[int]
+    INITIATED_BY_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    forget_id: str
+    node_id: str
+    method: ForgetMethod
+    samples: int
+    requested_unix_ms: int
+    completed_unix_ms: int
+    model_sha256_before: bytes
+    model_sha256_after: bytes
+    unlearning_rounds: int
+    recovery_rounds: int
+    stopped_by: str
+    client_gradient_evaluations: int
+    client_progress: _containers.ScalarMap[str, float]
+    evidence: ForgetEvidence
+    verified_by: ReceiptVerifier
+    initiated_by: str
+    reference: str
+    verdict: str
+    def __init__(self, forget_id: _Optional[str] = ..., node_id: _Optional[str] = ..., method: _Optional[_Union[ForgetMethod, str]] = ..., samples: _Optional[int] = ..., requested_unix_ms: _Optional[int] = ..., completed_unix_ms: _Optional[int] = ..., model_sha256_before: _Optional[bytes] = ..., model_sha256_after: _Optional[bytes] = ..., unlearning_rounds: _Optional[int] = ..., recovery_rounds: _Optional[int] = ..., stopped_by: _Optional[str] = ..., client_gradient_evaluations: _Optional[int] = ..., client_progress: _Optional[_Mapping[str, float]] = ..., evidence: _Optional[_Union[ForgetEvidence, _Mapping]] = ..., verified_by: _Optional[_Union[ReceiptVerifier, str]] = ..., initiated_by: _Optional[str] = ..., reference: _Optional[str] = ..., verdict: _Optional[str] = ...) -> None: ...
 
 class ForgetStatusRequest(_message.Message):
     __slots__ = ("forget_id",)
@@ -207,28 +351,28 @@ class ForgetStatusRequest(_message.Message):
     def __init__(self, forget_id: _Optional[str] = ...) -> None: ...
 
 class ForgetRequestInfo(_message.Message):
-    __slots__ = ("forget_id", "node_id", "method", "state", "reason", "created_unix_ms", "updated_unix_ms", "receipt_json", "num_samples", "initiated_by")
+    __slots__ = ("forget_id", "node_id", "reason", "created_unix_ms", "updated_unix_ms", "num_samples", "initiated_by", "forget_method", "forget_state", "receipt")
     FORGET_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
-    METHOD_FIELD_NUMBER: _ClassVar[int]
-    STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     UPDATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
-    RECEIPT_JSON_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     INITIATED_BY_FIELD_NUMBER: _ClassVar[int]
+    FORGET_METHOD_FIELD_NUMBER: _ClassVar[int]
+    FORGET_STATE_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
     forget_id: str
     node_id: str
-    method: str
-    state: str
     reason: str
     created_unix_ms: int
     updated_unix_ms: int
-    receipt_json: str
     num_samples: int
     initiated_by: str
-    def __init__(self, forget_id: _Optional[str] = ..., node_id: _Optional[str] = ..., method: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., updated_unix_ms: _Optional[int] = ..., receipt_json: _Optional[str] = ..., num_samples: _Optional[int] = ..., initiated_by: _Optional[str] = ...) -> None: ...
+    forget_method: ForgetMethod
+    forget_state: ForgetState
+    receipt: ForgetReceipt
+    def __init__(self, forget_id: _Optional[str] = ..., node_id: _Optional[str] = ..., reason: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., updated_unix_ms: _Optional[int] = ..., num_samples: _Optional[int] = ..., initiated_by: _Optional[str] = ..., forget_method: _Optional[_Union[ForgetMethod, str]] = ..., forget_state: _Optional[_Union[ForgetState, str]] = ..., receipt: _Optional[_Union[ForgetReceipt, _Mapping]] = ...) -> None: ...
 
 class LeaveRequest(_message.Message):
     __slots__ = ("request_id",)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from forsaken.v1 import fleet_pb2 as forsaken_dot_v1_dot_fleet__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66orsaken/v1/owner.proto\x12\x0b\x66orsaken.v1\x1a\x17\x66orsaken/v1/fleet.proto\"L\n\x12OwnerForgetRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nsample_ids\x18\x02 \x03(\x03\x12\x0e\n\x06method\x18\x03 \x01(\t\"4\n\x10OwnerForgetReply\x12\x11\n\tforget_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\"\x14\n\x12OwnerStatusRequest\"\xf4\x01\n\x0bOwnerStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06server\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x13\n\x0bnum_samples\x18\x04 \x01(\x03\x12\x18\n\x10held_out_samples\x18\x05 \x01(\x03\x12\x18\n\x10\x65xcluded_samples\x18\x06 \x01(\x03\x12\x1b\n\x13rounds_participated\x18\x07 \x01(\x03\x12\x12\n\nlast_round\x18\x08 \x01(\x03\x12\x37\n\x0f\x66orget_requests\x18\t \x03(\x0b\x32\x1e.forsaken.v1.ForgetRequestInfo2\x96\x01\n\x05Owner\x12H\n\x06\x46orget\x12\x1f.forsaken.v1.OwnerForgetRequest\x1a\x1d.forsaken.v1.OwnerForgetReply\x12\x43\n\x06Status\x12\x1f.forsaken.v1.OwnerStatusRequest\x1a\x18.forsaken.v1.OwnerStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66orsaken/v1/owner.proto\x12\x0b\x66orsaken.v1\x1a\x17\x66orsaken/v1/fleet.proto\"|\n\x12OwnerForgetRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nsample_ids\x18\x02 \x03(\x03\x12\x30\n\rforget_method\x18\x04 \x01(\x0e\x32\x19.forsaken.v1.ForgetMethodJ\x04\x08\x03\x10\x04R\x06method\"b\n\x10OwnerForgetReply\x12\x11\n\tforget_id\x18\x01 \x01(\t\x12.\n\x0c\x66orget_state\x18\x03 \x01(\x0e\x32\x18.forsaken.v1.ForgetStateJ\x04\x08\x02\x10\x03R\x05state\"\x14\n\x12OwnerStatusRequest\"\xf4\x01\n\x0bOwnerStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06server\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x13\n\x0bnum_samples\x18\x04 \x01(\x03\x12\x18\n\x10held_out_samples\x18\x05 \x01(\x03\x12\x18\n\x10\x65xcluded_samples\x18\x06 \x01(\x03\x12\x1b\n\x13rounds_participated\x18\x07 \x01(\x03\x12\x12\n\nlast_round\x18\x08 \x01(\x03\x12\x37\n\x0f\x66orget_requests\x18\t \x03(\x0b\x32\x1e.forsaken.v1.ForgetRequestInfo2\x96\x01\n\x05Owner\x12H\n\x06\x46orget\x12\x1f.forsaken.v1.OwnerForgetRequest\x1a\x1d.forsaken.v1.OwnerForgetReply\x12\x43\n\x06Status\x12\x1f.forsaken.v1.OwnerStatusRequest\x1a\x18.forsaken.v1.OwnerStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,13 +33,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'forsaken.v1.owner_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_OWNERFORGETREQUEST']._serialized_start=65
-  _globals['_OWNERFORGETREQUEST']._serialized_end=141
-  _globals['_OWNERFORGETREPLY']._serialized_start=143
-  _globals['_OWNERFORGETREPLY']._serialized_end=195
-  _globals['_OWNERSTATUSREQUEST']._serialized_start=197
-  _globals['_OWNERSTATUSREQUEST']._serialized_end=217
-  _globals['_OWNERSTATUS']._serialized_start=220
-  _globals['_OWNERSTATUS']._serialized_end=464
-  _globals['_OWNER']._serialized_start=467
-  _globals['_OWNER']._serialized_end=617
+  _globals['_OWNERFORGETREQUEST']._serialized_end=189
+  _globals['_OWNERFORGETREPLY']._serialized_start=191
+  _globals['_OWNERFORGETREPLY']._serialized_end=289
+  _globals['_OWNERSTATUSREQUEST']._serialized_start=291
+  _globals['_OWNERSTATUSREQUEST']._serialized_end=311
+  _globals['_OWNERSTATUS']._serialized_start=314
+  _globals['_OWNERSTATUS']._serialized_end=558
+  _globals['_OWNER']._serialized_start=561
+  _globals['_OWNER']._serialized_end=711
 # @@protoc_insertion_point(module_scope)

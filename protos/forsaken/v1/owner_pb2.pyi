@@ -8,22 +8,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class OwnerForgetRequest(_message.Message):
-    __slots__ = ("request_id", "sample_ids", "method")
+    __slots__ = ("request_id", "sample_ids", "forget_method")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_IDS_FIELD_NUMBER: _ClassVar[int]
-    METHOD_FIELD_NUMBER: _ClassVar[int]
+    FORGET_METHOD_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     sample_ids: _containers.RepeatedScalarFieldContainer[int]
-    method: str
-    def __init__(self, request_id: _Optional[str] = ..., sample_ids: _Optional[_Iterable[int]] = ..., method: _Optional[str] = ...) -> None: ...
+    forget_method: _fleet_pb2.ForgetMethod
+    def __init__(self, request_id: _Optional[str] = ..., sample_ids: _Optional[_Iterable[int]] = ..., forget_method: _Optional[_Union[_fleet_pb2.ForgetMethod, str]] = ...) -> None: ...
 
 class OwnerForgetReply(_message.Message):
-    __slots__ = ("forget_id", "state")
+    __slots__ = ("forget_id", "forget_state")
     FORGET_ID_FIELD_NUMBER: _ClassVar[int]
-    STATE_FIELD_NUMBER: _ClassVar[int]
+    FORGET_STATE_FIELD_NUMBER: _ClassVar[int]
     forget_id: str
-    state: str
-    def __init__(self, forget_id: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
+    forget_state: _fleet_pb2.ForgetState
+    def __init__(self, forget_id: _Optional[str] = ..., forget_state: _Optional[_Union[_fleet_pb2.ForgetState, str]] = ...) -> None: ...
 
 class OwnerStatusRequest(_message.Message):
     __slots__ = ()
