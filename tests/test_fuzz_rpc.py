@@ -322,8 +322,14 @@ class Fuzzer:
         self.cluster.stop()
 
 
+def _is_map(f: FieldDescriptor) -> bool:
+    return f.type == FieldDescriptor.TYPE_MESSAGE and f.message_type.GetOptions().map_entry
+
+
 def _substitute(msg: Message, values: dict[str, str]) -> None:
     for f, value in msg.ListFields():
+        if _is_map(f):
+            continue  # metric names: nothing there names a node, task or request
         if f.type == FieldDescriptor.TYPE_MESSAGE:
             for sub in value if f.is_repeated else [value]:
                 _substitute(sub, values)
@@ -402,6 +408,10 @@ def generic_message(descriptor: Descriptor, depth: int = 0) -> st.SearchStrategy
     cls = message_factory.GetMessageClass(descriptor)
     optional: dict[str, st.SearchStrategy[Any]] = {}
     for f in descriptor.fields:
+        if _is_map(f):  # a map is set from a dict of its key and value types
+            key, val = f.message_type.fields_by_name["key"], f.message_type.fields_by_name["value"]
+            optional[f.name] = st.dictionaries(_SCALARS[key.type], _SCALARS[val.type], max_size=3)
+            continue
         if f.type == FieldDescriptor.TYPE_MESSAGE:
             if depth >= 3:
                 continue
