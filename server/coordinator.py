@@ -4,8 +4,12 @@ An event-driven state machine: the runtime (and the tests) call `poll`, `submit`
 `secagg_message` and `tick(now)`; the coordinator answers with tasks, outcomes and events. It
 never sleeps, never reads a clock and never touches the network. Its parts each own one
 concern: `registry` (members, liveness, faults), `model` (the global model, checkpoints,
-resume), `forgets` (the forget lifecycle), `guard` (refusing a collapsing round); the update
-checks live in `update_checks`, secure sessions in `secure_round`.
+resume), `forgets` (the forget lifecycle) and `forget_rounds` (where it meets rounds: starting
+a request, verification models, an operator's forget), `guard` (refusing a collapsing round),
+`closer` (from an aggregate to a recorded round, `round_close`). Who takes part and with what
+weight is `selection`; what a node sends is checked by `submissions` and `update_checks`;
+secure sessions live in `secure_round`. The RPC edge calls these parts directly, under the
+runtime's one lock, where a call is only theirs (a forget request, a revocation).
 
 Round life: WAITING (until `min_clients` are live) -> TRAINING (sampled clients fetch the
 model, train and push updates, in plaintext or through the secure stages, until all delivered
@@ -16,44 +20,30 @@ aborted, with its reason, and retried.
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
 
-from forsaken.common.errors import (
-    ConfigError,
-    DuplicateRequest,
-    InvalidPayload,
-    MemberFault,
-    PermissionDenied,
-    StaleRequest,
-    UnknownEntity,
-    WrongStage,
-)
-from forsaken.common.fedavg import weighted_average
-from forsaken.common.forget_reports import EvidenceReport, ForgetReport
-from forsaken.common.round_tasks import AnyTask, SecAggTask, StopTask, TrainTask, VerifyTask
-from forsaken.common.secagg.messages import MaskedInput
+from forsaken.common.errors import ConfigError
+from forsaken.common.round_tasks import AnyTask, SecAggTask, StopTask, TrainTask
 from forsaken.common.secagg.messages import Stage as SecAggStage
 from forsaken.common.secagg.setup import SetupInfo
-from forsaken.common.tensors import TensorSpec, from_bytes
+from forsaken.common.tensors import TensorSpec
 from forsaken.common.types import ModelSpec, TrainSettings
-from forsaken.common.unlearning.negation import negate
-from forsaken.common.update_bound import check_aggregate
-from forsaken.server import retention, update_checks
+from forsaken.server import update_checks
 from forsaken.server.checkpoints import CheckpointStore
+from forsaken.server.forget_rounds import ForgetRounds
 from forsaken.server.forgetting import ForgetManager, ForgetPolicy
 from forsaken.server.global_model import GlobalModel, lineage_accuracies
-from forsaken.server.ledger import ForgetRecord, ForgetState, Ledger, RoundStatus
+from forsaken.server.ledger import Ledger
 from forsaken.server.model_guard import GuardSettings, RegressionGuard
 from forsaken.server.policy import RoundPolicy
 from forsaken.server.registry import ClientRegistry
+from forsaken.server.round_close import Aggregate, Refused, RoundCloser, plain_aggregate
 from forsaken.server.rounds import (
     AbortCause,
-    Accepted,
     Evaluator,
     Event,
     Finished,
@@ -65,14 +55,12 @@ from forsaken.server.rounds import (
     StatusView,
     Submission,
     SubmitOutcome,
-    mean_metrics,
-    round_record,
 )
 from forsaken.server.secure_round import ClientStageMessage, SecureRound, SecureSettings
+from forsaken.server.selection import round_weight, select_participants
+from forsaken.server.submissions import open_round_for, take_secagg, take_update
 
 log = logging.getLogger(__name__)
-
-MAX_VERIFY_MODELS = 16  # models a verification may still be measured on
 
 
 class Coordinator:
@@ -100,8 +88,7 @@ class Coordinator:
         if secure is not None:
             secure.validate()
         self.policy, self.train, self.secure = policy, train, secure
-        self.ledger, self.checkpoints = ledger, checkpoints
-        self.keep_checkpoints = keep_checkpoints  # 0: keep every checkpoint (server/retention.py)
+        self.ledger = ledger
         self.registry = ClientRegistry(ledger, policy.liveness_s, quarantine_after)
         self.forgets = ForgetManager(ledger, forget_policy or ForgetPolicy(), now_ms)
         self.model = GlobalModel(ledger, checkpoints, model_spec, tensors, evaluator)
@@ -111,13 +98,23 @@ class Coordinator:
         guard = guard or GuardSettings()
         history = lineage_accuracies(ledger, self.model.sha256, guard.window)
         self.guard = RegressionGuard(guard, history)
+        self.forget_rounds = ForgetRounds(
+            self.forgets, self.model, self.guard, self.registry, ledger
+        )
+        self.closer = RoundCloser(
+            self.model,
+            self.guard,
+            ledger,
+            checkpoints,
+            self.registry,
+            self.forgets,
+            train.max_update_norm,
+            keep_checkpoints,
+        )
         self._round: OpenRound | None = None
         self._attempt = 0
         self._last_abort = ""
         self._missed: frozenset[str] = frozenset()  # unanswered in this round's attempts
-        # forget id -> the models sent to its node to verify on (newest last; memory only: after
-        # a restart the node is simply sent the current model again)
-        self._verify_models: dict[str, list[str]] = {}
         # (node, request id) of what the last finished round accepted, so a late retry of it
         # is told "duplicate" rather than that the round has closed.
         self._answered_last: frozenset[tuple[str, str]] = frozenset()
@@ -166,15 +163,7 @@ class Coordinator:
             return StopTask()
         rnd = self._round
         if rnd is None or node_id not in rnd.selected or node_id in rnd.accepted:
-            rec = self.forgets.verify_for(node_id)
-            if rec is None:
-                return None
-            # Remembered so that evidence measured on this model still counts after later
-            # rounds move on: a node verifying a large model can take longer than a round.
-            issued = self._verify_models.setdefault(rec.forget_id, [])
-            if self.model.sha256 not in issued:
-                issued[:] = [*issued[-(MAX_VERIFY_MODELS - 1) :], self.model.sha256]
-            return VerifyTask(rec.forget_id, self.model.sha256, self.model.completed)
+            return self.forget_rounds.verify_task(node_id)
         head = (rnd.task_id(node_id), rnd.number, rnd.base_sha, self.train)
         weight, total = rnd.weights[node_id], sum(rnd.weights.values())
         forget = self.forgets.instruction_for(node_id)
@@ -203,64 +192,10 @@ class Coordinator:
             total_weight=total,
         )
 
-    # ---- forget requests that need more than the forget lifecycle ------------------------
-
-    def forget_request(
-        self,
-        caller: str,
-        node_id: str,
-        request_id: str,
-        sample_ids: tuple[int, ...],
-        method: str,
-        now_ms: int,
-        admit: Callable[[], None] | None = None,
-    ) -> tuple[ForgetRecord, bool]:
-        self.registry.seen(caller, None, now_ms)
-        most = self.registry.most_declared(caller)
-        return self.forgets.request(
-            caller, node_id, request_id, sample_ids, method, now_ms, max_samples=most, admit=admit
-        )
-
-    def operator_forget(
-        self, operator: str, node_id: str, request_id: str, method: str, reason: str, now_ms: int
-    ) -> tuple[ForgetRecord, bool]:
-        """An operator asks to forget a revoked node, which can no longer ask for itself."""
-        if self.ledger.client(node_id) is None:
-            raise UnknownEntity(f"no client {node_id} has ever joined")
-        if not self.registry.is_revoked(node_id):
-            raise WrongStage(
-                f"node {node_id} is not revoked: a live node keeps training on its data, so "
-                f"revoke it first (`forsaken admin revoke {node_id}`) or let it ask itself"
-            )
-        return self.forgets.operator_request(operator, node_id, request_id, method, reason, now_ms)
-
-    def forget_report(self, caller: str, report: ForgetReport, now_ms: int) -> ForgetRecord:
-        self.registry.seen(caller, None, now_ms)
-        forget_id, body = report.forget_id, report.body
-        sent = self._verify_models.get(forget_id, ())
-        if isinstance(body, EvidenceReport) and body.model_sha256 not in (self.model.sha256, *sent):
-            raise StaleRequest(
-                "evidence must be measured on the current global model or on one this server "
-                "sent for this request's verification"
-            )
-        rec = self.forgets.on_report(caller, report, now_ms)
-        if rec.state.terminal:
-            self._verify_models.pop(forget_id, None)
-        return rec
-
     # ---- what a node sends ---------------------------------------------------------------
 
     def _open_round(self, node_id: str, round_: int, task_id: str) -> OpenRound:
-        rnd = self._round
-        if rnd is None or round_ != rnd.number:
-            if round_ > self.model.completed + 1 or round_ < 1:
-                raise UnknownEntity(f"round {round_} does not exist")
-            raise StaleRequest(f"round {round_} is not open for updates")
-        if node_id not in rnd.selected:
-            raise PermissionDenied(f"node {node_id} was not selected for round {rnd.number}")
-        if task_id != rnd.task_id(node_id):
-            raise StaleRequest(f"task {task_id!r} is not this node's open task")
-        return rnd
+        return open_round_for(self._round, self.model.completed, node_id, round_, task_id)
 
     def admit_upload(
         self,
@@ -286,29 +221,7 @@ class Coordinator:
         if (node_id, sub.request_id) in self._answered_last:
             return SubmitOutcome(accepted=True, duplicate=True)
         rnd = self._open_round(node_id, sub.round, sub.task_id)
-        try:
-            if rnd.secure is not None:
-                update_checks.check_base(rnd, sub)
-                update_checks.check_tensors(rnd, sub.tensors, self.tensors)
-                masked = MaskedInput(from_bytes(sub.payload, sub.tensors))
-                return SubmitOutcome(True, rnd.secure.receive(node_id, sub.request_id, masked))
-            held = rnd.accepted.get(node_id)
-            if held is not None:
-                if held.request_id == sub.request_id:
-                    return SubmitOutcome(accepted=True, duplicate=True)
-                raise DuplicateRequest(
-                    f"node {node_id} already pushed an update for round {rnd.number}"
-                )
-            update_checks.check_base(rnd, sub)
-            declared = max(rnd.weights.get(node_id, 0), self.registry.samples(node_id, 0))
-            update = update_checks.plain_update(
-                node_id, rnd, sub, self.tensors, declared, self.train.max_update_norm
-            )
-        except MemberFault as fault:
-            self.registry.fault(fault, rnd.number, now_ms)
-            raise
-        rnd.accepted[node_id] = Accepted(sub.request_id, sub.num_samples, dict(sub.metrics), update)
-        return SubmitOutcome(accepted=True, duplicate=False)
+        return take_update(rnd, node_id, sub, self.tensors, self.registry, self.train, now_ms)
 
     def secagg_message(
         self,
@@ -324,14 +237,7 @@ class Coordinator:
         if (node_id, request_id) in self._answered_last:
             return SubmitOutcome(accepted=True, duplicate=True)
         rnd = self._open_round(node_id, round_, task_id)
-        if rnd.secure is None:
-            raise WrongStage("this round uses plaintext aggregation")
-        try:
-            duplicate = rnd.secure.receive(node_id, request_id, message)
-        except MemberFault as fault:
-            self.registry.fault(fault, rnd.number, now_ms)
-            raise
-        return SubmitOutcome(accepted=True, duplicate=duplicate)
+        return take_secagg(rnd, node_id, request_id, message, self.registry, now_ms)
 
     # ---- the round lifecycle -------------------------------------------------------------
 
@@ -345,22 +251,12 @@ class Coordinator:
             return self._maybe_start(now_ms)
         if rnd.secure is not None:
             return self._tick_secure(rnd, now_ms)
-        if len(rnd.accepted) < len(rnd.selected) and now_ms < rnd.deadline_ms:
+        outcome = plain_aggregate(rnd, self.policy.min_completed, now_ms)
+        if outcome is None:
             return []
-        if len(rnd.accepted) < self.policy.min_completed:
-            shortfall = (
-                f"deadline passed with {len(rnd.accepted)} of {len(rnd.selected)} updates; "
-                f"{self.policy.min_completed} needed"
-            )
-            return [self._abort(rnd, now_ms, shortfall)]
-        accepted = rnd.accepted.values()
-        total = sum(a.num_samples for a in accepted)
-        if total == 0:
-            return [self._abort(rnd, now_ms, "no participant reported any samples")]
-        delta = weighted_average([(a.update, a.num_samples) for a in accepted])
-        return self._finish(
-            rnd, delta, total, tuple(sorted(rnd.accepted)), mean_metrics(accepted), now_ms
-        )
+        if isinstance(outcome, str):
+            return [self._abort(rnd, now_ms, outcome)]
+        return self._finish(rnd, outcome, now_ms)
 
     def _tick_secure(self, rnd: OpenRound, now_ms: int) -> list[Event]:
         secure = rnd.secure
@@ -385,30 +281,23 @@ class Coordinator:
         if len(res.survivors) < self.policy.min_completed:
             reason = f"only {len(res.survivors)} survivors; {self.policy.min_completed} needed"
             return [self._abort(rnd, now_ms, reason)]
-        return self._finish(
-            rnd, res.delta, res.total_weight, res.survivors, {}, now_ms, res.quantization_slack
-        )
+        agg = Aggregate(res.delta, res.total_weight, res.survivors, {}, res.quantization_slack)
+        return self._finish(rnd, agg, now_ms)
 
     def _maybe_start(self, now_ms: int) -> list[Event]:
-        negated = None
-        if self.forgets.needs_negated_model():
-            # NoT: the ledger names the negated model's checkpoint before anything uses it.
-            negated = self.model.store(
-                negate(self.model.vector, self.tensors), self.model.completed
-            )
-        rollback = self.forgets.begin(self.model.sha256, self.model.completed, now_ms, negated)
-        if rollback is not None:
-            self._roll_back(rollback)
-        if self._finished and not self._forget_needs_rounds():
+        self.forget_rounds.start_next(now_ms)
+        if self._finished and not self.forget_rounds.needs_rounds():
             return []
         number = self.model.completed + 1
-        selected = self._select(number, now_ms)
+        selected = select_participants(
+            self.policy, self.registry, self.forgets, self._missed, number, self._attempt, now_ms
+        )
         if selected is None:
             return []
         deadline = now_ms + int(self.policy.round_timeout_s * 1000)
         rnd = OpenRound(number, self._attempt, selected, self.model.sha256, now_ms, deadline)
         rnd.forget_node = next((n for n in selected if self.forgets.instruction_for(n)), "")
-        rnd.weights = {n: self._weight(n, rnd.forget_node) for n in selected}
+        rnd.weights = {n: round_weight(self.registry, n, rnd.forget_node) for n in selected}
         self._round = rnd
         log.info("round %d (attempt %d) started with %d nodes", number, rnd.attempt, len(selected))
         if self.secure is not None:
@@ -428,117 +317,29 @@ class Coordinator:
                 return [self._abort(rnd, now_ms, reason, AbortCause.SECAGG)]
         return [RoundStarted(number, rnd.attempt, selected)]
 
-    def _select(self, number: int, now_ms: int) -> tuple[str, ...] | None:
-        """The round's participants, or None while too few nodes can take part."""
-        everyone = self.registry.live(now_ms)
-        # A node that spoiled an attempt of this round sits out its retries; one that has no
-        # samples left (it forgot them all) has nothing to train on and no longer counts
-        # towards the quorum either.
-        excluded = self.forgets.excluded_nodes() | self.registry.faults.spoiled(number)
-        live = [
-            n
-            for n in everyone
-            if n not in excluded
-            and (self.registry.samples(n) > 0 or self.forgets.instruction_for(n) is not None)
-        ]
-        needed = max(
-            self.policy.min_completed, self.policy.min_clients - (len(everyone) - len(live))
-        )
-        if len(live) < needed:
-            return None
-        # Nodes that left an earlier attempt unanswered sit its retries out while enough others
-        # remain: a live but unresponsive node cannot stall the round.
-        responsive = [n for n in live if n not in self._missed]
-        if len(responsive) >= needed:
-            live = responsive
-        # The node uploading forget steps takes part in every round until it is done.
-        forgetter = [n for n in live if self.forgets.instruction_for(n) is not None]
-        return self.policy.sample(live, number, self._attempt, required=forgetter)
-
-    def _weight(self, node_id: str, forget_node: str) -> int:
-        """The FedAvg weight this round announces for a node: the count it declares, except
-        that the node uploading forget steps keeps the most it ever declared (its weight from
-        before the request), so its steps land with the share its training had. After a
-        server restart mid-request only the ledger's count is known; at least 1 keeps the
-        step's scale W / w consistent, whatever w is."""
-        if node_id == forget_node:
-            return max(1, self.registry.most_declared(node_id))
-        return max(0, self.registry.samples(node_id))
-
-    def _finish(
-        self,
-        rnd: OpenRound,
-        delta: np.ndarray,
-        total: int,
-        participants: tuple[str, ...],
-        metrics: Mapping[str, float],
-        now_ms: int,
-        slack: float = 0.0,
-    ) -> list[Event]:
-        """Bound, apply and judge the aggregate; then checkpoint, then record."""
-        try:
-            bound, forgetting = self.train.max_update_norm, bool(rnd.forget_node)
-            norm = check_aggregate(delta, bound, forget_round=forgetting, slack=slack)
-        except InvalidPayload as exc:
-            reason = f"refused: {exc}; the previous model is kept"
-            return [self._abort(rnd, now_ms, reason, AbortCause.REFUSED)]
-        vector = (self.model.vector + delta).astype(np.float32)
-        evaluation = self.model.evaluate(vector)
-        refusal = self.guard.refusal(evaluation, evaluated=self.model.evaluator is not None)
-        if refusal is not None:
-            return [self._abort(rnd, now_ms, refusal, AbortCause.REFUSED)]
-        sha = self.model.store(vector, rnd.number)
-        record = round_record(
-            rnd,
-            now_ms,
-            status=RoundStatus.COMPLETED,
-            participants=participants,
-            model_sha256=sha,
-            total_samples=total,
-            evaluation=evaluation,
-            metrics={**metrics, "update_norm": norm},
-            reason=self.registry.faults.notes(rnd.number),
-        )
-        # Ledger after checkpoint: a crash in between leaves an orphan blob, never a dangling row.
-        self.ledger.record_round(record)
-        acc = evaluation.accuracy if evaluation else None
-        self.model.adopt(vector, sha, rnd.number, acc)
-        self.guard.committed(evaluation)
+    def _finish(self, rnd: OpenRound, agg: Aggregate, now_ms: int) -> list[Event]:
+        outcome = self.closer.commit(rnd, agg, now_ms)
+        if isinstance(outcome, Refused):
+            return [self._abort(rnd, now_ms, outcome.reason, AbortCause.REFUSED)]
         self._answered_last = (
             rnd.secure.answered()
             if rnd.secure
             else frozenset((node, a.request_id) for node, a in rnd.accepted.items())
         )
-        self.forgets.on_round_completed(participants, now_ms, sha, acc)
-        retention.collect(
-            self.ledger, self.checkpoints, self.keep_checkpoints, rnd.number, self.model.sha256
-        )
         self._round, self._attempt, self._last_abort, self._missed = None, 0, "", frozenset()
-        events: list[Event] = [RoundCompleted(record)]
+        events: list[Event] = [RoundCompleted(outcome)]
         if self._is_done() and not self._finished:
             self._finished = True
             events.append(Finished(self.model.completed))
-        shown = "n/a" if acc is None else f"{acc:.4f}"
-        log.info(
-            "round %d completed with %d updates (acc=%s)", rnd.number, len(participants), shown
-        )
         return events
 
     def _abort(
         self, rnd: OpenRound, now_ms: int, reason: str, cause: AbortCause = AbortCause.SHORTFALL
     ) -> RoundAborted:
-        record = round_record(
-            rnd,
-            now_ms,
-            status=RoundStatus.ABORTED,
-            participants=tuple(sorted(rnd.accepted)),
-            reason=reason,
-        )
-        self.ledger.record_round(record)
+        record = self.closer.record_abort(rnd, reason, now_ms)
         unanswered = frozenset(rnd.selected) - frozenset(rnd.accepted)
         self._missed |= rnd.secure.missing if rnd.secure is not None else unanswered
         self._round, self._attempt, self._last_abort = None, rnd.attempt + 1, reason
-        log.warning("round %d attempt %d aborted: %s", rnd.number, rnd.attempt, reason)
         return RoundAborted(record, cause)
 
     # ---- helpers --------------------------------------------------------------------------
@@ -549,22 +350,3 @@ class Coordinator:
 
     def _is_done(self) -> bool:
         return self.policy.rounds > 0 and self.model.completed >= self.policy.rounds
-
-    def _forget_needs_rounds(self) -> bool:
-        rec = self.forgets.active()
-        return rec is not None and rec.state in (ForgetState.UNLEARNING, ForgetState.RECOVERING)
-
-    def _roll_back(self, rec: ForgetRecord) -> None:
-        """`retrain`: restart from the last model before the node's first contribution;
-        `not`: continue from the negated model."""
-        sha = json.loads(rec.progress_json)["rollback_model"]
-        self.model.roll_back(sha)
-        # From now on the guard compares retrained models with the rolled-back one.
-        self.guard.restart(self.model.evaluate(self.model.vector))
-        log.warning(
-            "forget %s (%s): the model is now %s; training continues without node %s",
-            rec.forget_id,
-            rec.method,
-            sha[:12],
-            rec.node_id,
-        )

@@ -25,6 +25,7 @@ from forsaken.common.structure import check_agreement
 from forsaken.common.tensors import TensorSpec
 from forsaken.common.types import ModelSpec
 from forsaken.common.wire_round_tasks import task_to_proto
+from forsaken.server.coordinator import Coordinator
 from forsaken.server.join_challenges import ChallengeBook
 from forsaken.server.ledger import ForgetRecord, Ledger, RoundRecord
 from forsaken.server.limits import CallQuota, RateLimiter
@@ -267,11 +268,22 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         admit = None if limit is None else lambda: limit.check(node)
         ids = tuple(request.sample_ids)
         method = wire_forget.optional_method_from_proto(request.forget_method) or ""
-        record, _ = self.runtime.call(
-            lambda c, now: c.forget_request(
-                node, request.node_id, request.request_id, ids, method, now, admit
+
+        def ask(c: Coordinator, now: int) -> tuple[ForgetRecord, bool]:
+            c.registry.seen(node, None, now)
+            most = c.registry.most_declared(node)  # a node cannot forget more than it had
+            return c.forgets.request(
+                node,
+                request.node_id,
+                request.request_id,
+                ids,
+                method,
+                now,
+                max_samples=most,
+                admit=admit,
             )
-        )
+
+        record, _ = self.runtime.call(ask)
         return fleet_pb2.ForgetReply(
             forget_id=record.forget_id, forget_state=wire_forget.state_to_proto(record.state)
         )
@@ -290,7 +302,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     ) -> fleet_pb2.ForgetRequestInfo:
         node = self._node(context)
         report = wire_forget.report_from_proto(request)
-        record = self.runtime.call(lambda c, now: c.forget_report(node, report, now))
+        record = self.runtime.call(lambda c, now: c.forget_rounds.report(node, report, now))
         return forget_to_proto(record)
 
     @rpc_method
@@ -469,7 +481,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         operator = self._operator(context)
         method = wire_forget.optional_method_from_proto(request.forget_method) or ""
         record, _ = self.runtime.call(
-            lambda c, now: c.operator_forget(
+            lambda c, now: c.forget_rounds.operator_request(
                 operator, request.node_id, request.request_id, method, request.reason, now
             )
         )

@@ -293,7 +293,7 @@ def test_not_replaces_the_model_with_its_negated_first_layers() -> None:
         coord.submit(node, submission(coord, node, np.ones(D, np.float32), 10, rid=node), 2)
     coord.tick(3)
     before = coord.model.vector.copy()
-    coord.forget_request("a", "a", "req", (), "not", 4)
+    coord.forgets.request("a", "a", "req", (), "not", 4)
     (started,) = coord.tick(5)
     assert isinstance(started, RoundStarted) and "a" not in started.selected
     # Both tensors of this two-layer toy model count as "the first two layers".
@@ -322,7 +322,7 @@ def test_evidence_on_a_model_sent_for_verification_counts_after_rounds_move_on()
     coord = make(RoundPolicy(rounds=20, min_clients=2, min_completed=2, round_timeout_s=10))
     joined(coord, "a", "b", "c")
     _one_round(coord, 10, "t")
-    rec, _ = coord.forget_request("a", "a", "req", (), "finetune", 20)
+    rec, _ = coord.forgets.request("a", "a", "req", (), "finetune", 20)
     now = 30
     while coord.forgets.verify_for("a") is None:
         _one_round(coord, now, f"r{now}")
@@ -334,8 +334,10 @@ def test_evidence_on_a_model_sent_for_verification_counts_after_rounds_move_on()
     assert coord.model.sha256 != sent
     evidence = {"mia_auc": 0.5, "forget_acc": 0.9, "held_out_acc": 0.9}
     with pytest.raises(StaleRequest, match="one this server sent"):
-        coord.forget_report(
+        coord.forget_rounds.report(
             "a", report(rec.forget_id, "evidence", evidence, "", "ee" * 32), now + 20
         )
-    done = coord.forget_report("a", report(rec.forget_id, "evidence", evidence, "", sent), now + 21)
+    done = coord.forget_rounds.report(
+        "a", report(rec.forget_id, "evidence", evidence, "", sent), now + 21
+    )
     assert done.state.terminal and json.loads(done.receipt_json)["model_sha256_after"] == sent

@@ -207,7 +207,7 @@ def test_daemon_exports_forget_requests_by_state(tmp_path) -> None:  # type: ign
     )
     daemon = ServerDaemon(config, model=SyntheticModel(10))
     daemon.ledger.upsert_client(ClientRecord("a" * 32, b"k" * 32))
-    daemon.coordinator.forget_request("a" * 32, "", "req", (), "forsaken", 0)
+    daemon.coordinator.forgets.request("a" * 32, "", "req", (), "forsaken", 0)
     daemon.start()
     try:
         assert daemon.metrics_server is not None
