@@ -30,6 +30,14 @@ SERVER_CORE = {
     "server/ledger.py",
     "server/secure_round.py",
     "server/checkpoints.py",
+    "server/selection.py",
+    "server/submissions.py",
+    "server/round_close.py",
+    "server/forget_rounds.py",
+    "server/forget_lifecycle.py",
+    "server/forget_state.py",
+    "server/forget_strategies.py",
+    "server/forget_receipts.py",
 }
 
 
