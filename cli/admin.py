@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import grpc
 
+from forsaken.cli.status import add_operator_arguments, admin_channel, explain_rpc_error
 from forsaken.common.exitcodes import ExitCode
-from forsaken.status import add_operator_arguments, admin_channel, explain_rpc_error
 from forsaken.v1 import admin_pb2, admin_pb2_grpc, fleet_pb2
 
 TERMINAL = ("completed", "failed")

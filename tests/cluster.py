@@ -11,8 +11,8 @@ from typing import Any
 
 import grpc
 
-from forsaken.procs import forsaken_command, free_port, spawn, terminate, wait_healthy
-from forsaken.status import fetch_status
+from forsaken.cli.status import fetch_status
+from forsaken.launch import forsaken_command, free_port, spawn, terminate, wait_healthy
 
 
 class Cluster:

@@ -699,7 +699,7 @@ def any_action(with_signed_joins: bool = True) -> st.SearchStrategy[Action]:
 
 
 class SafeCluster(Cluster):
-    """The Cluster helper, its daemons started without forsaken.procs.spawn's preexec_fn
+    """The Cluster helper, its daemons started without forsaken.launch.spawn's preexec_fn
     (see `spawn_detached`): this process is full of gRPC channels when it starts them."""
 
     def start_server(self) -> subprocess.Popen[bytes]:

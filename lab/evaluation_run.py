@@ -1,7 +1,8 @@
 """The federation of `forsaken evaluate` as OS processes: start and stop the daemons, drive
 ForgetMe through the Owner API, read the ledger (status) and the checkpoints.
 
-Also the recorder the forgetting client's daemon runs under (`python -m forsaken.evaluation_run`),
+Also the recorder the forgetting client's daemon runs under
+(`python -m forsaken.lab.evaluation_run`),
 which logs every forget step it computes to STEP_LOG.
 """
 
@@ -105,7 +106,7 @@ class Federation:
     client-side cost is measured."""
 
     def __init__(self, root: Path, pki: Layout, config: FederationConfig) -> None:
-        from forsaken.procs import free_port
+        from forsaken.launch import free_port
 
         hold_grpc_core()
         self.root = root
@@ -139,7 +140,7 @@ class Federation:
 
     def start_server(self, rounds: int, min_completed: int) -> None:
         from forsaken.common.tls import channel_credentials
-        from forsaken.procs import forsaken_command, spawn, wait_healthy
+        from forsaken.launch import forsaken_command, spawn, wait_healthy
 
         c, tls = self.config, self.pki.server_dir
         flags: dict[str, object] = {
@@ -172,7 +173,7 @@ class Federation:
         )
 
     def start_client(self, index: int) -> None:
-        from forsaken.procs import forsaken_command, spawn
+        from forsaken.launch import forsaken_command, spawn
 
         c, state = self.config, self.client_dir(index)
         flags: dict[str, object] = {
@@ -197,7 +198,7 @@ class Federation:
             argv = [
                 sys.executable,
                 "-m",
-                "forsaken.evaluation_run",
+                "forsaken.lab.evaluation_run",
                 "--step-log",
                 str(self.step_log),
             ]
@@ -213,7 +214,7 @@ class Federation:
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))
 
     def stop(self) -> None:
-        from forsaken.procs import terminate
+        from forsaken.launch import terminate
 
         terminate(self.procs)
         self.server = None
@@ -232,7 +233,7 @@ class Federation:
     # -- views --
 
     def status(self) -> dict[str, Any]:
-        from forsaken.status import fetch_status
+        from forsaken.cli.status import fetch_status
 
         return fetch_status(self.address, 0, timeout=10, tls_dir=self.operator)
 
@@ -247,7 +248,7 @@ class Federation:
         data when none are configured) through the Owner API."""
         import grpc
 
-        from forsaken.forget import owner_address
+        from forsaken.cli.forget import owner_address
         from forsaken.v1 import owner_pb2, owner_pb2_grpc
 
         address_file = self.client_dir(index) / "owner_address"
@@ -413,11 +414,11 @@ def train_then_forget(
 
 
 def _probe_main(argv: Sequence[str]) -> int:
-    """`python -m forsaken.evaluation_run --step-log FILE -- client ARGS...`: an ordinary client
+    """`python -m forsaken.lab.evaluation_run --step-log FILE -- client ARGS...`: an ordinary client
     daemon that appends one JSON line per forget step it computes (round, gradient evaluations,
     weight, seconds). The receipt keeps only the last step's metrics; this is the full record."""
     p = argparse.ArgumentParser(
-        prog="python -m forsaken.evaluation_run", description=_probe_main.__doc__
+        prog="python -m forsaken.lab.evaluation_run", description=_probe_main.__doc__
     )
     p.add_argument("--step-log", type=Path, required=True)
     p.add_argument("client_args", nargs=argparse.REMAINDER, help="-- client ARGS...")
@@ -428,8 +429,8 @@ def _probe_main(argv: Sequence[str]) -> int:
     if rest[:1] != ["client"]:
         p.error("expected `-- client ARGS...`")
 
+    from forsaken.cli.main import main
     from forsaken.client.forgetting import ForgetExecutor
-    from forsaken.main import main
 
     original = ForgetExecutor.step
 

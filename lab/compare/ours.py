@@ -11,10 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from forsaken.cli.status import fetch_status
 from forsaken.common import failpoints
-from forsaken.procs import forsaken_command, free_port, spawn, terminate, wait_healthy
+from forsaken.launch import forsaken_command, free_port, spawn, terminate, wait_healthy
 from forsaken.server.secure_round import SecureSettings, round_parameters
-from forsaken.status import fetch_status
 
 # The kill point of scenario 3: right after the client sent its encrypted shares.
 AFTER_SHARE_KEYS = "secagg-after-ShareKeys"
@@ -28,7 +28,7 @@ def secure_parameters(clients: int) -> tuple[int, int]:
 
 def round_overhead(clients: int, params: int, rounds: int) -> list[float]:
     """Plaintext round times: a real server and light client processes (`bench round`)."""
-    from forsaken.bench import bench_round
+    from forsaken.lab.bench import bench_round
 
     result = bench_round(clients, [params], rounds)["results"][0]
     return [float(d) for d in result["round_s_all"]]
@@ -36,7 +36,7 @@ def round_overhead(clients: int, params: int, rounds: int) -> list[float]:
 
 def secure_round(clients: int, params: int, rounds: int, timeout_s: float) -> list[float]:
     """Secure round times: a server process and light SecAgg+ clients, one process each."""
-    from forsaken.bench import bench_load
+    from forsaken.lab.bench import bench_load
 
     result = bench_load(clients, params, rounds, processes=clients, timeout_s=timeout_s)
     return [float(d) for d in result["round_s"]]
@@ -50,7 +50,7 @@ def dropout_round(
     The server needs all `clients` to start and `clients - 1` updates to complete; the time
     is from the round's start until it completes (the ledger's duration).
     """
-    from forsaken.bench import _load_server, _load_worker
+    from forsaken.lab.bench import _load_server, _load_worker
     from forsaken.server.app import ServerConfig
 
     ctx = mp.get_context("spawn")
@@ -218,13 +218,13 @@ def unlearning(
     every gradient after ForgetMe. No rounds run after U: nothing here needs U+10.
     """
     from forsaken.common.certs import init_federation
-    from forsaken.evaluation_run import (
+    from forsaken.lab.evaluation_run import (
         Federation,
         FederationConfig,
         FederationError,
         train_then_forget,
     )
-    from forsaken.evaluation_scoring import unlearning_cost
+    from forsaken.lab.evaluation_scoring import unlearning_cost
 
     def event(text: str) -> None:
         if log is not None:
