@@ -1,24 +1,20 @@
 """The federation of `forsaken evaluate` as OS processes: start and stop the daemons, drive
 ForgetMe through the Owner API, read the ledger (status) and the checkpoints.
 
-Also the recorder the forgetting client's daemon runs under
-(`python -m forsaken.lab.evaluation_run`),
-which logs every forget step it computes to STEP_LOG.
+The forgetting client's daemon reports every forget step it computes to STEP_LOG through its
+observation hook (`forsaken client --events-file`), which is how the client-side cost is
+measured.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import functools
-import inspect
 import json
 import shutil
 import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +25,7 @@ if TYPE_CHECKING:
     from forsaken.common.certs import Layout
 
 FORGETTER = 0  # the client that forgets (and holds any planted data), as in reference.py
-STEP_LOG = "forget_steps.jsonl"
+STEP_LOG = "client-0-events.jsonl"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +97,9 @@ def hold_grpc_core() -> None:
 class Federation:
     """One server and N client daemons as OS processes on loopback with mutual TLS.
 
-    Client 0 forgets, and holds the planted data of the test bed if any. Its daemon records
-    every forget step it computes to STEP_LOG (see `_probe_main`), which is how the
-    client-side cost is measured."""
+    Client 0 forgets, and holds the planted data of the test bed if any. Its daemon reports
+    every forget step it computes to STEP_LOG (`--events-file`), which is how the client-side
+    cost is measured."""
 
     def __init__(self, root: Path, pki: Layout, config: FederationConfig) -> None:
         from forsaken.launch import free_port
@@ -190,21 +186,11 @@ class Federation:
             "owner-listen": "127.0.0.1:0",
             "max-backoff-s": 1,
         } | _task_flags(c)
-        args = _argv("client", flags)
         if index == FORGETTER:
+            flags["events-file"] = self.step_log
             if c.test_bed:
-                args += ["--test-bed", c.test_bed]
-            # The same daemon, started through the recorder of its forget steps.
-            argv = [
-                sys.executable,
-                "-m",
-                "forsaken.lab.evaluation_run",
-                "--step-log",
-                str(self.step_log),
-            ]
-            argv += ["--", *args]
-        else:
-            argv = forsaken_command(*args)
+                flags["test-bed"] = c.test_bed
+        argv = forsaken_command(*_argv("client", flags))
         self.clients[index] = spawn(argv, self.root / "logs" / f"client-{index}.log")
 
     def wait_clients_exit(self, timeout_s: float) -> None:
@@ -278,9 +264,22 @@ class Federation:
         raise FederationError(f"client {index}'s Owner API did not come up in {timeout_s:.0f}s")
 
     def steps(self) -> list[dict[str, Any]]:
-        if not self.step_log.exists():
-            return []
-        return [json.loads(line) for line in self.step_log.read_text().splitlines() if line]
+        """The forgetting client's forget steps, in the order it computed them."""
+        from forsaken.client.observers import read_events
+
+        _, steps = read_events(self.step_log)
+        return [
+            {
+                "forget_id": s.forget_id,
+                "method": s.method,
+                "round": s.round,
+                "gradient_evaluations": s.gradient_evaluations,
+                "num_samples": s.num_samples,
+                "done": s.done,
+                "seconds": s.seconds,
+            }
+            for s in steps
+        ]
 
 
 def _task_flags(c: FederationConfig) -> dict[str, object]:
@@ -408,56 +407,3 @@ def train_then_forget(
         aborted=[r for r in status["rounds"] if r["status"] == "aborted"],
         seconds={"training_phase": t_trained - started, "forget_phase": t_done - t_trained},
     )
-
-
-# ---- the forgetting client's recorder --------------------------------------------------------
-
-
-def _probe_main(argv: Sequence[str]) -> int:
-    """`python -m forsaken.lab.evaluation_run --step-log FILE -- client ARGS...`: an ordinary client
-    daemon that appends one JSON line per forget step it computes (round, gradient evaluations,
-    weight, seconds). The receipt keeps only the last step's metrics; this is the full record."""
-    p = argparse.ArgumentParser(
-        prog="python -m forsaken.lab.evaluation_run", description=_probe_main.__doc__
-    )
-    p.add_argument("--step-log", type=Path, required=True)
-    p.add_argument("client_args", nargs=argparse.REMAINDER, help="-- client ARGS...")
-    a = p.parse_args(argv)
-    rest = list(a.client_args)
-    if rest[:1] == ["--"]:
-        rest = rest[1:]
-    if rest[:1] != ["client"]:
-        p.error("expected `-- client ARGS...`")
-
-    from forsaken.cli.main import main
-    from forsaken.client.forgetting import ForgetExecutor
-
-    original = ForgetExecutor.step
-
-    signature = inspect.signature(original)
-
-    @functools.wraps(original)
-    def recorded(self: ForgetExecutor, *args: Any, **kwargs: Any) -> Any:
-        call = signature.bind(self, *args, **kwargs).arguments
-        t0 = time.perf_counter()
-        step = original(self, *args, **kwargs)
-        entry = {
-            "forget_id": call["forget_id"],
-            "method": call["method"],
-            "round": int(call["round_number"]),
-            "gradient_evaluations": int(step.gradient_evaluations),
-            "num_samples": int(step.num_samples),
-            "done": bool(step.done),
-            "seconds": time.perf_counter() - t0,
-        }
-        with a.step_log.open("a") as fh:
-            fh.write(json.dumps(entry) + "\n")
-        return step
-
-    # Patched on the class: the client daemon main() starts builds its own ForgetExecutor.
-    ForgetExecutor.step = recorded  # type: ignore[method-assign]
-    return main(rest)
-
-
-if __name__ == "__main__":
-    raise SystemExit(_probe_main(sys.argv[1:]))
