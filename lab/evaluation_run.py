@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import subprocess
 import time
 import uuid
@@ -95,56 +94,39 @@ def hold_grpc_core() -> None:
 
 
 class Federation:
-    """One server and N client daemons as OS processes on loopback with mutual TLS.
+    """One server and N client daemons as OS processes on loopback with mutual TLS, started by
+    the library's launcher (`forsaken.launch.Launcher`).
 
     Client 0 forgets, and holds the planted data of the test bed if any. Its daemon reports
     every forget step it computes to STEP_LOG (`--events-file`), which is how the client-side
     cost is measured."""
 
     def __init__(self, root: Path, pki: Layout, config: FederationConfig) -> None:
-        from forsaken.launch import free_port
+        from forsaken.launch import Launcher
 
         hold_grpc_core()
         self.root = root
-        self.pki = pki
         self.config = config
-        self.address = f"127.0.0.1:{config.port or free_port()}"
+        self.launcher = Launcher(root, clients=config.clients, pki=pki, port=config.port)
+        self.address = self.launcher.address
         self.operator = pki.operator_dir("admin")
-        self.server: subprocess.Popen[bytes] | None = None
-        self.clients: dict[int, subprocess.Popen[bytes]] = {}
-        root.mkdir(parents=True, exist_ok=True)
-        for i in range(config.clients):
-            if not self.client_dir(i).exists():
-                shutil.copytree(pki.client_dir(i), self.client_dir(i))  # node key and cert
 
     def client_dir(self, index: int) -> Path:
-        return self.root / f"client-{index}"
+        return self.launcher.client_dir(index)
 
     @property
     def server_dir(self) -> Path:
-        return self.root / "server"
+        return self.launcher.server_dir
 
     @property
     def step_log(self) -> Path:
         return self.root / STEP_LOG
 
-    @property
-    def procs(self) -> list[subprocess.Popen[bytes]]:
-        return [p for p in (self.server, *self.clients.values()) if p is not None]
-
     # -- processes --
 
     def start_server(self, rounds: int, min_completed: int) -> None:
-        from forsaken.common.tls import channel_credentials
-        from forsaken.launch import forsaken_command, spawn, wait_healthy
-
-        c, tls = self.config, self.pki.server_dir
+        c = self.config
         flags: dict[str, object] = {
-            "tls-cert": tls / "cert.pem",
-            "tls-key": tls / "key.pem",
-            "tls-ca": self.pki.ca_cert,
-            "listen": self.address,
-            "state-dir": self.server_dir,
             "dataset": c.dataset,
             "rounds": rounds,
             "min-clients": c.clients,
@@ -154,67 +136,41 @@ class Federation:
             "recovery-rounds": c.recovery_rounds,
             "aggregation": "secure",
             "poll-timeout-s": 2,
+            "local-epochs": c.local_epochs or None,
         }
-        flags |= _task_flags(c)
-        if c.local_epochs:
-            flags["local-epochs"] = c.local_epochs
-        self.server = spawn(
-            forsaken_command(*_argv("server", flags)), self.root / "logs" / "server.log"
-        )
-        wait_healthy(
-            self.address,
-            timeout_s=120,
-            proc=self.server,
-            credentials=channel_credentials(self.operator),
-        )
+        self.launcher.start_server(flags | _task_flags(c))
 
     def start_client(self, index: int) -> None:
-        from forsaken.launch import forsaken_command, spawn
-
-        c, state = self.config, self.client_dir(index)
+        c = self.config
         flags: dict[str, object] = {
-            "tls-cert": state / "cert.pem",
-            "tls-key": state / "key.pem",
-            "tls-ca": state / "ca.pem",
-            "server": self.address,
-            "state-dir": state,
             "dataset": c.dataset,
             "partition": f"{index}/{c.clients}",
             "scheme": c.scheme,
             "alpha": c.alpha,
             "seed": c.seed,
-            "owner-listen": "127.0.0.1:0",
-            "max-backoff-s": 1,
         } | _task_flags(c)
         if index == FORGETTER:
             flags["events-file"] = self.step_log
             if c.test_bed:
                 flags["test-bed"] = c.test_bed
-        argv = forsaken_command(*_argv("client", flags))
-        self.clients[index] = spawn(argv, self.root / "logs" / f"client-{index}.log")
+        self.launcher.start_client(index, flags)
 
     def wait_clients_exit(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        for p in self.clients.values():
+        for d in self.launcher.client_daemons.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+                d.wait(max(0.1, deadline - time.monotonic()))
 
     def stop(self) -> None:
-        from forsaken.launch import terminate
-
-        terminate(self.procs)
-        self.server = None
-        self.clients = {}
+        self.launcher.stop()
 
     def check_alive(self) -> None:
-        for name, p in [
-            ("server", self.server),
-            *[(f"client {i}", q) for i, q in self.clients.items()],
-        ]:
-            if p is not None and p.poll() is not None:
-                raise FederationError(
-                    f"{name} exited with code {p.returncode}; see {self.root / 'logs'}"
-                )
+        from forsaken.launch import DaemonExited
+
+        try:
+            self.launcher.check_alive()
+        except DaemonExited as exc:
+            raise FederationError(f"{exc}; see {self.root / 'logs'}") from None
 
     # -- views --
 
@@ -291,13 +247,6 @@ def _task_flags(c: FederationConfig) -> dict[str, object]:
     if c.data_dir:
         flags["data-dir"] = c.data_dir
     return flags
-
-
-def _argv(command: str, flags: dict[str, object]) -> list[str]:
-    out = [command]
-    for name, value in flags.items():
-        out += [f"--{name}", str(value)]
-    return out
 
 
 def completed_rounds(status: dict[str, Any]) -> list[dict[str, Any]]:

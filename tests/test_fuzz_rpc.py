@@ -703,11 +703,11 @@ class SafeCluster(Cluster):
     (see `spawn_detached`): this process is full of gRPC channels when it starts them."""
 
     def start_server(self) -> subprocess.Popen[bytes]:
-        with mock.patch("tests.cluster.spawn", spawn_detached):
+        with mock.patch("forsaken.launch.spawn", spawn_detached):
             return super().start_server()
 
     def start_client(self, index: int, count: int, **opts: Any) -> subprocess.Popen[bytes]:
-        with mock.patch("tests.cluster.spawn", spawn_detached):
+        with mock.patch("forsaken.launch.spawn", spawn_detached):
             return super().start_client(index, count, **opts)
 
 

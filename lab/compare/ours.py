@@ -13,7 +13,7 @@ from typing import Any
 
 from forsaken.cli.status import fetch_status
 from forsaken.common import failpoints
-from forsaken.launch import forsaken_command, free_port, spawn, terminate, wait_healthy
+from forsaken.launch import Launcher, free_port
 from forsaken.server.secure_round import SecureSettings, round_parameters
 
 # The kill point of scenario 3: right after the client sent its encrypted shares.
@@ -129,62 +129,34 @@ def training(
     timeout_s: float,
 ) -> dict[str, Any]:
     """mnist5k with real `forsaken server` and `forsaken client` processes."""
-    address = f"127.0.0.1:{free_port()}"
-    server_args = [
-        "server",
-        "--listen",
-        address,
-        "--state-dir",
-        str(root / "server"),
-        "--dataset",
-        "mnist5k",
-        "--rounds",
-        str(rounds),
-        "--min-clients",
-        str(clients),
-        "--min-completed",
-        str(clients),
-        "--local-epochs",
-        str(local_epochs),
-        "--aggregation",
-        "secure" if secure else "plaintext",
-        "--poll-timeout-s",
-        "2",
-        "--log-level",
-        "warning",
-    ]
+    launcher = Launcher(root, clients=clients)
     started = time.monotonic()
-    procs = [spawn(forsaken_command(*server_args), root / "logs" / "server.log")]
     try:
-        wait_healthy(address, timeout_s=120, proc=procs[0])
+        launcher.start_server(
+            {
+                "dataset": "mnist5k",
+                "rounds": rounds,
+                "min-clients": clients,
+                "min-completed": clients,
+                "local-epochs": local_epochs,
+                "aggregation": "secure" if secure else "plaintext",
+                "poll-timeout-s": 2,
+                "log-level": "warning",
+            }
+        )
         for i in range(clients):
-            client_args = [
-                "client",
-                "--server",
-                address,
-                "--state-dir",
-                str(root / f"client-{i}"),
-                "--dataset",
-                "mnist5k",
-                "--partition",
-                f"{i}/{clients}",
-                "--owner-listen",
-                "127.0.0.1:0",
-                "--max-backoff-s",
-                "1",
-                "--log-level",
-                "warning",
-            ]
-            procs.append(spawn(forsaken_command(*client_args), root / "logs" / f"client-{i}.log"))
+            launcher.start_client(
+                i, {"dataset": "mnist5k", "partition": f"{i}/{clients}", "log-level": "warning"}
+            )
         status: dict[str, Any] = {}
         while time.monotonic() - started < timeout_s:
-            status = fetch_status(address, 0, timeout=30)
+            status = fetch_status(launcher.address, 0, timeout=30)
             if status["completed_rounds"] >= rounds:
                 break
             time.sleep(0.1)
         total = time.monotonic() - started
     finally:
-        terminate(procs, grace_s=10)
+        launcher.stop(grace_s=10)
     done = sorted(
         (r for r in status.get("rounds", []) if r["status"] == "completed" and r["round"] > 0),
         key=lambda r: r["round"],
