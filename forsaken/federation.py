@@ -4,7 +4,7 @@
 
     fed = forsaken.Federation(dataset="digits", clients=3)      # real daemons, SecAgg+
     with fed.start() as run:
-        run.wait_rounds(3)
+        run.wait_rounds(5)
         receipt = run.forget(client=0)                             # a typed Receipt
         print(receipt.verdict)
 
@@ -13,9 +13,9 @@ the launcher (`forsaken.launch.Launcher`), exactly as `forsaken server` and `for
 run them, optionally over mutual TLS. With `in_process=True` the same daemon classes
 (`ServerDaemon`, `ClientApp`) run as threads of this process and talk real gRPC over loopback:
 everything from secure aggregation to the forget receipt is the daemons' own code, but not
-process isolation, signals, a crash of one daemon, or the command line's flag parsing of
-environment-only settings; it starts in a fraction of the time. Both modes build each
-daemon's configuration through the same flags, so they run the same settings.
+process isolation (the clients share torch's process-wide settings), signals, or a crash of
+one daemon; it starts in a fraction of the time. Both modes build each daemon's configuration
+from the same flags, through the command line's own layers (flags, then FORSAKEN_* variables).
 
 Observers (`forsaken.client.observers.ClientObserver`) see each client's rounds and forget
 steps: called by the daemon itself in process, fed from the daemons' `--events-file` while a
@@ -135,6 +135,7 @@ class Run:
         self._server: Any = None  # the in-process ServerDaemon
         self._delivered: dict[int, tuple[int, int]] = {}  # client: (rounds, steps) observed
         self._stopped = False
+        self._torch_settings: tuple[int, bool] | None = None
         try:
             if federation.in_process:
                 self._start_in_process()
@@ -159,6 +160,8 @@ class Run:
             self.launcher.start_client(i, flags)
 
     def _start_in_process(self) -> None:
+        import torch
+
         from forsaken.client.app import ENV_PREFIX as CLIENT_ENV
         from forsaken.client.app import ClientConfig
         from forsaken.common.tls import channel_credentials, health_check
@@ -166,6 +169,13 @@ class Run:
         from forsaken.server.app import ServerConfig, ServerDaemon
 
         fed, launcher = self.federation, self.launcher
+        # The daemons set torch's process-wide thread count and deterministic mode, and
+        # clients training at once on threads can leave the latter as another set it; stop()
+        # puts back the caller's.
+        self._torch_settings = (
+            torch.get_num_threads(),
+            torch.are_deterministic_algorithms_enabled(),
+        )
         launcher.log_dir.mkdir(parents=True, exist_ok=True)
         server_argv = launcher.server_argv(fed.server_flags())
         self._server = ServerDaemon(_config(ServerConfig, SERVER_ENV, server_argv))
@@ -190,6 +200,12 @@ class Run:
             node.stop()
         if self._server is not None:
             self._server.stop(grace_s=2.0)
+        if self._torch_settings is not None:
+            import torch
+
+            threads, deterministic = self._torch_settings
+            torch.set_num_threads(threads)
+            torch.use_deterministic_algorithms(deterministic)
         self.launcher.stop()
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)

@@ -121,11 +121,16 @@ def _train_forget_and_check(fed: forsaken.Federation, recorder: Recorder) -> Non
 
 
 def test_in_process_federation_trains_forgets_and_reports(tmp_path: Path) -> None:
+    import torch
+
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
     recorder = Recorder()
     fed = forsaken.Federation(
         dataset="digits", clients=3, in_process=True, root=tmp_path, observers={0: [recorder]}
     )
     _train_forget_and_check(fed, recorder)
+    # The daemons' process-wide torch settings do not outlive the run.
+    assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == before
 
 
 @pytest.mark.slow
