@@ -34,14 +34,14 @@ lint: $(STAMP) typecheck
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# mypy cannot follow pyproject's package-dir (the `forsaken` package is cli/, its subpackages
-# the top-level folders), so it checks a tree of symlinks laid out as the installed package;
-# its configuration is [tool.mypy] in pyproject.toml.
+# mypy cannot follow pyproject's package-dir (forsaken.cli is cli/, forsaken.common is common/,
+# ...), so it checks a tree of symlinks laid out as the installed package; its configuration is
+# [tool.mypy] in pyproject.toml.
 TYPECHECK_TREE := build/typecheck
 typecheck: $(STAMP)
 	rm -rf $(TYPECHECK_TREE) && mkdir -p $(TYPECHECK_TREE)/forsaken
-	ln -s $(foreach f,$(filter-out %/__pycache__,$(wildcard cli/*)) common server client,\
-		$(CURDIR)/$(f)) $(TYPECHECK_TREE)/forsaken/
+	ln -s $(foreach f,$(filter-out %/__pycache__,$(wildcard forsaken/*)) cli lab common server \
+		client,$(CURDIR)/$(f)) $(TYPECHECK_TREE)/forsaken/
 	ln -s $(CURDIR)/$(PROTO_DIR) $(TYPECHECK_TREE)/forsaken/v1
 	$(BIN)/mypy
 
@@ -67,7 +67,7 @@ demo: $(STAMP)
 
 # Regenerates the README's configuration reference from the config dataclasses.
 docs: $(STAMP)
-	$(BIN)/python -m forsaken.docgen README.md
+	$(BIN)/python -m forsaken.lab.docgen README.md
 
 bench: $(STAMP)
 	$(BIN)/forsaken bench round --json
@@ -88,17 +88,17 @@ BENCH_ARGS ?=
 
 .PHONY: bench-compare bench-compare-quick
 
-$(BENCH_STAMP): pyproject.toml cli/compare/flower_app/pyproject.toml deploy/install-torch.sh
+$(BENCH_STAMP): pyproject.toml lab/compare/flower_app/pyproject.toml deploy/install-torch.sh
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
 	sh deploy/install-torch.sh $(BENCH_VENV)/bin/python
 	$(BENCH_VENV)/bin/python -m pip install -q flwr==$(FLWR_VERSION) torch==2.13.0 numpy \
 		scikit-learn mlxtend
-	$(BENCH_VENV)/bin/python -m pip install -q --no-deps -e . -e cli/compare/flower_app
+	$(BENCH_VENV)/bin/python -m pip install -q --no-deps -e . -e lab/compare/flower_app
 	touch $@
 
 bench-compare: $(STAMP) $(BENCH_STAMP)
-	$(BIN)/python -m forsaken.compare --venv $(BENCH_VENV) $(BENCH_ARGS)
+	$(BIN)/python -m forsaken.lab.compare --venv $(BENCH_VENV) $(BENCH_ARGS)
 
 bench-compare-quick: $(STAMP) $(BENCH_STAMP)
-	$(BIN)/python -m forsaken.compare --venv $(BENCH_VENV) --quick $(BENCH_ARGS)
+	$(BIN)/python -m forsaken.lab.compare --venv $(BENCH_VENV) --quick $(BENCH_ARGS)

@@ -11,12 +11,12 @@ from collections.abc import Callable
 
 import grpc
 
+from forsaken.cli.status import add_operator_arguments, admin_channel, explain_rpc_error
 from forsaken.common import wire_forget
 from forsaken.common.exitcodes import ExitCode
 from forsaken.common.forget_methods import SERVER_METHODS, ForgetMethod
 from forsaken.common.forget_states import ForgetState
 from forsaken.common.forget_status import ForgetStatus
-from forsaken.status import add_operator_arguments, admin_channel, explain_rpc_error
 from forsaken.v1 import admin_pb2, admin_pb2_grpc
 
 

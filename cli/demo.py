@@ -4,7 +4,7 @@ Client 0 holds the backdoor test bed (`forsaken client --test-bed backdoor`). Af
 training rounds its owner asks the federation to forget all its data (ForgetMe); the demo
 follows the request to its receipt and then stops. The federation restarts between the two
 phases (from its ledger and checkpoints), so that the request is on record before round T + 1
-can start; see `forsaken.evaluation_run.train_then_forget`.
+can start; see `forsaken.lab.evaluation_run.train_then_forget`.
 
 Shows progress per round, prints a table of per-round accuracy, backdoor success and
 membership, and a before/after table of O (after training), U (after forgetting) and R
@@ -33,7 +33,7 @@ from forsaken.common.forget_methods import METHOD_NAMES
 from forsaken.common.receipts import verdict
 from forsaken.common.task import DataRequest, LoadedTask, for_client, for_server, majority_rate
 from forsaken.common.task_loader import absolute_reference, load_task
-from forsaken.evaluation_run import (
+from forsaken.lab.evaluation_run import (
     FORGETTER,
     Federation,
     FederationConfig,
@@ -41,7 +41,7 @@ from forsaken.evaluation_run import (
     ForgetRun,
     train_then_forget,
 )
-from forsaken.evaluation_scoring import Scorer
+from forsaken.lab.evaluation_scoring import Scorer
 
 # Each model's (O, U, R) scores by evaluation.json's names; None where a probe does not apply.
 ModelScores = dict[str, dict[str, float | None]]
@@ -322,7 +322,7 @@ def _compare(
     """O, U and (where the in-process runner can reproduce this federation's data) R; the
     scorer too when its probes are this federation's (client 0's data, the model)."""
     from forsaken.common.training import TrainConfig
-    from forsaken.common.unlearning.reference import ProtocolConfig
+    from forsaken.lab.reference import ProtocolConfig
 
     cfg = ProtocolConfig(
         dataset=args.dataset,

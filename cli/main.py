@@ -89,10 +89,11 @@ def _subcommands() -> tuple[_Subcommand, ...]:
     # The parser needs only the daemons' config dataclasses; `_server` and `_client` load the
     # daemons themselves when they run. The tools' modules are loaded whole, for their
     # argument builders and their run functions alike.
-    from forsaken import admin, bench, certs, demo, evaluate, forget, status
+    from forsaken.cli import admin, certs, demo, forget, status
     from forsaken.client.app import ENV_PREFIX as CLIENT_ENV
     from forsaken.client.app import ClientConfig
     from forsaken.common.config import add_arguments
+    from forsaken.lab import bench, evaluate
     from forsaken.server.app import ENV_PREFIX as SERVER_ENV
     from forsaken.server.app import ServerConfig
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ import grpc
 import torch
 
 from forsaken.client.daemon import ClientDaemon
+from forsaken.client.observers import ClientObserver, EventsFile
 from forsaken.client.owner import OwnerServicer
 from forsaken.client.state import DataSelection, StateFile
 from forsaken.client.transport import FleetConnection
@@ -107,6 +109,12 @@ class ClientConfig:
         "--scenario` builds it: backdoor, backdoor-patch, backdoor-blend or label-flip.",
         choices=("none", *PLANTINGS),
     )
+    events_file: str = option(
+        "",
+        "Append one JSON line to this file per round this node contributed to and per forget "
+        "step it computed (round, samples, metrics; method, gradient evaluations, seconds); "
+        "empty: none.",
+    )
     log_level: str = log_level_option()
     log_format: str = log_format_option()
 
@@ -168,7 +176,7 @@ def _split_summary(dataset: Dataset, data: ClientData, config: ClientConfig) -> 
 
 
 class ClientApp:
-    def __init__(self, config: ClientConfig) -> None:
+    def __init__(self, config: ClientConfig, observers: Sequence[ClientObserver] = ()) -> None:
         self.config = config
         self.signal: int | None = None  # the signal that stopped the daemon, if one did
         state_dir = Path(config.state_dir)
@@ -176,12 +184,14 @@ class ClientApp:
         # Before anything reads the node key or the state file: one daemon per directory.
         self.lock = StateLock.acquire(state_dir, "client daemon")
         try:
-            self._build(config, state_dir)
+            self._build(config, state_dir, observers)
         except BaseException:
             self.lock.release()
             raise
 
-    def _build(self, config: ClientConfig, state_dir: Path) -> None:
+    def _build(
+        self, config: ClientConfig, state_dir: Path, observers: Sequence[ClientObserver]
+    ) -> None:
         ports.ensure_free(config.owner_listen, "Owner API")
         torch.set_num_threads(config.threads)
         index, count = parse_client_spec(config.partition)
@@ -253,6 +263,8 @@ class ClientApp:
         def diagnose_connection() -> Diagnosis | None:
             return diagnose(config.server, files, server_name=server_name)
 
+        # `--events-file` is the observer of a daemon watched from another process.
+        events = [EventsFile(Path(config.events_file))] if config.events_file else []
         self.daemon = ClientDaemon(
             connection=self.connection,
             data=data,
@@ -270,6 +282,7 @@ class ClientApp:
             max_backoff_s=config.max_backoff_s,
             diagnose=diagnose_connection,
             tls_failure_limit=config.tls_failure_limit,
+            observers=[*observers, *events],
         )
         self.owner_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=4),

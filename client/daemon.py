@@ -9,7 +9,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from forsaken.client.forgetting import ForgetExecutor
+from forsaken.client.observers import ClientObserver, ForgetStepReport, Observers, RoundReport
 from forsaken.client.secure import SecureSessions
 from forsaken.client.state import ClientState, LocalForget, StateFile
 from forsaken.client.transport import FleetConnection
@@ -93,6 +94,7 @@ class ClientDaemon:
         max_payload_bytes: int = 512 << 20,
         diagnose: Callable[[], Diagnosis | None] | None = None,
         tls_failure_limit: int = 5,
+        observers: Sequence[ClientObserver] = (),
     ) -> None:
         self.conn = connection
         self.data = data
@@ -119,6 +121,8 @@ class ClientDaemon:
         self.secure = SecureSessions(connection, connection.identity.signing_seed)
         self.forgetter = ForgetExecutor(Path(state_file.path).parent, data, seed)
         self._pending_contribution: tuple[int, np.ndarray, int] | None = None
+        self.observers = Observers(observers)
+        self._pending_report: RoundReport | None = None  # a secure round's, until it ends
 
     # ---- data in use ------------------------------------------------------------------
 
@@ -371,6 +375,7 @@ class ClientDaemon:
         assert order is not None
         model = self._ensure_model(task.model_sha256)
         vector = flatten(model.state_dict())
+        started = time.perf_counter()
         step = self.forgetter.step(
             order.forget_id,
             order.method,
@@ -380,6 +385,7 @@ class ClientDaemon:
             task.round,
             RoundWeights(task.weight, task.total_weight),
         )
+        seconds = time.perf_counter() - started
         metrics = {**step.metrics, "gradient_evaluations": float(step.gradient_evaluations)}
         # Report before uploading, so the server knows the verdict when this round closes.
         # The wire carries finite numbers only: a metric that diverged is logged, not sent.
@@ -389,6 +395,18 @@ class ClientDaemon:
         report = StepReport(step.done, int(step.gradient_evaluations), finite)
         info = self.conn.report_forget(order.forget_id, report)
         self._update_forget_by_id(order.forget_id, info.state)
+        self.observers.on_forget_step(
+            ForgetStepReport(
+                forget_id=order.forget_id,
+                method=order.method,
+                round=task.round,
+                num_samples=int(step.num_samples),
+                gradient_evaluations=int(step.gradient_evaluations),
+                done=bool(step.done),
+                seconds=seconds,
+                metrics=dict(step.metrics),
+            )
+        )
         failpoints.hit("client-after-forget-step")
         log.info(
             "round %d: forget step for %s (%s, done=%s)",
@@ -471,12 +489,14 @@ class ClientDaemon:
         self._count_round(task.round)
         if task.forget is None and num_samples > 0:
             self.forgetter.record_contribution(task.round, update, num_samples)
+        self.observers.on_round(_round_report(task, num_samples, metrics, secure=False))
         if reply.duplicate:
             log.info("round %d: the server already had this update", task.round)
 
     def _secure_stage(self, task: SecAggTask) -> None:
         if isinstance(task.message, SetupInfo):
-            update, num_samples, _ = self._train(task)
+            update, num_samples, metrics = self._train(task)
+            self._pending_report = _round_report(task, num_samples, metrics, secure=True)
             # Counted as this node's contribution once the round's protocol finishes with it.
             self._pending_contribution = (
                 (task.round, update, num_samples) if task.forget is None else None
@@ -491,6 +511,9 @@ class ClientDaemon:
             pending, self._pending_contribution = self._pending_contribution, None
             if pending is not None and pending[0] == task.round and pending[2] > 0:
                 self.forgetter.record_contribution(*pending)
+            report, self._pending_report = self._pending_report, None
+            if report is not None and report.round == task.round:
+                self.observers.on_round(report)
 
     def _count_round(self, round_: int) -> None:
         with self._lock:
@@ -506,3 +529,10 @@ class ClientDaemon:
                 ids = dict(list(ids.items())[-64:])
             self.state = replace(self.state, pushed_request_ids=ids)
             self.state_file.save(self.state)
+
+
+def _round_report(
+    task: TrainTask | SecAggTask, num_samples: int, metrics: dict[str, float], *, secure: bool
+) -> RoundReport:
+    forget_id = task.forget.forget_id if task.forget is not None else ""
+    return RoundReport(task.round, num_samples, secure, forget_id, dict(metrics))

@@ -8,7 +8,16 @@ import torch
 
 from forsaken.common.datasets import load_dataset
 
-for module in ("server.app", "client.app", "certs", "status", "forget", "health", "admin"):
+for module in (
+    "server.app",
+    "client.app",
+    "cli.certs",
+    "cli.status",
+    "cli.forget",
+    "cli.admin",
+    "health",
+    "federation",
+):
     importlib.import_module(f"forsaken.{module}")
 model = torch.nn.Linear(4, 2)
 loss = torch.nn.functional.cross_entropy(model(torch.ones(3, 4)), torch.tensor([0, 1, 0]))

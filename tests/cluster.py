@@ -1,8 +1,8 @@
-"""A real cluster for integration tests: server and clients as separate OS processes."""
+"""A real cluster for integration tests: the library's launcher (`forsaken.launch.Launcher`)
+with the plaintext defaults the tests share, and status polling with logs on timeout."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -11,60 +11,37 @@ from typing import Any
 
 import grpc
 
-from forsaken.procs import forsaken_command, free_port, spawn, terminate, wait_healthy
-from forsaken.status import fetch_status
+from forsaken.cli.status import fetch_status
+from forsaken.launch import Launcher
 
 
 class Cluster:
     def __init__(self, root: Path, dataset: str = "digits", **server_opts: Any) -> None:
         self.root = root
         self.dataset = dataset
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
+        self.launcher = Launcher(root, clients=0)
+        self.address = self.launcher.address
+        self.port = int(self.address.rsplit(":", 1)[1])
         self.server_opts = {"poll-timeout-s": 2, "liveness-s": 10, **server_opts}
-        self.server: subprocess.Popen[bytes] | None = None
-        self.clients: dict[int, subprocess.Popen[bytes]] = {}
-        self.client_count = 0
+
+    @property
+    def server(self) -> subprocess.Popen[bytes] | None:
+        daemon = self.launcher.server
+        return daemon.proc if daemon is not None else None
+
+    @property
+    def clients(self) -> dict[int, subprocess.Popen[bytes]]:
+        return {i: d.proc for i, d in self.launcher.client_daemons.items()}
 
     def start_server(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        args = [
-            "server",
-            "--listen",
-            self.address,
-            "--state-dir",
-            str(self.root / "server"),
-            "--dataset",
-            self.dataset,
-        ]
-        for key, value in self.server_opts.items():
-            args += [f"--{key}", str(value)]
-        self.server = spawn(forsaken_command(*args), self.root / "logs" / "server.log", env=env)
-        wait_healthy(self.address, timeout_s=60, proc=self.server)
-        return self.server
+        flags = {"dataset": self.dataset, **self.server_opts}
+        return self.launcher.start_server(flags, env=env, ready_timeout_s=60).proc
 
     def start_client(
         self, index: int, count: int, env: dict[str, str] | None = None, **opts: Any
     ) -> subprocess.Popen[bytes]:
-        args = [
-            "client",
-            "--server",
-            self.address,
-            "--state-dir",
-            str(self.root / f"client-{index}"),
-            "--dataset",
-            self.dataset,
-            "--partition",
-            f"{index}/{count}",
-            "--owner-listen",
-            "127.0.0.1:0",
-            "--max-backoff-s",
-            "1",
-        ]
-        for key, value in opts.items():
-            args += [f"--{key}", str(value)]
-        proc = spawn(forsaken_command(*args), self.root / "logs" / f"client-{index}.log", env=env)
-        self.clients[index] = proc
-        return proc
+        flags = {"dataset": self.dataset, "partition": f"{index}/{count}", **opts}
+        return self.launcher.start_client(index, flags, env=env).proc
 
     def status(self) -> dict[str, Any]:
         return fetch_status(self.address, 0, timeout=5)
@@ -88,16 +65,11 @@ class Cluster:
         return [r for r in status["rounds"] if r["status"] == "completed" and r["round"] > 0]
 
     def kill_server(self) -> None:
-        assert self.server is not None
-        self.server.send_signal(signal.SIGKILL)
-        self.server.wait()
+        assert self.launcher.server is not None
+        self.launcher.server.kill()
 
     def logs(self) -> str:
-        out = []
-        for path in sorted((self.root / "logs").glob("*.log")):
-            out.append(f"--- {path.name}\n" + "\n".join(path.read_text().splitlines()[-25:]))
-        return "\n".join(out)
+        return self.launcher.logs()
 
     def stop(self) -> None:
-        procs = [p for p in [self.server, *self.clients.values()] if p is not None]
-        terminate(procs, grace_s=5)
+        self.launcher.stop(grace_s=5)

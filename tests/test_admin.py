@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from forsaken.procs import forsaken_command
+from forsaken.launch import forsaken_command
 from tests.cluster import Cluster
 
 pytestmark = pytest.mark.slow

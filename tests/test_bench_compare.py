@@ -1,4 +1,4 @@
-"""`forsaken.compare` without Flower: the results schema, the targets and the rendered page."""
+"""`forsaken.lab.compare` without Flower: the results schema, the targets and the rendered page."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from forsaken.compare import report
-from forsaken.compare.run import main, merge_previous, unlearning_summary
+from forsaken.lab.compare import report
+from forsaken.lab.compare.run import main, merge_previous, unlearning_summary
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -261,7 +261,7 @@ def test_render_only_command(tmp_path: Path) -> None:
 
 
 def test_flower_app_and_make_target_are_wired() -> None:
-    app = REPO / "cli" / "compare" / "flower_app"
+    app = REPO / "lab" / "compare" / "flower_app"
     meta = tomllib.loads((app / "pyproject.toml").read_text())
     for ref in meta["tool"]["flwr"]["app"]["components"].values():
         module = ref.split(":")[0]

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from forsaken.procs import forsaken_command
+from forsaken.launch import forsaken_command
 
 pytestmark = pytest.mark.slow
 

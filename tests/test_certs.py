@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.x509 import verification as v
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from forsaken.certs import add_certs_arguments, run_certs
+from forsaken.cli.certs import add_certs_arguments, run_certs
 from forsaken.common import certs
 from forsaken.common.errors import ConfigError
 from forsaken.common.identity import KEY_FILE, NodeIdentity, node_id_for

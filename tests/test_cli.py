@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from forsaken.main import build_parser
-from forsaken.procs import forsaken_command
+from forsaken.cli.main import build_parser
+from forsaken.launch import forsaken_command
 
 COMMANDS = ["server", "client", "demo", "status", "certs", "forget", "admin", "bench", "evaluate"]
 
@@ -153,7 +153,7 @@ def test_status_shows_last_contact_current_samples_and_full_ids(tmp_path: Path) 
 
 
 def test_demo_help_and_readme_explain_every_column() -> None:
-    from forsaken.demo import COLUMNS
+    from forsaken.cli.demo import COLUMNS
 
     parser = next(p for name, p in _parsers(build_parser()) if name == "forsaken demo")
     text = parser.format_help()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from forsaken import demo
-from forsaken.evaluation_run import ForgetRun
+from forsaken.cli import demo
+from forsaken.lab.evaluation_run import ForgetRun
 
 
 def _run() -> ForgetRun:

@@ -28,7 +28,7 @@ import pytest
 from cryptography import x509
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from forsaken.certs import add_certs_arguments, run_certs
+from forsaken.cli.certs import add_certs_arguments, run_certs
 from forsaken.common import certs, tls
 from forsaken.common.identity import KEY_FILE, NodeIdentity
 
@@ -420,7 +420,7 @@ def test_client_probe_checks_the_owner_api(config: dict[str, Any], tmp_path: Pat
     assert test[:4] == ["CMD", "python", "-m", "forsaken.health"]
     assert test[test.index("--owner") + 1] == flag(service_argv(config["services"]["client-0"]),
                                                    "--state-dir")  # fmt: skip
-    from forsaken.procs import free_port
+    from forsaken.launch import free_port
 
     state = tmp_path / "client"
     probe = [sys.executable, "-m", "forsaken.health", "--owner", str(state)]

@@ -25,7 +25,7 @@ from forsaken.common.diagnosis import (
     diagnose,
 )
 from forsaken.common.errors import CertificateError
-from forsaken.procs import free_port
+from forsaken.launch import free_port
 
 NOW = datetime.now(UTC)
 

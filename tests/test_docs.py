@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from forsaken.docgen import render
+from forsaken.lab.docgen import render
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -23,7 +23,7 @@ def _user_visible_files() -> list[Path]:
     """What users read: the README, docs/, and the source (its comments and help texts)."""
     root = README.parent
     files = [README, *sorted((root / "docs").glob("*.md"))]
-    for top in ("cli", "client", "common", "server", "protos", "deploy"):
+    for top in ("forsaken", "cli", "lab", "client", "common", "server", "protos", "deploy"):
         files += [
             p
             for p in sorted((root / top).rglob("*"))
@@ -47,7 +47,7 @@ def test_docs_cite_no_document_users_do_not_have() -> None:
 
 
 def test_help_texts_cite_no_document_users_do_not_have() -> None:
-    from forsaken.main import build_parser
+    from forsaken.cli.main import build_parser
     from tests.test_cli import _parsers
 
     for name, parser in _parsers(build_parser()):

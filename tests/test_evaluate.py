@@ -22,11 +22,11 @@ from forsaken.common.partition import client_split
 from forsaken.common.simulation import client_round_seed, run_fedavg
 from forsaken.common.tensors import flatten
 from forsaken.common.training import TrainConfig, load_vector, train_local
-from forsaken.evaluate import DETAIL_FILE
-from forsaken.evaluation_report import COST_KEYS, MODEL_KEYS
-from forsaken.evaluation_run import ForgetRun, hold_grpc_core
-from forsaken.evaluation_scoring import METRICS, unlearning_cost
-from forsaken.procs import forsaken_command
+from forsaken.lab.evaluate import DETAIL_FILE
+from forsaken.lab.evaluation_report import COST_KEYS, MODEL_KEYS
+from forsaken.lab.evaluation_run import ForgetRun, hold_grpc_core
+from forsaken.lab.evaluation_scoring import METRICS, unlearning_cost
+from forsaken.launch import forsaken_command
 from forsaken.server.checkpoints import FileCheckpointStore
 from forsaken.server.secure_round import SecureSettings, round_parameters
 from tests.cluster import Cluster

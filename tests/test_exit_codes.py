@@ -16,7 +16,7 @@ import pytest
 
 from forsaken.common import certs, tls
 from forsaken.common.identity import NodeIdentity
-from forsaken.procs import forsaken_command, free_port, spawn, terminate, wait_healthy
+from forsaken.launch import forsaken_command, free_port, spawn, terminate, wait_healthy
 from tests.cluster import Cluster
 
 pytestmark = pytest.mark.slow

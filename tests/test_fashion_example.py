@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from forsaken.procs import forsaken_command
+from forsaken.launch import forsaken_command
 
 pytestmark = pytest.mark.slow
 

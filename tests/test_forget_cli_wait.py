@@ -11,7 +11,7 @@ from concurrent import futures
 import grpc
 import pytest
 
-from forsaken.forget import run_forget
+from forsaken.cli.forget import run_forget
 from forsaken.v1 import fleet_pb2, owner_pb2, owner_pb2_grpc
 
 

@@ -18,7 +18,7 @@ from forsaken.client.transport import FleetConnection
 from forsaken.common import errors
 from forsaken.common.forget_methods import ForgetMethod
 from forsaken.common.identity import NodeIdentity
-from forsaken.procs import forsaken_command
+from forsaken.launch import forsaken_command
 from forsaken.v1 import owner_pb2, owner_pb2_grpc
 from tests.cluster import Cluster
 

@@ -720,15 +720,15 @@ def any_action(with_signed_joins: bool = True) -> st.SearchStrategy[Action]:
 
 
 class SafeCluster(Cluster):
-    """The Cluster helper, its daemons started without forsaken.procs.spawn's preexec_fn
+    """The Cluster helper, its daemons started without forsaken.launch.spawn's preexec_fn
     (see `spawn_detached`): this process is full of gRPC channels when it starts them."""
 
     def start_server(self) -> subprocess.Popen[bytes]:
-        with mock.patch("tests.cluster.spawn", spawn_detached):
+        with mock.patch("forsaken.launch.spawn", spawn_detached):
             return super().start_server()
 
     def start_client(self, index: int, count: int, **opts: Any) -> subprocess.Popen[bytes]:
-        with mock.patch("tests.cluster.spawn", spawn_detached):
+        with mock.patch("forsaken.launch.spawn", spawn_detached):
             return super().start_client(index, count, **opts)
 
 

@@ -14,7 +14,7 @@ from forsaken.client.transport import FleetConnection
 from forsaken.common.identity import NodeIdentity
 from forsaken.common.round_tasks import TrainTask
 from forsaken.common.tensors import from_bytes, to_bytes
-from forsaken.procs import free_port
+from forsaken.launch import free_port
 from forsaken.server.app import ServerConfig, ServerDaemon
 from forsaken.server.evaluation import SyntheticModel
 

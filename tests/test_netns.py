@@ -33,7 +33,7 @@ import pytest
 
 from forsaken.common import certs
 from forsaken.common.identity import NodeIdentity
-from forsaken.procs import terminate
+from forsaken.launch import terminate
 from tests.test_tls_auth import spawn_detached
 
 pytestmark = pytest.mark.slow
@@ -50,7 +50,7 @@ _WATCH = """
 import json, sys, time
 from pathlib import Path
 import grpc
-from forsaken.status import fetch_status
+from forsaken.cli.status import fetch_status
 while True:
     try:
         out = fetch_status(sys.argv[1], 0, timeout=5, tls_dir=Path(sys.argv[2]))

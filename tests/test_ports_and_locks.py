@@ -23,7 +23,7 @@ import pytest
 
 from forsaken.common import ports
 from forsaken.common.statelock import LOCK_FILE, StateDirLocked, StateLock
-from forsaken.procs import forsaken_command, free_port, spawn, terminate, wait_healthy
+from forsaken.launch import forsaken_command, free_port, spawn, terminate, wait_healthy
 from tests.cluster import Cluster
 
 # ---- unit -------------------------------------------------------------------------------------

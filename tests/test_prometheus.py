@@ -192,7 +192,7 @@ def test_metrics_address_errors_are_clear() -> None:
 
 
 def test_daemon_exports_forget_requests_by_state(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from forsaken.procs import free_port
+    from forsaken.launch import free_port
     from forsaken.server.app import ServerConfig, ServerDaemon
     from forsaken.server.evaluation import SyntheticModel
     from forsaken.server.ledger import ClientRecord

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from forsaken.common.secagg.bench import bench_secagg
+from forsaken.lab.secagg_bench import bench_secagg
 
 
 def test_bench_secagg_smoke() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from forsaken.common.unlearning.reference import ProtocolConfig, federation
 from forsaken.common.unlearning.rounds import InProcessFederation
 from forsaken.common.unlearning.shadows import train_shadows, unlearned_shadows
+from forsaken.lab.reference import ProtocolConfig, federation
 
 
 def test_each_shadow_is_unlearned_with_its_own_nodes_record() -> None:

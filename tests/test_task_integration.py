@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from forsaken.procs import forsaken_command
+from forsaken.launch import forsaken_command
 from tests.cluster import Cluster
 
 pytestmark = pytest.mark.slow

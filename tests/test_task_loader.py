@@ -11,7 +11,7 @@ import pytest
 from forsaken.common.errors import ConfigError
 from forsaken.common.task import Task
 from forsaken.common.task_loader import absolute_reference, load_task, resolve_task
-from forsaken.procs import forsaken_command
+from forsaken.launch import forsaken_command
 
 TASK_FILE = """
 from torch import nn

@@ -22,15 +22,15 @@ from typing import Any
 import grpc
 import pytest
 
+from forsaken.cli.status import fetch_status
 from forsaken.client.transport import SESSION_KEY, FleetConnection
 from forsaken.common import certs, errors, tls, wire
 from forsaken.common.chunking import header_for
 from forsaken.common.identity import NodeIdentity
 from forsaken.common.round_tasks import TrainTask
 from forsaken.common.tensors import TensorSpec
-from forsaken.procs import forsaken_command, free_port, terminate, wait_healthy
-from forsaken.procs import spawn as spawn_detached
-from forsaken.status import fetch_status
+from forsaken.launch import forsaken_command, free_port, terminate, wait_healthy
+from forsaken.launch import spawn as spawn_detached
 from forsaken.v1 import admin_pb2, admin_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 
 pytestmark = pytest.mark.slow

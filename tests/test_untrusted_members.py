@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 import pytest
 
+from forsaken.cli.status import admin_channel
 from forsaken.client.transport import SESSION_KEY, FleetConnection
 from forsaken.common import errors, wire
 from forsaken.common.chunking import header_for
@@ -32,7 +33,6 @@ from forsaken.common.secagg.client_states import ClientDone
 from forsaken.common.secagg.messages import MaskedInput, ShareKeys
 from forsaken.common.secagg.setup import SetupInfo
 from forsaken.common.tensors import TensorSpec
-from forsaken.status import admin_channel
 from forsaken.v1 import admin_pb2, admin_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 from tests.cluster import Cluster
 from tests.hand_node import DIGITS, SAMPLES, HandNode
@@ -393,7 +393,7 @@ def forget_with_owner(c: Cluster, index: int) -> dict[str, Any]:
     import json
     import subprocess
 
-    from forsaken.procs import forsaken_command
+    from forsaken.launch import forsaken_command
 
     args = ["forget", "--client", str(c.root / f"client-{index}"), "--json", "--wait"]
     done = subprocess.run(

@@ -6,7 +6,7 @@ time here is also reported as a ratio to `aes_floor_s`, the best time of one raw
 expansion of D uint32 words measured in the same run, which makes the numbers comparable
 across machines.
 
-    python -c 'from forsaken.common.secagg.bench import bench_secagg; import json; \
+    python -c 'from forsaken.lab.secagg_bench import bench_secagg; import json; \
                print(json.dumps(bench_secagg(100, 1_000_000, 16, 0.1)))'
 """
 

@@ -1,6 +1,6 @@
 """Keeps the README's configuration reference generated from the config dataclasses.
 
-`python -m forsaken.docgen` rewrites the marked sections of README.md in place; a test fails
+`python -m forsaken.lab.docgen` rewrites the marked sections of README.md in place; a test fails
 when they are stale, so the documented flags are always the real ones.
 """
 

@@ -9,7 +9,7 @@ another seed (the noise floor). With `shadows` > 0 a per-example membership atta
 calibrated on shadow federations trained with the same code (`shadows.py`) and run against
 every model; with `ulira` the shadows are also unlearned by Forsaken for U-LiRA.
 
-    python -m forsaken.common.unlearning.reference --test-bed clean --dataset digits \\
+    python -m forsaken.lab.reference --test-bed clean --dataset digits \\
         --rounds 30 --seeds 3 --shadows 16
 """
 

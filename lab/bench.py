@@ -101,7 +101,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
         help="give up after this many seconds (default: %(default)s)",
     )
     ld.add_argument("--json", action="store_true", help="print JSON only")
-    from forsaken.bench_generator import add_generator_arguments
+    from forsaken.lab.bench_generator import add_generator_arguments
 
     add_generator_arguments(
         sub.add_parser(
@@ -117,7 +117,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_bench(args: argparse.Namespace) -> int:
     if args.bench == "generator":
-        from forsaken.bench_generator import bench_generator, print_table
+        from forsaken.lab.bench_generator import bench_generator, print_table
 
         result = bench_generator(args.task, args.data_dir, args.steps, args.repeats)
         if not args.json:
@@ -129,7 +129,7 @@ def run_bench(args: argparse.Namespace) -> int:
             args.clients, args.params, args.rounds, args.processes, timeout_s=args.timeout_s
         )
     else:
-        from forsaken.common.secagg.bench import bench_secagg
+        from forsaken.lab.secagg_bench import bench_secagg
 
         result = bench_secagg(
             args.clients, args.params, args.neighbors or None, args.dropout, workers=args.workers
@@ -190,7 +190,7 @@ def _payload_floor_s(params: int, clients: int) -> float:
 
 
 def bench_round(clients: int, sizes: list[int], rounds: int) -> dict[str, Any]:
-    from forsaken.procs import free_port
+    from forsaken.launch import free_port
     from forsaken.server.app import ServerConfig, ServerDaemon
     from forsaken.server.evaluation import SyntheticModel
 
@@ -430,9 +430,9 @@ def _aes_floor_s(params: int) -> float:
 def bench_load(
     clients: int, params: int, rounds: int, processes: int = 4, *, timeout_s: float = 1800.0
 ) -> dict[str, Any]:
-    from forsaken.procs import free_port
+    from forsaken.cli.status import fetch_status
+    from forsaken.launch import free_port
     from forsaken.server.app import ServerConfig
-    from forsaken.status import fetch_status
 
     if clients < 2 or params < 1 or rounds < 1 or processes < 1:
         raise ValueError("load needs clients >= 2, params >= 1, rounds >= 1, processes >= 1")

@@ -1,8 +1,8 @@
 """`forsaken evaluate`: the unlearning evaluation, with U from the real daemons.
 
-See HOW_IT_WORKS below and forsaken.evaluation_scoring.COST_BASIS (both are printed by
-`forsaken evaluate --help`). The daemons run in forsaken.evaluation_run; scoring and cost are in
-forsaken.evaluation_scoring; the output in forsaken.evaluation_report.
+See HOW_IT_WORKS below and forsaken.lab.evaluation_scoring.COST_BASIS (both are printed by
+`forsaken evaluate --help`). The daemons run in forsaken.lab.evaluation_run; scoring and cost are in
+forsaken.lab.evaluation_scoring; the output in forsaken.lab.evaluation_report.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from forsaken.common.forget_methods import METHOD_NAMES
 from forsaken.common.testbeds import SCENARIOS
-from forsaken.evaluation_report import (
+from forsaken.lab.evaluation_report import (
     BASELINE_KEYS,
     DISTRIBUTED,
     FURTHER_ROUNDS,
@@ -28,7 +28,7 @@ from forsaken.evaluation_report import (
     plot,
     print_tables,
 )
-from forsaken.evaluation_run import (
+from forsaken.lab.evaluation_run import (
     FORGETTER,
     EventCallback,
     Federation,
@@ -37,12 +37,12 @@ from forsaken.evaluation_run import (
     RoundCallback,
     train_then_forget,
 )
-from forsaken.evaluation_scoring import COST_BASIS, Cost, json_scores, unlearning_cost
+from forsaken.lab.evaluation_scoring import COST_BASIS, Cost, json_scores, unlearning_cost
 
 if TYPE_CHECKING:
     from forsaken.common.certs import Layout
-    from forsaken.common.unlearning.reference import ProtocolConfig
-    from forsaken.evaluation_run import ForgetRun
+    from forsaken.lab.evaluation_run import ForgetRun
+    from forsaken.lab.reference import ProtocolConfig
 
 HOW_IT_WORKS = """\
 Per seed, one server and N client daemons run as separate OS processes (mutual TLS, secure
@@ -64,7 +64,7 @@ aggregation); the scenario (--scenario) decides what client 0 holds and what it 
    daemons, so unlearning starts exactly from O, in round T + 1, as in the in-process runner.
    The server drives unlearning, recovery and verification; U is the model its receipt names
    (model_sha256_after). Then 10 more ordinary rounds run: U+10.
-3. References, from the in-process runner (forsaken.common.unlearning.reference), which uses
+3. References, from the in-process runner (forsaken.lab.reference), which uses
    the daemons' training code: R (retrain without the forgotten data, same seed), R' (seed +
    1000: the noise floor), the baselines (finetune, pga, fedquit, not) and, with --shadows K,
    K shadow federations that calibrate a per-example membership attack (LiRA, Carlini et al.
@@ -87,7 +87,7 @@ DETAIL_FILE = "evaluation_detail.json"
 
 
 def protocol_config(args: argparse.Namespace, seed: int) -> ProtocolConfig:
-    from forsaken.common.unlearning.reference import ProtocolConfig
+    from forsaken.lab.reference import ProtocolConfig
 
     return ProtocolConfig(
         dataset=args.dataset,
@@ -112,7 +112,7 @@ def evaluate_seed(
     on_round: RoundCallback,
     on_event: EventCallback,
 ) -> SeedResult:
-    from forsaken.common.unlearning.reference import federation, run_seed
+    from forsaken.lab.reference import federation, run_seed
 
     cfg = protocol_config(args, seed)
     bed = federation(cfg, seed).bed

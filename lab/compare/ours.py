@@ -11,10 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from forsaken.cli.status import fetch_status
 from forsaken.common import failpoints
-from forsaken.procs import forsaken_command, free_port, spawn, terminate, wait_healthy
+from forsaken.launch import Launcher, free_port
 from forsaken.server.secure_round import SecureSettings, round_parameters
-from forsaken.status import fetch_status
 
 # The kill point of scenario 3: right after the client sent its encrypted shares.
 AFTER_SHARE_KEYS = "secagg-after-ShareKeys"
@@ -28,7 +28,7 @@ def secure_parameters(clients: int) -> tuple[int, int]:
 
 def round_overhead(clients: int, params: int, rounds: int) -> list[float]:
     """Plaintext round times: a real server and light client processes (`bench round`)."""
-    from forsaken.bench import bench_round
+    from forsaken.lab.bench import bench_round
 
     result = bench_round(clients, [params], rounds)["results"][0]
     return [float(d) for d in result["round_s_all"]]
@@ -36,7 +36,7 @@ def round_overhead(clients: int, params: int, rounds: int) -> list[float]:
 
 def secure_round(clients: int, params: int, rounds: int, timeout_s: float) -> list[float]:
     """Secure round times: a server process and light SecAgg+ clients, one process each."""
-    from forsaken.bench import bench_load
+    from forsaken.lab.bench import bench_load
 
     result = bench_load(clients, params, rounds, processes=clients, timeout_s=timeout_s)
     return [float(d) for d in result["round_s"]]
@@ -50,7 +50,7 @@ def dropout_round(
     The server needs all `clients` to start and `clients - 1` updates to complete; the time
     is from the round's start until it completes (the ledger's duration).
     """
-    from forsaken.bench import _load_server, _load_worker
+    from forsaken.lab.bench import _load_server, _load_worker
     from forsaken.server.app import ServerConfig
 
     ctx = mp.get_context("spawn")
@@ -129,62 +129,34 @@ def training(
     timeout_s: float,
 ) -> dict[str, Any]:
     """mnist5k with real `forsaken server` and `forsaken client` processes."""
-    address = f"127.0.0.1:{free_port()}"
-    server_args = [
-        "server",
-        "--listen",
-        address,
-        "--state-dir",
-        str(root / "server"),
-        "--dataset",
-        "mnist5k",
-        "--rounds",
-        str(rounds),
-        "--min-clients",
-        str(clients),
-        "--min-completed",
-        str(clients),
-        "--local-epochs",
-        str(local_epochs),
-        "--aggregation",
-        "secure" if secure else "plaintext",
-        "--poll-timeout-s",
-        "2",
-        "--log-level",
-        "warning",
-    ]
+    launcher = Launcher(root, clients=clients)
     started = time.monotonic()
-    procs = [spawn(forsaken_command(*server_args), root / "logs" / "server.log")]
     try:
-        wait_healthy(address, timeout_s=120, proc=procs[0])
+        launcher.start_server(
+            {
+                "dataset": "mnist5k",
+                "rounds": rounds,
+                "min-clients": clients,
+                "min-completed": clients,
+                "local-epochs": local_epochs,
+                "aggregation": "secure" if secure else "plaintext",
+                "poll-timeout-s": 2,
+                "log-level": "warning",
+            }
+        )
         for i in range(clients):
-            client_args = [
-                "client",
-                "--server",
-                address,
-                "--state-dir",
-                str(root / f"client-{i}"),
-                "--dataset",
-                "mnist5k",
-                "--partition",
-                f"{i}/{clients}",
-                "--owner-listen",
-                "127.0.0.1:0",
-                "--max-backoff-s",
-                "1",
-                "--log-level",
-                "warning",
-            ]
-            procs.append(spawn(forsaken_command(*client_args), root / "logs" / f"client-{i}.log"))
+            launcher.start_client(
+                i, {"dataset": "mnist5k", "partition": f"{i}/{clients}", "log-level": "warning"}
+            )
         status: dict[str, Any] = {}
         while time.monotonic() - started < timeout_s:
-            status = fetch_status(address, 0, timeout=30)
+            status = fetch_status(launcher.address, 0, timeout=30)
             if status["completed_rounds"] >= rounds:
                 break
             time.sleep(0.1)
         total = time.monotonic() - started
     finally:
-        terminate(procs, grace_s=10)
+        launcher.stop(grace_s=10)
     done = sorted(
         (r for r in status.get("rounds", []) if r["status"] == "completed" and r["round"] > 0),
         key=lambda r: r["round"],
@@ -218,13 +190,13 @@ def unlearning(
     every gradient after ForgetMe. No rounds run after U: nothing here needs U+10.
     """
     from forsaken.common.certs import init_federation
-    from forsaken.evaluation_run import (
+    from forsaken.lab.evaluation_run import (
         Federation,
         FederationConfig,
         FederationError,
         train_then_forget,
     )
-    from forsaken.evaluation_scoring import unlearning_cost
+    from forsaken.lab.evaluation_scoring import unlearning_cost
 
     def event(text: str) -> None:
         if log is not None:

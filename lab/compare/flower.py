@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from forsaken.procs import free_port, spawn
+from forsaken.launch import free_port, spawn
 
 APP_DIR = Path(__file__).resolve().parent / "flower_app"
 CONNECTION = "bench"

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from forsaken.evaluation_scoring import COST_BASIS, JSON_NAMES, METRICS, Cost
+from forsaken.lab.evaluation_scoring import COST_BASIS, JSON_NAMES, METRICS, Cost
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from forsaken.evaluation_run import ForgetRun
-    from forsaken.evaluation_scoring import UnlearningCost
+    from forsaken.lab.evaluation_run import ForgetRun
+    from forsaken.lab.evaluation_scoring import UnlearningCost
 
 FURTHER_ROUNDS = 10  # the protocol's U+10 (the key `unlearned_after_10_rounds` names it)
 
@@ -96,7 +96,7 @@ def bars(
 ) -> dict[str, dict[str, Any]]:
     """Which bars pass, with the numbers compared (means over seeds): the in-process runner's
     own `reference.bars`, applied to U from the daemons."""
-    from forsaken.common.unlearning.reference import bars as reference_bars
+    from forsaken.lab.reference import bars as reference_bars
 
     summary: dict[str, dict[str, tuple[float, float] | None]] = {}
     for key, row in models.items():

@@ -1,4 +1,4 @@
-"""`python -m forsaken.compare`: run forsaken and Flower on the same work, write the results.
+"""`python -m forsaken.lab.compare`: run forsaken and Flower on the same work, write the results.
 
 Each measurement is repeated; within a repetition the two systems run one after the other,
 and the order alternates between repetitions, so a slow spell on this shared machine does not
@@ -25,9 +25,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from forsaken.compare import ours
-from forsaken.compare.flower import FlowerCluster, flower_version
-from forsaken.compare.report import render, spread, validate
+from forsaken.lab.compare import ours
+from forsaken.lab.compare.flower import FlowerCluster, flower_version
+from forsaken.lab.compare.report import render, spread, validate
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -107,7 +107,7 @@ SCENARIO_NAMES = {
 
 def aes_ctr_gb_s() -> float:
     """Raw AES-256-CTR keystream speed on one core (what SecAgg+ masking is built from)."""
-    from forsaken.bench import _aes_floor_s
+    from forsaken.lab.bench import _aes_floor_s
 
     words = 1 << 20
     return round(4 * words / _aes_floor_s(words) / 1e9, 2)
@@ -474,7 +474,7 @@ class _Acc:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m forsaken.compare",
+        prog="python -m forsaken.lab.compare",
         description="Run forsaken and Flower (deployment mode) on the same work on this "
         "machine, and write bench-results.json and docs/benchmarks.md.",
     )

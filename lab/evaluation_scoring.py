@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from forsaken.common.unlearning.reference import Anchor, ModelScores, ProtocolConfig
-    from forsaken.evaluation_run import ForgetRun
+    from forsaken.lab.evaluation_run import ForgetRun
+    from forsaken.lab.reference import Anchor, ModelScores, ProtocolConfig
 
 COST_BASIS = """\
 Cost (evaluation.json `cost`) is the work after ForgetMe, per seed, averaged over seeds:
@@ -66,7 +66,7 @@ class Scorer:
     (reference.Anchor): the same probes, R's outputs, O's members and, with shadows, LiRA."""
 
     def __init__(self, cfg: ProtocolConfig, seed: int) -> None:
-        from forsaken.common.unlearning.reference import federation
+        from forsaken.lab.reference import federation
 
         self.cfg = cfg
         self.seed = seed
@@ -95,7 +95,7 @@ class Scorer:
 
     def anchor(self, r_vec: np.ndarray, o_vec: np.ndarray) -> None:
         """Fix the references: R's outputs (for KL) and O's members (for FR)."""
-        from forsaken.common.unlearning.reference import Anchor
+        from forsaken.lab.reference import Anchor
 
         self._anchor = Anchor.build(self.fed, r_vec, o_vec, None)
 

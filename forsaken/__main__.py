@@ -2,6 +2,6 @@
 
 import sys
 
-from forsaken.main import main
+from forsaken.cli.main import main
 
 sys.exit(main())

@@ -1,23 +1,18 @@
 """The federation of `forsaken evaluate` as OS processes: start and stop the daemons, drive
 ForgetMe through the Owner API, read the ledger (status) and the checkpoints.
 
-Also the recorder the forgetting client's daemon runs under (`python -m forsaken.evaluation_run`),
-which logs every forget step it computes to STEP_LOG.
+The forgetting client's daemon reports every forget step it computes to STEP_LOG through its
+observation hook (`forsaken client --events-file`), which is how the client-side cost is
+measured.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import functools
-import inspect
-import json
-import shutil
 import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +26,7 @@ if TYPE_CHECKING:
     from forsaken.common.certs import Layout
 
 FORGETTER = 0  # the client that forgets (and holds any planted data), as in reference.py
-STEP_LOG = "forget_steps.jsonl"
+STEP_LOG = "client-0-events.jsonl"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,56 +96,39 @@ def hold_grpc_core() -> None:
 
 
 class Federation:
-    """One server and N client daemons as OS processes on loopback with mutual TLS.
+    """One server and N client daemons as OS processes on loopback with mutual TLS, started by
+    the library's launcher (`forsaken.launch.Launcher`).
 
-    Client 0 forgets, and holds the planted data of the test bed if any. Its daemon records
-    every forget step it computes to STEP_LOG (see `_probe_main`), which is how the
-    client-side cost is measured."""
+    Client 0 forgets, and holds the planted data of the test bed if any. Its daemon reports
+    every forget step it computes to STEP_LOG (`--events-file`), which is how the client-side
+    cost is measured."""
 
     def __init__(self, root: Path, pki: Layout, config: FederationConfig) -> None:
-        from forsaken.procs import free_port
+        from forsaken.launch import Launcher
 
         hold_grpc_core()
         self.root = root
-        self.pki = pki
         self.config = config
-        self.address = f"127.0.0.1:{config.port or free_port()}"
+        self.launcher = Launcher(root, clients=config.clients, pki=pki, port=config.port)
+        self.address = self.launcher.address
         self.operator = pki.operator_dir("admin")
-        self.server: subprocess.Popen[bytes] | None = None
-        self.clients: dict[int, subprocess.Popen[bytes]] = {}
-        root.mkdir(parents=True, exist_ok=True)
-        for i in range(config.clients):
-            if not self.client_dir(i).exists():
-                shutil.copytree(pki.client_dir(i), self.client_dir(i))  # node key and cert
 
     def client_dir(self, index: int) -> Path:
-        return self.root / f"client-{index}"
+        return self.launcher.client_dir(index)
 
     @property
     def server_dir(self) -> Path:
-        return self.root / "server"
+        return self.launcher.server_dir
 
     @property
     def step_log(self) -> Path:
         return self.root / STEP_LOG
 
-    @property
-    def procs(self) -> list[subprocess.Popen[bytes]]:
-        return [p for p in (self.server, *self.clients.values()) if p is not None]
-
     # -- processes --
 
     def start_server(self, rounds: int, min_completed: int) -> None:
-        from forsaken.common.tls import channel_credentials
-        from forsaken.procs import forsaken_command, spawn, wait_healthy
-
-        c, tls = self.config, self.pki.server_dir
+        c = self.config
         flags: dict[str, object] = {
-            "tls-cert": tls / "cert.pem",
-            "tls-key": tls / "key.pem",
-            "tls-ca": self.pki.ca_cert,
-            "listen": self.address,
-            "state-dir": self.server_dir,
             "dataset": c.dataset,
             "rounds": rounds,
             "min-clients": c.clients,
@@ -160,82 +138,46 @@ class Federation:
             "recovery-rounds": c.recovery_rounds,
             "aggregation": "secure",
             "poll-timeout-s": 2,
+            "local-epochs": c.local_epochs or None,
         }
-        flags |= _task_flags(c)
-        if c.local_epochs:
-            flags["local-epochs"] = c.local_epochs
-        self.server = spawn(
-            forsaken_command(*_argv("server", flags)), self.root / "logs" / "server.log"
-        )
-        wait_healthy(
-            self.address,
-            timeout_s=120,
-            proc=self.server,
-            credentials=channel_credentials(self.operator),
-        )
+        self.launcher.start_server(flags | _task_flags(c))
 
     def start_client(self, index: int) -> None:
-        from forsaken.procs import forsaken_command, spawn
-
-        c, state = self.config, self.client_dir(index)
+        c = self.config
         flags: dict[str, object] = {
-            "tls-cert": state / "cert.pem",
-            "tls-key": state / "key.pem",
-            "tls-ca": state / "ca.pem",
-            "server": self.address,
-            "state-dir": state,
             "dataset": c.dataset,
             "partition": f"{index}/{c.clients}",
             "scheme": c.scheme,
             "alpha": c.alpha,
             "seed": c.seed,
-            "owner-listen": "127.0.0.1:0",
-            "max-backoff-s": 1,
         } | _task_flags(c)
-        args = _argv("client", flags)
         if index == FORGETTER:
+            flags["events-file"] = self.step_log
             if c.test_bed:
-                args += ["--test-bed", c.test_bed]
-            # The same daemon, started through the recorder of its forget steps.
-            argv = [
-                sys.executable,
-                "-m",
-                "forsaken.evaluation_run",
-                "--step-log",
-                str(self.step_log),
-            ]
-            argv += ["--", *args]
-        else:
-            argv = forsaken_command(*args)
-        self.clients[index] = spawn(argv, self.root / "logs" / f"client-{index}.log")
+                flags["test-bed"] = c.test_bed
+        self.launcher.start_client(index, flags)
 
     def wait_clients_exit(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        for p in self.clients.values():
+        for d in self.launcher.client_daemons.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+                d.wait(max(0.1, deadline - time.monotonic()))
 
     def stop(self) -> None:
-        from forsaken.procs import terminate
-
-        terminate(self.procs)
-        self.server = None
-        self.clients = {}
+        self.launcher.stop()
 
     def check_alive(self) -> None:
-        for name, p in [
-            ("server", self.server),
-            *[(f"client {i}", q) for i, q in self.clients.items()],
-        ]:
-            if p is not None and p.poll() is not None:
-                raise FederationError(
-                    f"{name} exited with code {p.returncode}; see {self.root / 'logs'}"
-                )
+        from forsaken.launch import DaemonExited
+
+        try:
+            self.launcher.check_alive()
+        except DaemonExited as exc:
+            raise FederationError(f"{exc}; see {self.root / 'logs'}") from None
 
     # -- views --
 
     def status(self) -> dict[str, Any]:
-        from forsaken.status import fetch_status
+        from forsaken.cli.status import fetch_status
 
         return fetch_status(self.address, 0, timeout=10, tls_dir=self.operator)
 
@@ -250,8 +192,8 @@ class Federation:
         data when none are configured) through the Owner API."""
         import grpc
 
+        from forsaken.cli.forget import owner_address
         from forsaken.common import wire_forget
-        from forsaken.forget import owner_address
         from forsaken.v1 import owner_pb2, owner_pb2_grpc
 
         address_file = self.client_dir(index) / "owner_address"
@@ -283,9 +225,22 @@ class Federation:
         raise FederationError(f"client {index}'s Owner API did not come up in {timeout_s:.0f}s")
 
     def steps(self) -> list[dict[str, Any]]:
-        if not self.step_log.exists():
-            return []
-        return [json.loads(line) for line in self.step_log.read_text().splitlines() if line]
+        """The forgetting client's forget steps, in the order it computed them."""
+        from forsaken.client.observers import read_events
+
+        _, steps = read_events(self.step_log)
+        return [
+            {
+                "forget_id": s.forget_id,
+                "method": s.method,
+                "round": s.round,
+                "gradient_evaluations": s.gradient_evaluations,
+                "num_samples": s.num_samples,
+                "done": s.done,
+                "seconds": s.seconds,
+            }
+            for s in steps
+        ]
 
 
 def _task_flags(c: FederationConfig) -> dict[str, object]:
@@ -297,13 +252,6 @@ def _task_flags(c: FederationConfig) -> dict[str, object]:
     if c.data_dir:
         flags["data-dir"] = c.data_dir
     return flags
-
-
-def _argv(command: str, flags: dict[str, object]) -> list[str]:
-    out = [command]
-    for name, value in flags.items():
-        out += [f"--{name}", str(value)]
-    return out
 
 
 def completed_rounds(status: dict[str, Any]) -> list[dict[str, Any]]:
@@ -419,56 +367,3 @@ def train_then_forget(
         aborted=[r for r in status["rounds"] if r["status"] == "aborted"],
         seconds={"training_phase": t_trained - started, "forget_phase": t_done - t_trained},
     )
-
-
-# ---- the forgetting client's recorder --------------------------------------------------------
-
-
-def _probe_main(argv: Sequence[str]) -> int:
-    """`python -m forsaken.evaluation_run --step-log FILE -- client ARGS...`: an ordinary client
-    daemon that appends one JSON line per forget step it computes (round, gradient evaluations,
-    weight, seconds). The receipt keeps only the last step's metrics; this is the full record."""
-    p = argparse.ArgumentParser(
-        prog="python -m forsaken.evaluation_run", description=_probe_main.__doc__
-    )
-    p.add_argument("--step-log", type=Path, required=True)
-    p.add_argument("client_args", nargs=argparse.REMAINDER, help="-- client ARGS...")
-    a = p.parse_args(argv)
-    rest = list(a.client_args)
-    if rest[:1] == ["--"]:
-        rest = rest[1:]
-    if rest[:1] != ["client"]:
-        p.error("expected `-- client ARGS...`")
-
-    from forsaken.client.forgetting import ForgetExecutor
-    from forsaken.main import main
-
-    original = ForgetExecutor.step
-
-    signature = inspect.signature(original)
-
-    @functools.wraps(original)
-    def recorded(self: ForgetExecutor, *args: Any, **kwargs: Any) -> Any:
-        call = signature.bind(self, *args, **kwargs).arguments
-        t0 = time.perf_counter()
-        step = original(self, *args, **kwargs)
-        entry = {
-            "forget_id": call["forget_id"],
-            "method": call["method"],
-            "round": int(call["round_number"]),
-            "gradient_evaluations": int(step.gradient_evaluations),
-            "num_samples": int(step.num_samples),
-            "done": bool(step.done),
-            "seconds": time.perf_counter() - t0,
-        }
-        with a.step_log.open("a") as fh:
-            fh.write(json.dumps(entry) + "\n")
-        return step
-
-    # Patched on the class: the client daemon main() starts builds its own ForgetExecutor.
-    ForgetExecutor.step = recorded  # type: ignore[method-assign]
-    return main(rest)
-
-
-if __name__ == "__main__":
-    raise SystemExit(_probe_main(sys.argv[1:]))

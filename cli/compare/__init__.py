@@ -1,1 +1,0 @@
-"""`forsaken.compare`: forsaken against Flower on the same work (`make bench-compare`)."""

@@ -1,5 +1,0 @@
-import sys
-
-from forsaken.compare.run import main
-
-sys.exit(main())

@@ -1,0 +1,1 @@
+"""`forsaken.lab.compare`: forsaken against Flower on the same work (`make bench-compare`)."""

@@ -1,0 +1,5 @@
+import sys
+
+from forsaken.lab.compare.run import main
+
+sys.exit(main())
